@@ -1,0 +1,291 @@
+"""Batch normalization with separate statistics for each domain (DSBN)."""
+
+import keras
+from keras import constraints, initializers, ops, regularizers
+
+from layers import _validation
+
+# Domain ids index variables of shape (num_domains, channels); a bound keeps a
+# hostile config from allocating gigabytes when a `.keras` file is loaded.
+MAX_DOMAINS = 1024
+
+
+@keras.saving.register_keras_serializable(package="kpair")
+class PerDomainBatchNormalization(keras.layers.Layer):
+    """Batch normalization that keeps one set of statistics per domain.
+
+    Every sample carries an integer domain id. In training, the samples of
+    each domain are normalized with the mean and variance of that domain's
+    samples in the batch (masked moments), so one-domain batches and batches
+    that mix domains both work, including pairs whose two images come from
+    different domains. Only the moving statistics of domains present in the
+    batch move; an absent domain's statistics stay bit for bit unchanged. In
+    inference, each sample is normalized with its own domain's moving
+    statistics. This is domain-specific batch normalization (DSBN), routed
+    per sample rather than per call.
+
+    Statistics are computed in float32 whatever the compute dtype, so the
+    layer is safe under `mixed_float16` and `mixed_bfloat16`.
+
+    Args:
+        num_domains: Integer, the number of domains (ids `0..num_domains-1`).
+        axis: Integer, the features axis. Defaults to `-1`.
+        momentum: Float in `[0, 1)`, momentum of the moving statistics.
+        epsilon: Positive float added to the variance.
+        center: If `True`, add a learned offset `beta`.
+        scale: If `True`, multiply by a learned scale `gamma`.
+        per_domain_affine: If `True` (DSBN), `gamma` and `beta` have shape
+            `(num_domains, channels)` and each domain has its own; if
+            `False`, they have shape `(channels,)` and are shared.
+        synchronized: If `True`, under a `tf.distribute` strategy with several
+            replicas, the per-domain sums and counts are all-reduced across
+            replicas before the statistics are formed, so every replica
+            normalizes with (and records) the statistics of the global batch.
+            TensorFlow backend only.
+        beta_initializer, gamma_initializer, moving_mean_initializer,
+        moving_variance_initializer: Initializers.
+        beta_regularizer, gamma_regularizer: Optional regularizers.
+        beta_constraint, gamma_constraint: Optional constraints.
+        **kwargs: Base layer keyword arguments (`name`, `dtype`, ...).
+
+    Call arguments:
+        inputs: A list `[x, domain]`. `x` is a float tensor; `domain` is an
+            integer tensor of shape `(batch,)` or `(batch, 1)`.
+        training: Python boolean. `True` and the layer trainable: normalize
+            with each domain's batch statistics (gradients flow through them,
+            as in batch normalization) and update the moving statistics of
+            the domains present. Otherwise: normalize with each sample's
+            domain's moving statistics and update nothing.
+
+    Example:
+
+    >>> x = np.random.rand(8, 4, 4, 16).astype("float32")
+    >>> domain = np.array([0, 0, 1, 1, 0, 1, 0, 1])
+    >>> layer = PerDomainBatchNormalization(num_domains=2)
+    >>> y = layer([x, domain], training=True)
+
+    Reference:
+        - [Chang et al., 2019](https://arxiv.org/abs/1906.03950)
+        - [Ioffe & Szegedy, 2015](https://arxiv.org/abs/1502.03167)
+    """
+
+    def __init__(
+        self,
+        num_domains=2,
+        axis=-1,
+        momentum=0.99,
+        epsilon=1e-3,
+        center=True,
+        scale=True,
+        per_domain_affine=True,
+        synchronized=False,
+        beta_initializer="zeros",
+        gamma_initializer="ones",
+        moving_mean_initializer="zeros",
+        moving_variance_initializer="ones",
+        beta_regularizer=None,
+        gamma_regularizer=None,
+        beta_constraint=None,
+        gamma_constraint=None,
+        **kwargs,
+    ):
+        super().__init__(**kwargs)
+        self.num_domains = _validation.integer(
+            "num_domains", num_domains, minimum=1, maximum=MAX_DOMAINS
+        )
+        self.axis = _validation.integer("axis", axis)
+        self.momentum = _validation.number("momentum", momentum, 0.0, 1.0, True)
+        self.epsilon = _validation.positive("epsilon", epsilon)
+        self.center = _validation.boolean("center", center)
+        self.scale = _validation.boolean("scale", scale)
+        self.per_domain_affine = _validation.boolean(
+            "per_domain_affine", per_domain_affine
+        )
+        self.synchronized = _validation.boolean("synchronized", synchronized)
+        if self.synchronized and keras.backend.backend() != "tensorflow":
+            raise ValueError(
+                "Argument `synchronized=True` is only supported with the "
+                "TensorFlow backend. "
+                f"Received: backend={keras.backend.backend()}"
+            )
+        self.beta_initializer = initializers.get(beta_initializer)
+        self.gamma_initializer = initializers.get(gamma_initializer)
+        self.moving_mean_initializer = initializers.get(moving_mean_initializer)
+        self.moving_variance_initializer = initializers.get(
+            moving_variance_initializer
+        )
+        self.beta_regularizer = regularizers.get(beta_regularizer)
+        self.gamma_regularizer = regularizers.get(gamma_regularizer)
+        self.beta_constraint = constraints.get(beta_constraint)
+        self.gamma_constraint = constraints.get(gamma_constraint)
+
+    def build(self, input_shape):
+        x_shape = _validation.split_input_shape(self, input_shape)
+        self._feature_axis = _validation.feature_axis(self.axis, len(x_shape))
+        channels = x_shape[self._feature_axis]
+        if channels is None:
+            raise ValueError(
+                "PerDomainBatchNormalization needs a known size on the "
+                f"features axis. Received: input_shape={x_shape}, axis={self.axis}"
+            )
+        stats_shape = (self.num_domains, channels)
+        affine_shape = stats_shape if self.per_domain_affine else (channels,)
+        self.gamma = None
+        self.beta = None
+        if self.scale:
+            self.gamma = self.add_weight(
+                shape=affine_shape,
+                name="gamma",
+                initializer=self.gamma_initializer,
+                regularizer=self.gamma_regularizer,
+                constraint=self.gamma_constraint,
+                trainable=True,
+                autocast=False,
+            )
+        if self.center:
+            self.beta = self.add_weight(
+                shape=affine_shape,
+                name="beta",
+                initializer=self.beta_initializer,
+                regularizer=self.beta_regularizer,
+                constraint=self.beta_constraint,
+                trainable=True,
+                autocast=False,
+            )
+        # Moving statistics are float32 (autocast=False) under every policy.
+        self.moving_mean = self.add_weight(
+            shape=stats_shape,
+            name="moving_mean",
+            initializer=self.moving_mean_initializer,
+            trainable=False,
+            autocast=False,
+            aggregation="mean",
+        )
+        self.moving_variance = self.add_weight(
+            shape=stats_shape,
+            name="moving_variance",
+            initializer=self.moving_variance_initializer,
+            trainable=False,
+            autocast=False,
+            aggregation="mean",
+        )
+
+    def call(self, inputs, training=None):
+        x, domain = inputs
+        # Statistics in float32: float16 sums of squares overflow at ~1e3.
+        x = ops.cast(x, "float32")
+        domain = _validation.domain_ids(domain, self.num_domains)
+        one_hot = ops.one_hot(domain, self.num_domains, dtype="float32")
+        ndim = len(x.shape)
+        reduce_axes = [a for a in range(1, ndim) if a != self._feature_axis]
+        # (batch, channels) per-sample statistics broadcast back onto x.
+        stats_shape = [-1] + [1] * (ndim - 1)
+        stats_shape[self._feature_axis] = x.shape[self._feature_axis]
+
+        def per_sample(table):
+            return ops.reshape(ops.matmul(one_hot, table), stats_shape)
+
+        if training and self.trainable:
+            mean, variance, present = self._domain_moments(x, one_hot, reduce_axes)
+            self._update_moving_statistics(mean, variance, present)
+        else:
+            mean, variance = self.moving_mean, self.moving_variance
+        inv = ops.rsqrt(per_sample(variance) + self.epsilon)
+        if self.gamma is not None:
+            inv = inv * self._affine(self.gamma, one_hot, stats_shape)
+        outputs = (x - per_sample(mean)) * inv
+        if self.beta is not None:
+            outputs = outputs + self._affine(self.beta, one_hot, stats_shape)
+        return ops.cast(outputs, self.compute_dtype)
+
+    def _affine(self, weight, one_hot, stats_shape):
+        if self.per_domain_affine:
+            return ops.reshape(ops.matmul(one_hot, weight), stats_shape)
+        broadcast = [1] * len(stats_shape)
+        broadcast[self._feature_axis] = stats_shape[self._feature_axis]
+        return ops.reshape(weight, broadcast)
+
+    def _domain_moments(self, x, one_hot, reduce_axes):
+        """Mean and (biased) variance of each domain's samples in the batch.
+
+        Two passes (mean, then squared deviations from it) rather than
+        E[x^2] - E[x]^2, which cancels catastrophically for large means.
+        Returns `(mean, variance, present)`, each row a domain; rows of
+        absent domains hold zeros and `present` is False there.
+        """
+        values_per_sample = 1
+        for a in reduce_axes:
+            values_per_sample *= x.shape[a]
+        # One matmul routes every sample's sum to its domain.
+        counts = self._all_reduce(ops.sum(one_hot, axis=0)) * values_per_sample
+        safe_counts = ops.expand_dims(ops.maximum(counts, 1.0), -1)
+        sums = ops.matmul(ops.transpose(one_hot), ops.sum(x, axis=reduce_axes))
+        mean = self._all_reduce(sums) / safe_counts
+        stats_shape = [-1] + [1] * (len(x.shape) - 1)
+        stats_shape[self._feature_axis] = x.shape[self._feature_axis]
+        centered = x - ops.reshape(ops.matmul(one_hot, mean), stats_shape)
+        squares = ops.sum(ops.square(centered), axis=reduce_axes)
+        variance = self._all_reduce(
+            ops.matmul(ops.transpose(one_hot), squares)
+        ) / safe_counts
+        return mean, variance, counts > 0
+
+    def _update_moving_statistics(self, mean, variance, present):
+        present = ops.expand_dims(present, -1)
+        # `where`, not a blend: an absent domain keeps its exact bits.
+        self.moving_mean.assign(
+            ops.where(
+                present,
+                self.moving_mean * self.momentum + mean * (1.0 - self.momentum),
+                self.moving_mean,
+            )
+        )
+        self.moving_variance.assign(
+            ops.where(
+                present,
+                self.moving_variance * self.momentum
+                + variance * (1.0 - self.momentum),
+                self.moving_variance,
+            )
+        )
+
+    def _all_reduce(self, value):
+        if not self.synchronized:
+            return value
+        import tensorflow as tf
+
+        context = tf.distribute.get_replica_context()
+        if context is None or context.num_replicas_in_sync <= 1:
+            return value
+        return context.all_reduce(tf.distribute.ReduceOp.SUM, value)
+
+    def compute_output_shape(self, input_shape):
+        return tuple(_validation.split_input_shape(self, input_shape))
+
+    def get_config(self):
+        config = super().get_config()
+        config.update(
+            {
+                "num_domains": self.num_domains,
+                "axis": self.axis,
+                "momentum": self.momentum,
+                "epsilon": self.epsilon,
+                "center": self.center,
+                "scale": self.scale,
+                "per_domain_affine": self.per_domain_affine,
+                "synchronized": self.synchronized,
+                "beta_initializer": initializers.serialize(self.beta_initializer),
+                "gamma_initializer": initializers.serialize(self.gamma_initializer),
+                "moving_mean_initializer": initializers.serialize(
+                    self.moving_mean_initializer
+                ),
+                "moving_variance_initializer": initializers.serialize(
+                    self.moving_variance_initializer
+                ),
+                "beta_regularizer": regularizers.serialize(self.beta_regularizer),
+                "gamma_regularizer": regularizers.serialize(self.gamma_regularizer),
+                "beta_constraint": constraints.serialize(self.beta_constraint),
+                "gamma_constraint": constraints.serialize(self.gamma_constraint),
+            }
+        )
+        return config

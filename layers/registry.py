@@ -1,0 +1,156 @@
+"""The normalization registry: one canonical name per norm, one signature.
+
+Names are resolved here, at the edge; models receive a `NormFactory` and call
+it with the channel count and a layer name. Whether a norm reads the domain
+tensor is a property of the entry (`takes_domain`), so model code never
+branches on a norm's name.
+"""
+
+import dataclasses
+import types
+from typing import Any, Callable
+
+import keras
+
+from layers.eval_mode_batch_normalization import EvalModeBatchNormalization
+from layers.per_domain_batch_normalization import PerDomainBatchNormalization
+
+
+@dataclasses.dataclass(frozen=True)
+class _Entry:
+    takes_domain: bool
+    defaults: dict
+    make: Callable[..., keras.layers.Layer]
+    summary: str
+
+
+def _group_count(groups, channels):
+    # The largest divisor of `channels` not above `groups`, so that one
+    # setting serves every stage of a backbone and every width multiplier.
+    return max(g for g in range(1, min(groups, channels) + 1) if channels % g == 0)
+
+
+_ENTRIES = {
+    "batch": _Entry(
+        takes_domain=False,
+        defaults={"momentum": 0.99, "epsilon": 1e-3, "synchronized": False},
+        make=lambda channels, name, **o: keras.layers.BatchNormalization(
+            name=name, **o
+        ),
+        summary="keras.layers.BatchNormalization",
+    ),
+    "per-domain": _Entry(
+        takes_domain=True,
+        defaults={
+            "num_domains": 2,
+            "momentum": 0.99,
+            "epsilon": 1e-3,
+            "per_domain_affine": True,
+            "synchronized": False,
+        },
+        make=lambda channels, name, **o: PerDomainBatchNormalization(
+            name=name, **o
+        ),
+        summary="separate statistics per domain, routed per sample (DSBN)",
+    ),
+    "group": _Entry(
+        takes_domain=False,
+        defaults={"groups": 32, "epsilon": 1e-3},
+        make=lambda channels, name, groups, **o: keras.layers.GroupNormalization(
+            groups=_group_count(groups, channels), name=name, **o
+        ),
+        summary="keras.layers.GroupNormalization (Wu & He 2018)",
+    ),
+    "eval-mode": _Entry(
+        takes_domain=False,
+        defaults={"momentum": 0.99, "epsilon": 1e-3, "warmup_steps": 0},
+        make=lambda channels, name, **o: EvalModeBatchNormalization(
+            name=name, **o
+        ),
+        summary="moving statistics in training too, after optional warm-up",
+    ),
+    "batch-renorm": _Entry(
+        takes_domain=False,
+        defaults={
+            "momentum": 0.99,
+            "epsilon": 1e-3,
+            "renorm_momentum": 0.99,
+            "renorm_clipping": None,
+        },
+        make=lambda channels, name, **o: keras.layers.BatchNormalization(
+            renorm=True, name=name, **o
+        ),
+        summary="keras.layers.BatchNormalization(renorm=True) (Ioffe 2017)",
+    ),
+}
+
+
+class NormFactory:
+    """A norm chosen by name, its options bound; calling it makes a layer.
+
+    Args:
+        name: Canonical registry name.
+        options: Options of that entry (see `layers.options(name)`).
+
+    Call arguments:
+        channels: Number of channels the layer will normalize.
+        name: Name of the layer to make.
+
+    Attributes:
+        takes_domain: Whether the layer is called as `layer([x, domain])`
+            rather than `layer(x)`.
+    """
+
+    def __init__(self, name, options):
+        self.name = name
+        self.options = types.MappingProxyType(dict(options))
+        self.takes_domain = _ENTRIES[name].takes_domain
+
+    def __call__(self, channels, name=None) -> keras.layers.Layer:
+        return _ENTRIES[self.name].make(channels, name, **self.options)
+
+    def __repr__(self):
+        options = ", ".join(f"{k}={v!r}" for k, v in self.options.items())
+        return f"NormFactory({self.name!r}, {options})"
+
+
+def names() -> tuple:
+    """The canonical norm names, in registry order."""
+    return tuple(_ENTRIES)
+
+
+def options(name) -> dict:
+    """The options `name` accepts, with their defaults."""
+    return dict(_entry(name).defaults)
+
+
+def summary(name) -> str:
+    """One line saying what the norm is."""
+    return _entry(name).summary
+
+
+def get(name, **options: Any) -> NormFactory:
+    """The factory of norm `name`, with `options` overriding its defaults.
+
+    Raises:
+        ValueError: for an unknown name (the message lists the valid ones)
+            or an option that entry does not take.
+    """
+    entry = _entry(name)
+    unknown = sorted(set(options) - set(entry.defaults))
+    if unknown:
+        raise ValueError(
+            f"Norm {name!r} does not take option(s) {unknown}. Expected a "
+            f"subset of {sorted(entry.defaults)}. Received: options={options}"
+        )
+    factory = NormFactory(name, {**entry.defaults, **options})
+    factory(channels=8, name="option_check")  # Fail now, not deep in a model.
+    return factory
+
+
+def _entry(name):
+    if name not in _ENTRIES:
+        raise ValueError(
+            f"Unknown norm. Expected one of {list(_ENTRIES)}. Received: norm={name!r}"
+        )
+    return _ENTRIES[name]

@@ -1,0 +1,1 @@
+"""keras-tuner search over kpair models (imports kpair and layers)."""
