@@ -1,0 +1,17 @@
+import os
+
+# Before TensorFlow is imported anywhere: keep its start-up noise out of logs.
+os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
+os.environ.setdefault("KERAS_BACKEND", "tensorflow")
+
+import keras  # noqa: E402
+import pytest  # noqa: E402
+
+
+@pytest.fixture(autouse=True)
+def _float32_policy_and_clean_session():
+    """Each test starts in float32 and leaves no global policy behind."""
+    keras.config.set_dtype_policy("float32")
+    yield
+    keras.config.set_dtype_policy("float32")
+    keras.backend.clear_session()
