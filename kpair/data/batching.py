@@ -1,0 +1,237 @@
+"""Batch composition: which pairs go into one training step (`--batching`).
+
+- `per-type`: the post's pipeline. Each step draws one batch per pair type
+  (A-A, B-B, A-B) of `batch_size // 3` pairs, so every backbone call sees
+  images of one domain.
+- `mixed`: `batch_size` pairs of all types, shuffled.
+- `balanced`: `batch_size // 3` pairs of each type in one batch, rows
+  shuffled.
+
+Batches are always full (`drop_remainder`) in training so that shapes are
+static. For `per-type` and `balanced` an epoch ends when the smallest pair
+type runs out.
+"""
+
+import tensorflow as tf
+
+from kpair.data.records import (
+    PAIR_TYPES,
+    DataError,
+    decode_pair,
+    pair_type,
+    raw_records,
+    split_source,
+)
+
+BATCHINGS = ("per-type", "mixed", "balanced")
+PER_TYPE_PREFIXES = ("aa", "bb", "ab")
+
+# Records held by a shuffle buffer. Serialized pairs are small, decoded ones
+# are not; either way the cap bounds memory for large data sets.
+_SHUFFLE_BUFFER = 10_000
+
+
+def _check_batching(batching, batch_size):
+    if batching not in BATCHINGS:
+        raise ValueError(
+            "Unknown batching. Expected one of "
+            f"{', '.join(repr(b) for b in BATCHINGS)}. Received: batching={batching!r}"
+        )
+    minimum = 1 if batching == "mixed" else len(PAIR_TYPES)
+    if not isinstance(batch_size, int) or batch_size < minimum:
+        raise ValueError(
+            f"`batch_size` must be an int >= {minimum} for batching={batching!r} "
+            f"(it holds batch_size // 3 pairs of each type). "
+            f"Received: batch_size={batch_size!r}"
+        )
+
+
+def steps_per_epoch(dataset_counts, batching, batch_size):
+    """Number of full batches in one epoch.
+
+    Args:
+        dataset_counts: pair-type counts, `{"A-A": n, "B-B": n, "A-B": n}`
+            (as from `count_split`).
+        batching: one of `BATCHINGS`.
+        batch_size: pairs per step (3 * (batch_size // 3) for per-type and
+            balanced).
+    """
+    _check_batching(batching, batch_size)
+    counts = [int(dataset_counts.get(name, 0)) for name in PAIR_TYPES]
+    if batching == "mixed":
+        return sum(counts) // batch_size
+    return min(counts) // (batch_size // 3)
+
+
+def _count_types(dataset):
+    """Pair-type counts of an arbitrary `(features, y)` dataset (one pass)."""
+    types = dataset.map(lambda features, y: tf.cast(y[1], tf.int32))
+    total = types.batch(4096).reduce(
+        tf.zeros([3], tf.int64),
+        lambda acc, t: (
+            acc + tf.math.bincount(t, minlength=3, maxlength=3, dtype=tf.int64)
+        ),
+    )
+    return dict(zip(PAIR_TYPES, (int(v) for v in total.numpy())))
+
+
+def _type_streams(dataset, source, shuffle, seed):
+    """One unbatched `(features, y)` dataset per pair type, each shuffled.
+
+    When `dataset` came straight from `read_split`, records are shuffled and
+    filtered before decoding: each image is decoded once, not once per
+    stream, and shuffle buffers hold bytes instead of float images.
+    """
+    streams = []
+    for index in range(len(PAIR_TYPES)):
+        stream_seed = None if seed is None else seed + index
+        if source is not None:
+            ds = raw_records(
+                source.files, shuffle_files_seed=stream_seed if shuffle else None
+            )
+            ds = ds.filter(lambda s, i=index: _raw_type(s) == i)
+            if shuffle:
+                ds = ds.shuffle(_SHUFFLE_BUFFER, seed=stream_seed)
+            size = source.image_size
+            ds = ds.map(
+                lambda s, size=size: decode_pair(s, size),
+                num_parallel_calls=tf.data.AUTOTUNE,
+            )
+        else:
+            ds = dataset.filter(lambda f, y, i=index: tf.cast(y[1], tf.int32) == i)
+            if shuffle:
+                ds = ds.shuffle(_SHUFFLE_BUFFER, seed=stream_seed)
+        streams.append(ds)
+    return streams
+
+
+def _raw_type(serialized):
+    domains = tf.io.parse_single_example(
+        serialized,
+        {
+            "left/domain": tf.io.FixedLenFeature([], tf.int64),
+            "right/domain": tf.io.FixedLenFeature([], tf.int64),
+        },
+    )
+    return pair_type(domains["left/domain"], domains["right/domain"])
+
+
+def _mixed(dataset, source, batch_size, shuffle, seed, drop_remainder):
+    if source is not None and source.files:
+        ds = raw_records(source.files, shuffle_files_seed=seed if shuffle else None)
+        if shuffle:
+            ds = ds.shuffle(_SHUFFLE_BUFFER, seed=seed)
+        size = source.image_size
+        ds = ds.map(lambda s: decode_pair(s, size), num_parallel_calls=tf.data.AUTOTUNE)
+    else:
+        ds = dataset
+        if shuffle:
+            ds = ds.shuffle(_SHUFFLE_BUFFER, seed=seed)
+    return ds.batch(batch_size, drop_remainder=drop_remainder)
+
+
+def _per_type(batches):
+    def _flatten(*parts):
+        features = {}
+        for prefix, (part_features, _) in zip(PER_TYPE_PREFIXES, parts):
+            for key, value in part_features.items():
+                features[f"{prefix}_{key}"] = value
+        y = tf.concat([part_y for _, part_y in parts], axis=0)
+        return features, y
+
+    return tf.data.Dataset.zip(tuple(batches)).map(_flatten)
+
+
+def _balanced(batches, shuffle, seed, repeat):
+    def _concat(*parts):
+        features = {
+            key: tf.concat([f[key] for f, _ in parts], axis=0) for key in parts[0][0]
+        }
+        y = tf.concat([part_y for _, part_y in parts], axis=0)
+        return features, y
+
+    ds = tf.data.Dataset.zip(tuple(batches)).map(_concat)
+    if repeat:
+        # Before numbering the steps, so that epochs get new permutations.
+        ds = ds.repeat()
+    if not shuffle:
+        return ds
+
+    def _permute(step, features, y):
+        # A stateless permutation keyed by (seed, step): the same rows go to
+        # the same places on every run, and rows of one type are not grouped.
+        rows = tf.range(tf.shape(y)[0])
+        if seed is None:
+            order = tf.random.shuffle(rows)
+        else:
+            key = tf.stack([tf.constant(seed, tf.int64), step])
+            order = tf.random.experimental.stateless_shuffle(rows, seed=key)
+        features = {k: tf.gather(v, order) for k, v in features.items()}
+        return features, tf.gather(y, order)
+
+    return ds.enumerate().map(lambda step, batch: _permute(step, *batch))
+
+
+def make_batches(
+    dataset,
+    batching,
+    batch_size,
+    seed=0,
+    shuffle=True,
+    repeat=False,
+    counts=None,
+    drop_remainder=True,
+):
+    """Batches an unbatched `(features, y)` dataset from `read_split`.
+
+    Args:
+        dataset: unbatched dataset as returned by `read_split`.
+        batching: one of `BATCHINGS`.
+        batch_size: pairs per step. `per-type` and `balanced` use
+            `batch_size // 3` pairs of each type (3 * (batch_size // 3) in all).
+        seed: shuffling seed.
+        shuffle: shuffle pairs (and rows within balanced batches).
+        repeat: repeat forever; otherwise one epoch.
+        counts: optional pair-type counts of `dataset` (`count_split`); known
+            already for datasets from `read_split`, counted otherwise.
+        drop_remainder: `mixed` only: drop the last partial batch. `per-type`
+            and `balanced` batches are always full, since each must hold the
+            same number of pairs of every type.
+
+    Returns:
+        `mixed`, `balanced`: `(features, y)` with the features of `read_split`
+        batched and y of shape (batch, 2). `per-type`: `(features, y)` with
+        features flat, keyed `aa_left, aa_right, aa_left_domain,
+        aa_right_domain, bb_..., ab_...`, and y the A-A, B-B and A-B targets
+        concatenated in that order.
+
+    Raises:
+        ValueError: unknown `batching` or bad `batch_size`.
+        DataError: a pair type needed by `per-type` or `balanced` is absent.
+    """
+    _check_batching(batching, batch_size)
+    source = split_source(dataset)
+    if batching == "mixed":
+        ds = _mixed(dataset, source, batch_size, shuffle, seed, drop_remainder)
+    else:
+        if counts is None:
+            counts = source.counts if source is not None else _count_types(dataset)
+        absent = [name for name in PAIR_TYPES if not counts.get(name)]
+        if absent:
+            raise DataError(
+                f"batching={batching!r} needs pairs of every type, but this split "
+                f"has no {', '.join(absent)} pairs. Counts: {counts}. Use "
+                "batching='mixed' or add the missing pair type."
+            )
+        per_type = batch_size // len(PAIR_TYPES)
+        streams = _type_streams(dataset, source, shuffle, seed)
+        batches = [s.batch(per_type, drop_remainder=True) for s in streams]
+        if batching == "per-type":
+            ds = _per_type(batches)
+        else:
+            ds = _balanced(batches, shuffle, seed, repeat)
+    if repeat and batching != "balanced":
+        # Repeat the finished epochs (not each stream) so that every epoch
+        # has `steps_per_epoch` steps and is reshuffled.
+        ds = ds.repeat()
+    return ds.prefetch(tf.data.AUTOTUNE)

@@ -1,0 +1,229 @@
+"""The built-in two-domain data set, made from what scikit-learn ships.
+
+Domain A: scikit-learn's 8x8 handwritten digits (`load_digits`), upscaled,
+white on black. Domain B: other digits of the same set blended over random
+patches of the two photographs scikit-learn ships (`load_sample_images`) the
+MNIST-M way (Ganin & Lempitsky 2015): `out = |patch - digit_mask * 255|`.
+
+Targets follow the post's losses and are learnable by a linear head on
+concatenated per-image embeddings (an ordering is, "same or different" is not):
+
+- A-A (L2): `(digit_left - digit_right) / 9`.
+- B-B and A-B (hinge): `+1` if `digit_left > digit_right` else `-1`; equal
+  digits are never paired.
+
+The digit images are split into disjoint train/val/test sets (70/15/15) before
+any pair is drawn, and within each split domain A and domain B use different
+images. Nothing is downloaded; the same seed gives the same bytes.
+"""
+
+import io
+import json
+import os
+import shutil
+import uuid
+from pathlib import Path
+
+import numpy as np
+from PIL import Image
+
+from kpair.data.records import (
+    MANIFEST_NAME,
+    SPLITS,
+    Pair,
+    replace_dir,
+    write_split,
+)
+
+DEFAULT_PAIRS_PER_TYPE = (1500, 300, 300)
+# Bump when the construction changes, so that stale caches are not reused.
+VERSION = "demo-v1"
+INFO_NAME = "demo.json"
+_SPLIT_FRACTIONS = (0.70, 0.15, 0.15)
+
+
+def _png(array):
+    buffer = io.BytesIO()
+    Image.fromarray(array).save(buffer, format="PNG")
+    return buffer.getvalue()
+
+
+def _digit_masks(images, image_size):
+    """8x8 digits (0..16) to float masks in [0, 1] of image_size x image_size."""
+    masks = []
+    for image in images:
+        small = Image.fromarray((image / 16.0).astype(np.float32))  # mode "F"
+        big = small.resize((image_size, image_size), Image.BILINEAR)
+        masks.append(np.clip(np.asarray(big), 0.0, 1.0))
+    return np.stack(masks)
+
+
+def _render_a(mask):
+    gray = np.round(mask * 255).astype(np.uint8)
+    return np.repeat(gray[..., None], 3, axis=-1)
+
+
+def _render_b(mask, photos, rng):
+    photo = photos[rng.integers(len(photos))]
+    size = mask.shape[0]
+    top = rng.integers(photo.shape[0] - size + 1)
+    left = rng.integers(photo.shape[1] - size + 1)
+    patch = photo[top : top + size, left : left + size].astype(np.float32)
+    out = np.abs(patch - mask[..., None] * 255.0)
+    return np.round(out).astype(np.uint8)
+
+
+def _split_indices(num, rng):
+    """Disjoint train/val/test digit-image indices, each halved into A and B."""
+    order = rng.permutation(num)
+    n_train = int(round(num * _SPLIT_FRACTIONS[0]))
+    n_val = int(round(num * _SPLIT_FRACTIONS[1]))
+    parts = np.split(order, [n_train, n_train + n_val])
+    result = {}
+    for name, part in zip(SPLITS, parts):
+        half = len(part) // 2
+        result[name] = {"A": np.sort(part[:half]), "B": np.sort(part[half:])}
+    return result
+
+
+def _draw_pairs(pool_left, pool_right, labels, count, hinge, rng):
+    """`count` (left, right) index pairs; hinge pairs never share a digit."""
+    pairs = []
+    while len(pairs) < count:
+        left = pool_left[rng.integers(len(pool_left))]
+        right = pool_right[rng.integers(len(pool_right))]
+        if hinge and labels[left] == labels[right]:
+            continue
+        pairs.append((int(left), int(right)))
+    return pairs
+
+
+def _check_args(image_size, pairs_per_type):
+    if not isinstance(image_size, int) or image_size < 8:
+        raise ValueError(
+            f"`image_size` must be an int >= 8. Received: image_size={image_size!r}"
+        )
+    if len(pairs_per_type) != 3 or any(int(n) < 1 for n in pairs_per_type):
+        raise ValueError(
+            "`pairs_per_type` must be three positive ints (train, val, test). "
+            f"Received: pairs_per_type={pairs_per_type!r}"
+        )
+
+
+def build_demo(out_dir, seed=0, image_size=32, pairs_per_type=DEFAULT_PAIRS_PER_TYPE):
+    """Builds the demo data set: `out_dir/{train,val,test}` plus `demo.json`.
+
+    Args:
+        out_dir: directory to create (replaced if it exists). Built aside and
+            renamed into place.
+        seed: seed for the image split, patches and pairs.
+        image_size: side of the square RGB images.
+        pairs_per_type: pairs of each type (A-A, B-B, A-B) in train, val, test.
+
+    Returns:
+        `Path(out_dir)`.
+    """
+    # Imported here: sklearn is only needed when the demo is built.
+    from sklearn.datasets import load_digits, load_sample_images
+
+    _check_args(image_size, pairs_per_type)
+    out_dir = Path(out_dir)
+    rng = np.random.default_rng(seed)
+    digits = load_digits()
+    labels = digits.target.astype(int)
+    photos = [np.asarray(p) for p in load_sample_images().images]
+    masks = _digit_masks(digits.images, image_size)
+    indices = _split_indices(len(labels), rng)
+
+    # Each digit image is rendered once, in its one domain: the data set is a
+    # fixed set of images, and pairs are drawn from it.
+    encoded = {}
+    for name in SPLITS:
+        for index in indices[name]["A"]:
+            encoded[int(index)] = _png(_render_a(masks[index]))
+        for index in indices[name]["B"]:
+            encoded[int(index)] = _png(_render_b(masks[index], photos, rng))
+
+    out_dir.parent.mkdir(parents=True, exist_ok=True)
+    tmp_dir = out_dir.parent / f".{out_dir.name}.tmp-{uuid.uuid4().hex[:8]}"
+    tmp_dir.mkdir()
+    try:
+        for name, count in zip(SPLITS, pairs_per_type):
+            a, b = indices[name]["A"], indices[name]["B"]
+            pairs = []
+            for left, right in _draw_pairs(a, a, labels, count, False, rng):
+                target = (labels[left] - labels[right]) / 9.0
+                pairs.append((left, right, 0, 0, target))
+            for pool_left, pool_right, domain in ((b, b, 1), (a, b, 0)):
+                for left, right in _draw_pairs(
+                    pool_left, pool_right, labels, count, True, rng
+                ):
+                    target = 1.0 if labels[left] > labels[right] else -1.0
+                    pairs.append((left, right, domain, 1, target))
+            # Store the types interleaved, so that a plain sequential read is
+            # already mixed.
+            order = rng.permutation(len(pairs))
+            write_split(
+                (
+                    Pair(encoded[pairs[i][0]], encoded[pairs[i][1]], *pairs[i][2:])
+                    for i in order
+                ),
+                tmp_dir / name,
+                image_size=image_size,
+            )
+        info = {
+            "version": VERSION,
+            "seed": seed,
+            "image_size": image_size,
+            "pairs_per_type": [int(n) for n in pairs_per_type],
+            "digit_indices": {
+                name: {d: indices[name][d].tolist() for d in ("A", "B")}
+                for name in SPLITS
+            },
+        }
+        (tmp_dir / INFO_NAME).write_text(json.dumps(info) + "\n")
+        replace_dir(tmp_dir, out_dir)
+    except BaseException:
+        shutil.rmtree(tmp_dir, ignore_errors=True)
+        raise
+    return out_dir
+
+
+def default_cache_dir():
+    """`$KPAIR_CACHE`, else `~/.cache/kpair`."""
+    root = os.environ.get("KPAIR_CACHE")
+    return Path(root) if root else Path.home() / ".cache" / "kpair"
+
+
+def ensure_demo(
+    cache_dir=None, seed=0, image_size=32, pairs_per_type=DEFAULT_PAIRS_PER_TYPE
+):
+    """Returns the cached demo data set, building it on first use.
+
+    The default settings live in `<cache>/demo-v1-<image_size>`; other seeds
+    or sizes get their own directory. A directory counts as built when every
+    split has its manifest (written last, after a rename).
+    """
+    _check_args(image_size, pairs_per_type)
+    root = Path(cache_dir) if cache_dir is not None else default_cache_dir()
+    name = f"{VERSION}-{image_size}"
+    if seed != 0 or tuple(pairs_per_type) != DEFAULT_PAIRS_PER_TYPE:
+        name += f"-seed{seed}-" + "-".join(str(int(n)) for n in pairs_per_type)
+    path = root / name
+    if _is_built(path):
+        return path
+    try:
+        build_demo(
+            path, seed=seed, image_size=image_size, pairs_per_type=pairs_per_type
+        )
+    except OSError:
+        # Another process may have finished the same build first.
+        if not _is_built(path):
+            raise
+    return path
+
+
+def _is_built(path):
+    return (path / INFO_NAME).is_file() and all(
+        (path / name / MANIFEST_NAME).is_file() for name in SPLITS
+    )

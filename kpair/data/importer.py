@@ -1,0 +1,282 @@
+"""`kpair data import`: image files plus a CSV of pairs -> TFRecord splits.
+
+The CSV has the columns `left,right,left_domain,right_domain,target` and
+optionally `split` (train/val/test). Image paths are relative to `root`.
+
+Every row is checked before anything is written, and all problems are
+reported together (a user fixing a 100k-row CSV should not meet them one run
+at a time). Without a `split` column, rows go 80/10/10 to train/val/test by a
+seeded hash of `(left, right)`, so re-importing the same CSV, or one with rows
+added, keeps every pair in its split.
+"""
+
+import csv
+import hashlib
+import io
+import math
+import shutil
+import sys
+import uuid
+from pathlib import Path, PurePosixPath, PureWindowsPath
+
+from PIL import Image
+
+from kpair.data.records import SPLITS, DataError, Pair, replace_dir, write_split
+
+REQUIRED_COLUMNS = ("left", "right", "left_domain", "right_domain", "target")
+OPTIONAL_COLUMNS = ("split",)
+_HASH_SPLIT = ((0.8, "train"), (0.9, "val"), (1.0, "test"))
+_KEPT_FORMATS = {"PNG": "PNG", "JPEG": "JPEG"}
+_MAX_LISTED = 200
+
+
+class _Progress:
+    """A one-line progress bar on stderr; silent when disabled."""
+
+    def __init__(self, label, total, enabled):
+        self.label, self.total, self.enabled = label, max(total, 1), enabled
+        self.shown = -1
+
+    def update(self, done):
+        if not self.enabled:
+            return
+        # Redraw at most 100 times: a 1M-row import should not print 1M lines.
+        percent = 100 * done // self.total
+        if percent == self.shown:
+            return
+        self.shown = percent
+        bar = "#" * (percent // 4)
+        sys.stderr.write(f"\r{self.label} [{bar:<25}] {done}/{self.total}")
+        if done >= self.total:
+            sys.stderr.write("\n")
+        sys.stderr.flush()
+
+
+def _hash_split(left, right, seed):
+    digest = hashlib.sha256(f"{seed}\0{left}\0{right}".encode()).digest()
+    fraction = int.from_bytes(digest[:8], "big") / 2.0**64
+    return next(name for bound, name in _HASH_SPLIT if fraction < bound)
+
+
+def _resolve(root, rel):
+    """`root / rel` if it is a safe relative path to a file; else a problem."""
+    if not rel:
+        return None, "empty path"
+    if PurePosixPath(rel).is_absolute() or PureWindowsPath(rel).is_absolute():
+        return None, f"absolute path {rel!r} (paths must be relative to root)"
+    parts = PurePosixPath(rel.replace("\\", "/")).parts
+    if ".." in parts:
+        return None, f"path {rel!r} leaves root through '..'"
+    path = root
+    for part in parts:
+        path = path / part
+        # Checked component by component: a link anywhere could point out of
+        # root, and resolving it would hide that it was a link.
+        if path.is_symlink():
+            return None, f"path {rel!r} goes through symbolic link {path}"
+    if not path.exists():
+        return None, f"file not found: {rel!r}"
+    if not path.is_file():
+        return None, f"not a regular file: {rel!r}"
+    return path, None
+
+
+def _image_problem(path):
+    """None if PIL decodes the whole image, else why not."""
+    try:
+        with Image.open(path) as image:
+            image.load()
+    except Image.DecompressionBombError as e:
+        return f"image {path.name} is too large to decode safely: {e}"
+    except Exception as e:  # PIL raises many types for bad files.
+        return f"cannot decode image {path.name}: {type(e).__name__}: {e}"
+    return None
+
+
+def _parse_domain(text, column):
+    try:
+        value = int(text.strip())
+    except (ValueError, AttributeError):
+        return None, f"{column} must be an integer, got {text!r}"
+    if value < 0:
+        return None, f"{column} must be >= 0, got {value}"
+    return value, None
+
+
+def _parse_target(text):
+    try:
+        value = float(text.strip())
+    except (ValueError, AttributeError):
+        return None, f"target must be a number, got {text!r}"
+    if not math.isfinite(value):
+        return None, f"target must be finite, got {text!r}"
+    return value, None
+
+
+def _check_header(fieldnames, path):
+    if not fieldnames:
+        raise DataError(f"{path} is empty: expected a header row {REQUIRED_COLUMNS}")
+    names = [n.strip() for n in fieldnames]
+    missing = [c for c in REQUIRED_COLUMNS if c not in names]
+    extra = [c for c in names if c not in REQUIRED_COLUMNS + OPTIONAL_COLUMNS]
+    if missing or extra or len(set(names)) != len(names):
+        raise DataError(
+            f"{path} has the wrong columns. Expected "
+            f"{','.join(REQUIRED_COLUMNS)} and optionally 'split'. "
+            f"Missing: {missing or 'none'}; unexpected: {extra or 'none'}. "
+            f"Received: header={','.join(names)}"
+        )
+    return names
+
+
+def _validate(rows, names, root, seed, progress):
+    """Checks every row; returns (parsed rows, problems as 'row N: ...')."""
+    has_split = "split" in names
+    parsed, problems, images = [], [], {}
+    bar = _Progress("checking", len(rows), progress)
+    for number, values in enumerate(rows, start=1):
+        bar.update(number)
+        if _is_blank(values):
+            continue
+        if len(values) != len(names):
+            problems.append(
+                f"row {number}: expected {len(names)} fields, got {len(values)}"
+            )
+            continue
+        row = dict(zip(names, values))
+        errors, paths = [], []
+        for side in ("left", "right"):
+            rel = row[side].strip()
+            if rel not in images:
+                path, error = _resolve(root, rel)
+                if error is None:
+                    error = _image_problem(path)
+                images[rel] = (path, error)
+            path, error = images[rel]
+            paths.append(path)
+            if error:
+                errors.append(f"{side}: {error}")
+        left_domain, error = _parse_domain(row["left_domain"], "left_domain")
+        errors += [error] if error else []
+        right_domain, error = _parse_domain(row["right_domain"], "right_domain")
+        errors += [error] if error else []
+        target, error = _parse_target(row["target"])
+        errors += [error] if error else []
+        if has_split:
+            split = row["split"].strip()
+            if split not in SPLITS:
+                errors.append(
+                    f"split must be one of {', '.join(SPLITS)}, got {split!r}"
+                )
+        else:
+            split = _hash_split(row["left"].strip(), row["right"].strip(), seed)
+        problems += [f"row {number}: {e}" for e in errors]
+        if not errors:
+            parsed.append((split, *paths, left_domain, right_domain, target))
+    return parsed, problems
+
+
+def _is_blank(values):
+    return not any(v.strip() for v in values)
+
+
+def _stored_bytes(path):
+    """Original bytes for PNG and JPEG (no quality loss), else PNG."""
+    with Image.open(path) as image:
+        if image.format in _KEPT_FORMATS:
+            return path.read_bytes()
+        buffer = io.BytesIO()
+        if image.mode not in ("RGB", "RGBA", "L", "LA"):
+            image = image.convert("RGBA" if "A" in image.getbands() else "RGB")
+        image.save(buffer, format="PNG")
+        return buffer.getvalue()
+
+
+def import_pairs(
+    pairs_csv,
+    root,
+    out_dir,
+    seed=0,
+    records_per_shard=1000,
+    progress=True,
+    overwrite=False,
+):
+    """Imports a CSV of image pairs into `out_dir/{train,val,test}`.
+
+    Args:
+        pairs_csv: CSV with `left,right,left_domain,right_domain,target` and
+            optionally `split`.
+        root: directory the image paths are relative to. Absolute paths,
+            paths through `..` and symbolic links are refused.
+        out_dir: data set directory to create; written aside, then renamed.
+        seed: seed of the hash split (ignored when the CSV has `split`).
+        records_per_shard: records per TFRecord shard.
+        progress: draw a progress bar on stderr.
+        overwrite: replace an existing `out_dir`.
+
+    Returns:
+        Pairs written per split, `{"train": n, "val": n, "test": n}`.
+
+    Raises:
+        DataError: listing every bad row as `row N: problem`; nothing is
+            written then.
+    """
+    pairs_csv, root, out_dir = Path(pairs_csv), Path(root), Path(out_dir)
+    if not pairs_csv.is_file():
+        raise DataError(f"Pairs CSV not found: {pairs_csv}")
+    if not root.is_dir():
+        raise DataError(f"Image root directory not found: {root}")
+    if out_dir.exists() and not overwrite:
+        raise DataError(
+            f"Output directory {out_dir} already exists; pass overwrite=True "
+            "to replace it."
+        )
+    with open(pairs_csv, newline="", encoding="utf-8-sig") as f:
+        reader = csv.reader(f)
+        header = next(reader, None)
+        names = _check_header(header, pairs_csv)
+        # Blank lines are skipped but keep their number, so that "row N"
+        # matches what the user counts.
+        rows = list(reader)
+    if all(_is_blank(r) for r in rows):
+        raise DataError(f"{pairs_csv} has a header but no data rows.")
+    parsed, problems = _validate(rows, names, root, seed, progress)
+    if problems:
+        listed = problems[:_MAX_LISTED]
+        more = len(problems) - len(listed)
+        raise DataError(
+            f"{pairs_csv}: {len(problems)} problem(s); nothing was written. "
+            "Rows are numbered from 1, not counting the header.\n"
+            + "\n".join(listed)
+            + (f"\n... and {more} more" if more else "")
+        )
+
+    out_dir.parent.mkdir(parents=True, exist_ok=True)
+    tmp_dir = out_dir.parent / f".{out_dir.name}.tmp-{uuid.uuid4().hex[:8]}"
+    bar = _Progress("writing", len(parsed), progress)
+    written = [0]
+
+    def _pairs(split):
+        for row_split, left, right, left_domain, right_domain, target in parsed:
+            if row_split != split:
+                continue
+            written[0] += 1
+            bar.update(written[0])
+            yield Pair(
+                _stored_bytes(left),
+                _stored_bytes(right),
+                left_domain,
+                right_domain,
+                target,
+            )
+
+    try:
+        counts = {
+            split: write_split(_pairs(split), tmp_dir / split, records_per_shard)
+            for split in SPLITS
+        }
+        replace_dir(tmp_dir, out_dir)
+    except BaseException:
+        shutil.rmtree(tmp_dir, ignore_errors=True)
+        raise
+    return counts
