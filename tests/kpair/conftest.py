@@ -1,0 +1,52 @@
+"""Fixtures for kpair tests: tiny pair splits, and a cache that is not $HOME."""
+
+import io
+
+import numpy as np
+import pytest
+from PIL import Image
+
+from kpair.data import Pair, write_split
+
+# Pixel value of every image of a domain in `tiny_split`: a batch's images
+# then show which domain they came from.
+DOMAIN_PIXEL = {0: 51, 1: 204}  # 0.2 and 0.8 after scaling to [0, 1]
+TYPE_DOMAINS = {"A-A": (0, 0), "B-B": (1, 1), "A-B": (0, 1)}
+
+
+def png_bytes(array):
+    buffer = io.BytesIO()
+    Image.fromarray(np.asarray(array, np.uint8)).save(buffer, format="PNG")
+    return buffer.getvalue()
+
+
+@pytest.fixture(autouse=True)
+def _kpair_cache(tmp_path_factory, monkeypatch):
+    """No test writes into the user's cache."""
+    monkeypatch.setenv("KPAIR_CACHE", str(tmp_path_factory.mktemp("kpair-cache")))
+
+
+@pytest.fixture
+def tiny_split(tmp_path):
+    """Factory: writes a split with `counts` pairs per type; returns its path.
+
+    Images are `size` x `size`, uniformly `DOMAIN_PIXEL[domain]`; the target
+    of the i-th pair is i, so pairs can be told apart.
+    """
+
+    def make(counts, name="train", size=8, records_per_shard=5):
+        images = {
+            d: png_bytes(np.full((size, size, 3), v)) for d, v in DOMAIN_PIXEL.items()
+        }
+        pairs = []
+        for kind, count in counts.items():
+            left, right = TYPE_DOMAINS[kind]
+            for _ in range(count):
+                pairs.append(Pair(images[left], images[right], left, right, len(pairs)))
+        # Interleave the types as a real split would be.
+        order = np.random.default_rng(0).permutation(len(pairs))
+        path = tmp_path / "data" / name
+        write_split([pairs[i] for i in order], path, records_per_shard)
+        return path
+
+    return make
