@@ -1,0 +1,292 @@
+"""PerDomainBatchNormalization against Keras's batch norm and a NumPy reference."""
+
+import subprocess
+import sys
+import textwrap
+
+import keras
+import numpy as np
+import pytest
+import tensorflow as tf
+
+from layers import PerDomainBatchNormalization
+
+EPS = 1e-3
+MOMENTUM = 0.9
+
+
+def reference_step(x, domain, state, training):
+    """Float64 NumPy per-domain batch norm; updates `state` in place."""
+    x = x.astype("float64")
+    gamma, beta = state["gamma"], state["beta"]
+    if not training:
+        mean, var = state["mean"][domain], state["var"][domain]
+        scale = gamma[domain] / np.sqrt(var + EPS)
+        return (x - mean[:, None, None]) * scale[:, None, None] + beta[domain][
+            :, None, None
+        ]
+    out = np.empty_like(x)
+    for k in np.unique(domain):
+        chosen = domain == k
+        mean = x[chosen].mean(axis=(0, 1, 2))
+        var = x[chosen].var(axis=(0, 1, 2))
+        out[chosen] = (x[chosen] - mean) / np.sqrt(var + EPS) * gamma[k] + beta[k]
+        state["mean"][k] = state["mean"][k] * MOMENTUM + mean * (1 - MOMENTUM)
+        state["var"][k] = state["var"][k] * MOMENTUM + var * (1 - MOMENTUM)
+    return out
+
+
+def random_batch(rng, domain, channels=5):
+    # Domains differ in location and scale, as images of two domains do.
+    loc = np.array([0.0, 3.0, -2.0])[domain][:, None, None, None]
+    scale = np.array([1.0, 0.5, 2.0])[domain][:, None, None, None]
+    x = rng.normal(size=(len(domain), 3, 3, channels)) * scale + loc
+    return x.astype("float32")
+
+
+def make_layer(num_domains=2, channels=5, seed=0, **kwargs):
+    layer = PerDomainBatchNormalization(
+        num_domains=num_domains, momentum=MOMENTUM, epsilon=EPS, **kwargs
+    )
+    layer.build([(None, 3, 3, channels), (None,)])
+    rng = np.random.default_rng(seed)
+    layer.gamma.assign(rng.uniform(0.5, 1.5, layer.gamma.shape))
+    layer.beta.assign(rng.normal(size=layer.beta.shape))
+    return layer
+
+
+def initial_state(layer):
+    return {
+        "gamma": layer.gamma.numpy().astype("float64"),
+        "beta": layer.beta.numpy().astype("float64"),
+        "mean": layer.moving_mean.numpy().astype("float64"),
+        "var": layer.moving_variance.numpy().astype("float64"),
+    }
+
+
+@pytest.mark.parametrize("training", [True, False])
+def test_one_domain_matches_keras_batch_normalization(training):
+    rng = np.random.default_rng(1)
+    ours = make_layer(num_domains=2)
+    stock = keras.layers.BatchNormalization(momentum=MOMENTUM, epsilon=EPS)
+    stock.build((None, 3, 3, 5))
+    stock.gamma.assign(ours.gamma.numpy()[1])
+    stock.beta.assign(ours.beta.numpy()[1])
+    domain = np.ones(8, "int32")
+    for _ in range(4):  # Moving statistics after several steps.
+        x = random_batch(rng, domain)
+        ours([x, domain], training=True)
+        stock(x, training=True)
+    np.testing.assert_allclose(
+        ours.moving_mean.numpy()[1], stock.moving_mean.numpy(), atol=1e-5
+    )
+    np.testing.assert_allclose(
+        ours.moving_variance.numpy()[1], stock.moving_variance.numpy(), atol=1e-5
+    )
+    x = tf.constant(random_batch(rng, domain))
+    upstream = tf.constant(rng.normal(size=x.shape).astype("float32"))
+    results = []
+    for layer, args in ((ours, [x, domain]), (stock, x)):
+        with tf.GradientTape() as tape:
+            tape.watch(x)
+            y = layer(args, training=training)
+            loss = tf.reduce_sum(y * upstream)
+        grads = tape.gradient(loss, [x, layer.gamma, layer.beta])
+        results.append((y, grads))
+    (y_ours, g_ours), (y_stock, g_stock) = results
+    np.testing.assert_allclose(y_ours, y_stock, atol=1e-5)
+    np.testing.assert_allclose(g_ours[0], g_stock[0], atol=1e-5)
+    # Only domain 1 was present: its row of gamma/beta gets the gradient.
+    np.testing.assert_allclose(g_ours[1][1], g_stock[1], atol=1e-4)
+    np.testing.assert_allclose(g_ours[2][1], g_stock[2], atol=1e-4)
+    np.testing.assert_array_equal(g_ours[1][0], 0.0)
+
+
+@pytest.mark.parametrize("per_domain_affine", [True, False])
+def test_two_domains_match_numpy_reference(per_domain_affine):
+    rng = np.random.default_rng(2)
+    layer = make_layer(num_domains=3, per_domain_affine=per_domain_affine)
+    state = initial_state(layer)
+    if not per_domain_affine:  # Shared: the same row for every domain.
+        state["gamma"] = np.tile(state["gamma"], (3, 1))
+        state["beta"] = np.tile(state["beta"], (3, 1))
+    batches = [
+        np.array([0, 1, 1, 0, 0, 1, 0, 1]),  # mixed
+        np.zeros(8, int),  # one domain
+        np.array([2, 2, 1, 2, 1, 1, 2, 1]),  # mixed, domain 0 absent
+        np.ones(8, int),  # one domain
+        np.array([0, 2, 0, 2, 0, 2, 1, 1]),
+    ]
+    for domain in batches:
+        x = random_batch(rng, domain)
+        expected = reference_step(x, domain, state, training=True)
+        got = layer([x, domain.astype("int32")], training=True)
+        np.testing.assert_allclose(got, expected, rtol=1e-5, atol=1e-5)
+        np.testing.assert_allclose(layer.moving_mean, state["mean"], atol=1e-5)
+        np.testing.assert_allclose(layer.moving_variance, state["var"], atol=1e-5)
+    domain = np.array([2, 0, 1, 1, 0, 2])
+    x = random_batch(rng, domain)
+    np.testing.assert_allclose(
+        layer([x, domain[:, None]], training=False),  # (batch, 1) ids work too
+        reference_step(x, domain, state, training=False),
+        rtol=1e-5,
+        atol=1e-5,
+    )
+
+
+def test_absent_domain_keeps_its_statistics_bit_for_bit():
+    rng = np.random.default_rng(3)
+    layer = make_layer(num_domains=2)
+    mixed = np.array([0, 1] * 4, "int32")
+    layer([random_batch(rng, mixed), mixed], training=True)
+    before = (
+        layer.moving_mean.numpy()[1].copy(),
+        layer.moving_variance.numpy()[1].copy(),
+    )
+    domain = np.zeros(8, "int32")
+    for _ in range(3):
+        layer([random_batch(rng, domain), domain], training=True)
+    np.testing.assert_array_equal(layer.moving_mean.numpy()[1], before[0])
+    np.testing.assert_array_equal(layer.moving_variance.numpy()[1], before[1])
+    assert not np.allclose(layer.moving_mean.numpy()[0], 0.0)
+
+
+def test_channels_first_axis():
+    rng = np.random.default_rng(4)
+    layer = PerDomainBatchNormalization(axis=1, momentum=MOMENTUM, epsilon=EPS)
+    domain = np.array([0, 1, 1, 0, 1, 0])
+    x = random_batch(rng, domain)
+    state = initial_state(make_layer())
+    state.update(gamma=np.ones((2, 5)), beta=np.zeros((2, 5)))
+    expected = reference_step(x, domain, state, training=True)
+    got = layer([np.moveaxis(x, -1, 1), domain], training=True)
+    np.testing.assert_allclose(np.moveaxis(got, 1, -1), expected, atol=1e-5)
+    assert layer.moving_mean.shape == (2, 5)
+
+
+def test_mixed_float16_large_inputs_stay_finite_and_accurate():
+    rng = np.random.default_rng(5)
+    domain = np.array([0, 1] * 4, "int32")
+    x = (rng.normal(size=(8, 4, 4, 6)) * 300.0 + 1000.0).astype("float32")
+    x[domain == 1] *= 2.0
+    results = {}
+    for policy in ("float32", "mixed_float16"):
+        keras.config.set_dtype_policy(policy)
+        layer = PerDomainBatchNormalization()
+        train = layer([x, domain], training=True)
+        infer = layer([x, domain], training=False)
+        results[policy] = (np.asarray(train, "float32"), np.asarray(infer, "float32"))
+        assert layer.moving_variance.dtype == "float32"
+    for got, expected in zip(results["mixed_float16"], results["float32"]):
+        assert np.all(np.isfinite(got))
+        np.testing.assert_allclose(got, expected, atol=1e-2, rtol=1e-2)
+
+
+@pytest.mark.parametrize(
+    "kwargs, match",
+    [
+        ({"num_domains": 0}, "num_domains"),
+        ({"num_domains": 10**9}, "num_domains"),
+        ({"num_domains": "2"}, "num_domains"),
+        ({"epsilon": -1.0}, "epsilon"),
+        ({"momentum": 1.5}, "momentum"),
+        ({"per_domain_affine": "yes"}, "per_domain_affine"),
+    ],
+)
+def test_bad_arguments_raise_keras_style_errors(kwargs, match):
+    with pytest.raises(ValueError, match=f"{match}.*Received: {match}="):
+        PerDomainBatchNormalization(**kwargs)
+
+
+def test_axis_out_of_range():
+    layer = PerDomainBatchNormalization(axis=4)
+    with pytest.raises(ValueError, match="axis.*Received: axis=4"):
+        layer([np.zeros((2, 3, 3, 4), "float32"), np.zeros(2, "int32")])
+
+
+def test_domain_out_of_range_in_eager_mode():
+    layer = PerDomainBatchNormalization(num_domains=2)
+    with pytest.raises(ValueError, match=r"\[0, 2\)\. Received: domain ids from 0"):
+        layer([np.zeros((3, 2, 2, 4), "float32"), np.array([0, 1, 2])])
+
+
+def test_synchronized_matches_one_device_on_the_whole_batch():
+    """Two logical CPU devices need a fresh process (set before TF starts)."""
+    script = textwrap.dedent(
+        """
+        import os
+        os.environ["TF_CPP_MIN_LOG_LEVEL"] = "3"
+        import numpy as np
+        import tensorflow as tf
+        cpu = tf.config.list_physical_devices("CPU")[0]
+        tf.config.set_logical_device_configuration(
+            cpu, [tf.config.LogicalDeviceConfiguration()] * 2)
+        from layers import PerDomainBatchNormalization
+
+        rng = np.random.default_rng(0)
+        domain = np.array([0, 0, 0, 1, 1, 0, 1, 1], "int32")
+        x = rng.normal(size=(8, 3, 3, 4)).astype("float32")
+        x[domain == 1] = x[domain == 1] * 3 + 5
+        single = PerDomainBatchNormalization(momentum=0.5)
+        single([x, domain], training=True)
+
+        strategy = tf.distribute.MirroredStrategy(["/cpu:0", "/cpu:1"])
+        with strategy.scope():
+            synced = PerDomainBatchNormalization(momentum=0.5, synchronized=True)
+            synced.build([(None, 3, 3, 4), (None,)])
+        halves = strategy.experimental_distribute_values_from_function(
+            lambda ctx: (x[ctx.replica_id_in_sync_group * 4:][:4],
+                         domain[ctx.replica_id_in_sync_group * 4:][:4]))
+        strategy.run(tf.function(lambda a, b: synced([a, b], training=True)),
+                     args=halves)
+        for a, b in ((single.moving_mean, synced.moving_mean),
+                     (single.moving_variance, synced.moving_variance)):
+            np.testing.assert_allclose(a.numpy(), b.numpy(), atol=1e-5)
+        # Without synchronization the replicas disagree: the test can fail.
+        with strategy.scope():
+            local = PerDomainBatchNormalization(momentum=0.5)
+            local.build([(None, 3, 3, 4), (None,)])
+        strategy.run(tf.function(lambda a, b: local([a, b], training=True)),
+                     args=halves)
+        assert not np.allclose(single.moving_variance.numpy(),
+                               local.moving_variance.numpy(), atol=1e-3)
+        print("SYNC-OK")
+        """
+    )
+    result = subprocess.run(
+        [sys.executable, "-c", script], capture_output=True, text=True, timeout=300
+    )
+    assert "SYNC-OK" in result.stdout, result.stderr[-3000:]
+
+
+def test_loads_in_a_fresh_process_with_safe_mode(tmp_path):
+    rng = np.random.default_rng(6)
+    image = keras.Input((3, 3, 5), name="image")
+    domain = keras.Input((), dtype="int32", name="domain")
+    norm = PerDomainBatchNormalization(name="norm", per_domain_affine=False)
+    model = keras.Model([image, domain], norm([image, domain]))
+    ids = np.array([0, 1, 1, 0], "int32")
+    for _ in range(3):
+        model([random_batch(rng, ids), ids], training=True)
+    x = random_batch(rng, ids)
+    np.save(tmp_path / "x.npy", x)
+    np.save(tmp_path / "expected.npy", model.predict([x, ids], verbose=0))
+    model.save(tmp_path / "model.keras")
+    script = textwrap.dedent(
+        f"""
+        import os
+        os.environ["TF_CPP_MIN_LOG_LEVEL"] = "3"
+        import numpy as np
+        import keras
+        import kpair
+        model = keras.saving.load_model({str(tmp_path / "model.keras")!r})
+        x = np.load({str(tmp_path / "x.npy")!r})
+        got = model.predict([x, np.array([0, 1, 1, 0], "int32")], verbose=0)
+        np.testing.assert_array_equal(got, np.load({str(tmp_path / "expected.npy")!r}))
+        print("LOAD-OK")
+        """
+    )
+    result = subprocess.run(
+        [sys.executable, "-c", script], capture_output=True, text=True, timeout=300
+    )
+    assert "LOAD-OK" in result.stdout, result.stderr[-3000:]
