@@ -1,0 +1,143 @@
+import json
+
+import numpy as np
+import pytest
+import tensorflow as tf
+from sklearn.datasets import load_digits
+
+from kpair.data import SPLITS, build_demo, count_split, ensure_demo, read_split
+from kpair.data import demo as demo_module
+
+SMALL = dict(image_size=16, pairs_per_type=(12, 6, 6))
+
+
+def _records(split_dir):
+    """(left bytes, right bytes, left domain, right domain, target) per record."""
+    spec = {
+        "left/image": tf.io.FixedLenFeature([], tf.string),
+        "right/image": tf.io.FixedLenFeature([], tf.string),
+        "left/domain": tf.io.FixedLenFeature([], tf.int64),
+        "right/domain": tf.io.FixedLenFeature([], tf.int64),
+        "target": tf.io.FixedLenFeature([], tf.float32),
+    }
+    files = sorted(str(p) for p in split_dir.glob("*.tfrecord"))
+    out = []
+    for raw in tf.data.TFRecordDataset(files).as_numpy_iterator():
+        ex = tf.io.parse_single_example(raw, spec)
+        values = [ex[key].numpy() for key in spec]
+        out.append((*values[:2], *(v.item() for v in values[2:])))
+    return out
+
+
+@pytest.fixture(scope="module")
+def small_demo(tmp_path_factory):
+    return build_demo(tmp_path_factory.mktemp("demo") / "d", seed=3, **SMALL)
+
+
+def test_demo_is_deterministic(small_demo, tmp_path):
+    again = build_demo(tmp_path / "again", seed=3, **SMALL)
+    other = build_demo(tmp_path / "other", seed=4, **SMALL)
+    for split in SPLITS:
+        shards = sorted(p.name for p in (small_demo / split).glob("*.tfrecord"))
+        assert shards
+        for name in shards:
+            first = (small_demo / split / name).read_bytes()
+            assert first == (again / split / name).read_bytes()
+            assert first != (other / split / name).read_bytes()
+
+
+def test_demo_splits_use_disjoint_images(small_demo):
+    info = json.loads((small_demo / "demo.json").read_text())
+    sets = [set(info["digit_indices"][s][d]) for s in SPLITS for d in ("A", "B")]
+    assert sum(len(s) for s in sets) == len(set().union(*sets)) == 1797
+    assert len(info["digit_indices"]["train"]["A"]) > 600
+    # The stored images too: no image of one split appears in another.
+    images = {
+        split: {r[i] for r in _records(small_demo / split) for i in (0, 1)}
+        for split in SPLITS
+    }
+    assert not images["train"] & images["val"]
+    assert not images["train"] & images["test"]
+    assert not images["val"] & images["test"]
+
+
+def test_demo_pair_types_and_domains(small_demo):
+    for split, n in zip(SPLITS, SMALL["pairs_per_type"]):
+        assert count_split(small_demo / split) == {"A-A": n, "B-B": n, "A-B": n}
+        domains = {(r[2], r[3]) for r in _records(small_demo / split)}
+        # A-B pairs keep the post's layout: left from A, right from B.
+        assert domains == {(0, 0), (1, 1), (0, 1)}
+    features, y = next(iter(read_split(small_demo / "train", 16)))
+    assert features["left"].shape == (16, 16, 3)
+
+
+def test_demo_targets_follow_the_rule(tmp_path, monkeypatch):
+    # Render domain B as the inverted domain-A image, so that every stored
+    # image maps back to its digit; pairing and targets run unchanged.
+    render_a = demo_module._render_a
+    monkeypatch.setattr(
+        demo_module, "_render_b", lambda mask, photos, rng: 255 - render_a(mask)
+    )
+    path = build_demo(tmp_path / "d", seed=1, image_size=16, pairs_per_type=(60, 5, 5))
+    info = json.loads((path / "demo.json").read_text())
+    labels = load_digits().target
+    masks = demo_module._digit_masks(load_digits().images, 16)
+    label_of = {}
+    for split in SPLITS:
+        for index in info["digit_indices"][split]["A"]:
+            label_of[demo_module._png(render_a(masks[index]))] = labels[index]
+        for index in info["digit_indices"][split]["B"]:
+            label_of[demo_module._png(255 - render_a(masks[index]))] = labels[index]
+    for left, right, left_domain, right_domain, target in _records(path / "train"):
+        dl, dr = label_of[left], label_of[right]
+        if (left_domain, right_domain) == (0, 0):
+            assert target == pytest.approx((dl - dr) / 9.0)
+        else:
+            assert dl != dr
+            assert target == (1.0 if dl > dr else -1.0)
+
+
+def test_domain_b_is_mnist_m_blend():
+    rng = np.random.default_rng(0)
+    photo = rng.integers(0, 256, (20, 30, 3), dtype=np.uint8)
+    mask = np.zeros((8, 8), np.float32)
+    mask[2:6, 3] = 1.0
+    out = demo_module._render_b(mask, [photo], np.random.default_rng(5))
+    assert out.shape == (8, 8, 3) and out.dtype == np.uint8
+    # Where the digit is absent the patch shows through; where it is, the
+    # pixel is |patch - 255| = 255 - patch.
+    windows = np.lib.stride_tricks.sliding_window_view(photo, (8, 8, 3))[
+        ..., 0, :, :, :
+    ]
+    matches = [
+        (i, j)
+        for i in range(windows.shape[0])
+        for j in range(windows.shape[1])
+        if np.array_equal(out[mask == 0], windows[i, j][mask == 0])
+    ]
+    assert len(matches) == 1
+    i, j = matches[0]
+    np.testing.assert_array_equal(out[mask == 1], 255 - windows[i, j][mask == 1])
+
+
+def test_ensure_demo_builds_once_into_kpair_cache(tmp_path, monkeypatch):
+    monkeypatch.setenv("KPAIR_CACHE", str(tmp_path / "cache"))
+    path = ensure_demo(**SMALL)
+    assert path.parent == tmp_path / "cache"
+    assert path.name.startswith("demo-v1-16")
+    assert all((path / s / "manifest.json").is_file() for s in SPLITS)
+
+    def fail(*args, **kwargs):
+        raise AssertionError("rebuilt a cached demo")
+
+    monkeypatch.setattr(demo_module, "build_demo", fail)
+    assert ensure_demo(**SMALL) == path
+    assert ensure_demo(cache_dir=tmp_path / "cache", **SMALL) == path
+
+
+def test_demo_rejects_bad_arguments(tmp_path):
+    with pytest.raises(ValueError, match="Received: image_size=4"):
+        build_demo(tmp_path / "d", image_size=4)
+    with pytest.raises(ValueError, match="Received: pairs_per_type="):
+        build_demo(tmp_path / "d", pairs_per_type=(1, 0, 1))
+    assert not (tmp_path / "d").exists()
