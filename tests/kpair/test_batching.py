@@ -1,0 +1,146 @@
+import numpy as np
+import pytest
+
+from kpair.data import (
+    BATCHINGS,
+    PER_TYPE_PREFIXES,
+    DataError,
+    count_split,
+    make_batches,
+    read_split,
+    steps_per_epoch,
+)
+from tests.kpair.conftest import DOMAIN_PIXEL
+
+COUNTS = {"A-A": 7, "B-B": 8, "A-B": 10}
+
+
+@pytest.fixture
+def split(tiny_split):
+    return tiny_split(COUNTS)
+
+
+def _plain(dataset):
+    """The same elements, as a dataset batching knows nothing about."""
+    return dataset.map(lambda features, y: (features, y))
+
+
+def _assert_domain(images, domains, domain):
+    assert set(np.asarray(domains).tolist()) == {domain}
+    np.testing.assert_allclose(images, DOMAIN_PIXEL[domain] / 255, atol=1e-6)
+
+
+@pytest.mark.parametrize("plain", [False, True])
+def test_per_type_batches_hold_one_pair_type_each(split, plain):
+    ds = read_split(split, 8)
+    ds = _plain(ds) if plain else ds
+    batches = list(make_batches(ds, "per-type", 7, seed=1))
+    # 2 pairs per type; A-A (7 pairs) runs out first.
+    assert len(batches) == steps_per_epoch(COUNTS, "per-type", 7) == 3
+    for features, y in batches:
+        assert sorted(features) == sorted(
+            f"{p}_{k}"
+            for p in PER_TYPE_PREFIXES
+            for k in ("left", "right", "left_domain", "right_domain")
+        )
+        assert features["aa_left"].shape == (2, 8, 8, 3)
+        assert y.shape == (6, 2)
+        assert y[:, 1].numpy().tolist() == [0, 0, 1, 1, 2, 2]
+        for prefix, (left, right) in zip(PER_TYPE_PREFIXES, [(0, 0), (1, 1), (0, 1)]):
+            _assert_domain(
+                features[f"{prefix}_left"], features[f"{prefix}_left_domain"], left
+            )
+            _assert_domain(
+                features[f"{prefix}_right"], features[f"{prefix}_right_domain"], right
+            )
+
+
+def test_balanced_batches_have_equal_type_counts(split):
+    ds = read_split(split, 8)
+    batches = list(make_batches(ds, "balanced", 6, seed=0))
+    assert len(batches) == steps_per_epoch(COUNTS, "balanced", 6) == 3
+    grouped = 0
+    targets = set()
+    for features, y in batches:
+        types = y[:, 1].numpy().astype(int)
+        assert np.bincount(types, minlength=3).tolist() == [2, 2, 2]
+        grouped += types.tolist() == sorted(types.tolist())
+        # Rows stay aligned after the shuffle: each row's images and domains
+        # agree with its pair type.
+        expected_right = np.where(types == 0, 0, 1)
+        assert features["right_domain"].numpy().tolist() == expected_right.tolist()
+        for row, kind in enumerate(types):
+            left = 1 if kind == 1 else 0
+            _assert_domain(features["left"][row], [features["left_domain"][row]], left)
+        targets |= set(y[:, 0].numpy().tolist())
+    assert grouped < len(batches)  # rows are shuffled, not left in type order
+    assert len(targets) == 18  # no pair twice in one epoch
+
+
+def test_mixed_batches_hold_all_pairs(split):
+    ds = read_split(split, 8)
+    batches = list(make_batches(ds, "mixed", 5, seed=0))
+    assert len(batches) == steps_per_epoch(COUNTS, "mixed", 5) == 5
+    targets = np.concatenate([y[:, 0].numpy() for _, y in batches])
+    assert sorted(targets.tolist()) == list(range(25))
+    types = np.concatenate([y[:, 1].numpy() for _, y in batches])
+    assert set(types.tolist()) == {0.0, 1.0, 2.0}
+    assert not np.array_equal(targets, np.sort(targets))
+    assert sorted(batches[0][0]) == ["left", "left_domain", "right", "right_domain"]
+
+    spec = make_batches(ds, "mixed", 4).element_spec
+    assert spec[0]["left"].shape == (4, 8, 8, 3) and spec[1].shape == (4, 2)
+    partial = list(make_batches(ds, "mixed", 4, drop_remainder=False))
+    assert partial[-1][1].shape == (1, 2)
+
+
+@pytest.mark.parametrize("batching", BATCHINGS)
+def test_same_seed_same_batches_and_repeat(split, batching):
+    ds = read_split(split, 8)
+
+    def targets(seed, repeat=False, take=-1):
+        batches = make_batches(ds, batching, 6, seed=seed, repeat=repeat).take(take)
+        return [y[:, 0].numpy().tolist() for _, y in batches]
+
+    first = targets(0)
+    assert first == targets(0)
+    assert first != targets(5)
+    steps = steps_per_epoch(COUNTS, batching, 6)
+    assert len(targets(0, repeat=True, take=3 * steps)) == 3 * steps
+    if batching != "mixed":
+        static = make_batches(ds, batching, 6, repeat=True).element_spec[1]
+        assert static.shape == (6, 2)
+
+
+@pytest.mark.parametrize("batching", ["per-type", "balanced"])
+@pytest.mark.parametrize("plain", [False, True])
+def test_missing_pair_type_is_named(tiny_split, batching, plain):
+    path = tiny_split({"A-A": 4, "A-B": 4})
+    ds = read_split(path, 8)
+    ds = _plain(ds) if plain else ds
+    with pytest.raises(DataError, match="has no B-B pairs"):
+        make_batches(ds, batching, 6)
+    # Mixed batches need no particular type.
+    assert len(list(make_batches(ds, "mixed", 4))) == 2
+
+
+def test_unknown_batching_lists_valid_names(split):
+    ds = read_split(split, 8)
+    with pytest.raises(ValueError) as info:
+        make_batches(ds, "shuffled", 6)
+    message = str(info.value)
+    assert "Expected one of 'per-type', 'mixed', 'balanced'" in message
+    assert "Received: batching='shuffled'" in message
+    with pytest.raises(ValueError, match="Received: batch_size=2"):
+        make_batches(ds, "per-type", 2)
+    with pytest.raises(ValueError, match="Received: batching='x'"):
+        steps_per_epoch(COUNTS, "x", 6)
+
+
+def test_steps_per_epoch(split):
+    counts = count_split(split)
+    assert counts == COUNTS
+    assert steps_per_epoch(counts, "mixed", 4) == 6
+    assert steps_per_epoch(counts, "per-type", 9) == 2
+    assert steps_per_epoch(counts, "balanced", 8) == 3  # 2 of each type
+    assert steps_per_epoch({"A-A": 100, "A-B": 100}, "per-type", 3) == 0
