@@ -58,7 +58,7 @@ def _hash_split(left, right, seed):
     return next(name for bound, name in _HASH_SPLIT if fraction < bound)
 
 
-def _resolve(root, rel):
+def resolve_under_root(root, rel):
     """`root / rel` if it is a safe relative path to a file; else a problem."""
     if not rel:
         return None, "empty path"
@@ -148,7 +148,7 @@ def _validate(rows, names, root, seed, progress):
         for side in ("left", "right"):
             rel = row[side].strip()
             if rel not in images:
-                path, error = _resolve(root, rel)
+                path, error = resolve_under_root(root, rel)
                 if error is None:
                     error = _image_problem(path)
                 images[rel] = (path, error)

@@ -293,19 +293,29 @@ def count_split(split_dir):
     return validate_split(split_dir, check_sha256=False)
 
 
+def decode_image(data, image_size):
+    """PNG or JPEG bytes -> float32 (h, w, 3) in [0, 1], resized.
+
+    The one preprocessing of every image kpair reads, in training and in
+    prediction alike.
+    """
+    image_size = _normalize_size(image_size)
+    # channels=3 turns grayscale and RGBA into RGB; expand_animations=False
+    # gives a rank-3 tensor even for GIF so that resize has a static rank.
+    image = tf.io.decode_image(data, channels=3, expand_animations=False)
+    image = tf.image.convert_image_dtype(image, tf.float32)
+    image = tf.image.resize(image, image_size)
+    # Bilinear resizing stays in range only up to float rounding.
+    image = tf.clip_by_value(image, 0.0, 1.0)
+    return tf.ensure_shape(image, (*image_size, 3))
+
+
 def decode_pair(serialized, image_size):
     """Parses one serialized pair into `(features, y)` (see `read_split`)."""
     ex = tf.io.parse_single_example(serialized, _FEATURES)
 
     def _image(data):
-        # channels=3 turns grayscale and RGBA into RGB; expand_animations=False
-        # gives a rank-3 tensor even for GIF so that resize has a static rank.
-        image = tf.io.decode_image(data, channels=3, expand_animations=False)
-        image = tf.image.convert_image_dtype(image, tf.float32)
-        image = tf.image.resize(image, image_size)
-        # Bilinear resizing stays in range only up to float rounding.
-        image = tf.clip_by_value(image, 0.0, 1.0)
-        return tf.ensure_shape(image, (*image_size, 3))
+        return decode_image(data, image_size)
 
     left_domain = tf.cast(ex["left/domain"], tf.int32)
     right_domain = tf.cast(ex["right/domain"], tf.int32)
