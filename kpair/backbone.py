@@ -1,0 +1,168 @@
+"""ResNet-18 with a swappable, possibly domain-aware, normalization."""
+
+import keras
+
+import layers
+
+STEMS = ("small", "imagenet")
+# Basic blocks per stage and base widths (He et al. 2016, ResNet-18).
+BLOCKS_PER_STAGE = (2, 2, 2, 2)
+STAGE_WIDTHS = (64, 128, 256, 512)
+
+
+@keras.saving.register_keras_serializable(package="kpair")
+class ResNet18Backbone(keras.Model):
+    """ResNet-18 that embeds an image, with its normalization chosen by name.
+
+    Every backbone has the same two inputs whatever its norm: the image and
+    the integer domain of each sample. Norms that keep per-domain statistics
+    read the domain; the others ignore it. So saved models are
+    interchangeable, and one backbone serves left and right images of every
+    pair type.
+
+    Args:
+        norm: Registry name of the normalization (`layers.names()`).
+        norm_options: Dict of that norm's options (`layers.options(norm)`).
+        image_size: Height and width of the (square) input images.
+        stem: `"small"` (3x3 convolution, stride 1, no pooling: for images of
+            about 32 pixels) or `"imagenet"` (7x7 convolution, stride 2, and
+            3x3 max pooling, stride 2).
+        width_multiplier: Scales every stage's width (64, 128, 256, 512);
+            tests use a tiny backbone with 0.125.
+        embedding_dim: Size of the embedding (128 in the post).
+        num_domains: Domains the domain-aware norms keep statistics for;
+            passed to norms that take `num_domains` unless `norm_options`
+            sets it.
+        **kwargs: `keras.Model` arguments (`name`, `dtype`, ...).
+
+    Call arguments:
+        inputs: `[image, domain]` (or a dict with those keys): a float image
+            batch `(batch, image_size, image_size, 3)` and int domain ids
+            `(batch,)`.
+        training: Passed to every normalization layer (see each layer's
+            docstring for what it changes).
+
+    Example:
+
+    >>> backbone = ResNet18Backbone(norm="per-domain", width_multiplier=0.25)
+    >>> embedding = backbone([images, domains])  # (batch, 128)
+
+    Reference:
+        - [He et al., 2016](https://arxiv.org/abs/1512.03385)
+    """
+
+    def __init__(
+        self,
+        norm="batch",
+        norm_options=None,
+        image_size=32,
+        stem="small",
+        width_multiplier=1.0,
+        embedding_dim=128,
+        num_domains=2,
+        **kwargs,
+    ):
+        _check_positive_int("image_size", image_size)
+        _check_positive_int("embedding_dim", embedding_dim)
+        _check_positive_int("num_domains", num_domains)
+        if stem not in STEMS:
+            raise ValueError(
+                f"Unknown stem. Expected one of {list(STEMS)}. Received: stem={stem!r}"
+            )
+        if (
+            isinstance(width_multiplier, bool)
+            or not isinstance(width_multiplier, (int, float))
+            or not 0 < width_multiplier <= 16
+        ):
+            raise ValueError(
+                "`width_multiplier` must be a number in (0, 16]. "
+                f"Received: width_multiplier={width_multiplier!r}"
+            )
+        norm_options = dict(norm_options or {})
+        resolved = dict(norm_options)
+        if "num_domains" in layers.options(norm):
+            resolved.setdefault("num_domains", num_domains)
+        factory = layers.get(norm, **resolved)
+        widths = [max(1, round(w * width_multiplier)) for w in STAGE_WIDTHS]
+
+        # === Functional Model ===
+        image = keras.Input((image_size, image_size, 3), name="image")
+        domain = keras.Input((), dtype="int32", name="domain")
+        if stem == "imagenet":
+            x = _conv(widths[0], 7, 2, "stem_conv")(image)
+            x = _norm(factory, x, domain, widths[0], "stem_norm")
+            x = keras.layers.ReLU(name="stem_relu")(x)
+            x = keras.layers.MaxPooling2D(3, 2, padding="same", name="stem_pool")(x)
+        else:
+            x = _conv(widths[0], 3, 1, "stem_conv")(image)
+            x = _norm(factory, x, domain, widths[0], "stem_norm")
+            x = keras.layers.ReLU(name="stem_relu")(x)
+        for stage, (blocks, width) in enumerate(zip(BLOCKS_PER_STAGE, widths)):
+            for block in range(blocks):
+                stride = 2 if stage > 0 and block == 0 else 1
+                name = f"stage{stage + 1}_block{block + 1}"
+                x = _basic_block(x, domain, factory, width, stride, name)
+        x = keras.layers.GlobalAveragePooling2D(name="pool")(x)
+        embedding = keras.layers.Dense(embedding_dim, name="embedding")(x)
+        super().__init__(inputs=[image, domain], outputs=embedding, **kwargs)
+
+        # === Config ===
+        self.norm = norm
+        self.norm_options = norm_options
+        self.image_size = image_size
+        self.stem = stem
+        self.width_multiplier = width_multiplier
+        self.embedding_dim = embedding_dim
+        self.num_domains = num_domains
+
+    def get_config(self):
+        return {
+            "name": self.name,
+            "trainable": self.trainable,
+            "norm": self.norm,
+            "norm_options": dict(self.norm_options),
+            "image_size": self.image_size,
+            "stem": self.stem,
+            "width_multiplier": self.width_multiplier,
+            "embedding_dim": self.embedding_dim,
+            "num_domains": self.num_domains,
+        }
+
+    @classmethod
+    def from_config(cls, config):
+        return cls(**config)
+
+
+def _conv(filters, kernel, stride, name):
+    # No bias: the normalization that follows has its own offset.
+    return keras.layers.Conv2D(
+        filters, kernel, strides=stride, padding="same", use_bias=False,
+        kernel_initializer="he_normal", name=name,
+    )
+
+
+def _norm(factory, x, domain, channels, name):
+    layer = factory(channels, name=name)
+    return layer([x, domain]) if factory.takes_domain else layer(x)
+
+
+def _basic_block(x, domain, factory, width, stride, name):
+    shortcut = x
+    y = _conv(width, 3, stride, f"{name}_conv1")(x)
+    y = _norm(factory, y, domain, width, f"{name}_norm1")
+    y = keras.layers.ReLU(name=f"{name}_relu1")(y)
+    y = _conv(width, 3, 1, f"{name}_conv2")(y)
+    y = _norm(factory, y, domain, width, f"{name}_norm2")
+    if stride != 1 or x.shape[-1] != width:
+        # Projection shortcut, as torchvision's downsample: 1x1 conv + norm.
+        shortcut = _conv(width, 1, stride, f"{name}_shortcut_conv")(x)
+        shortcut = _norm(factory, shortcut, domain, width, f"{name}_shortcut_norm")
+    y = keras.layers.Add(name=f"{name}_add")([y, shortcut])
+    return keras.layers.ReLU(name=f"{name}_out")(y)
+
+
+def _check_positive_int(name, value):
+    if isinstance(value, bool) or not isinstance(value, int) or value <= 0:
+        raise ValueError(
+            f"`{name}` must be a positive integer. Received: {name}={value!r}"
+        )

@@ -1,0 +1,159 @@
+"""Callbacks of a kpair training run.
+
+Each one keeps one promise of the run directory: the three losses every
+epoch, a history.csv with each epoch once however often the run was killed,
+a last good checkpoint, and a clear stop on a non-finite loss.
+"""
+
+import csv
+import json
+import math
+import os
+import sys
+import time
+from pathlib import Path
+
+import keras
+
+from kpair.data import PAIR_TYPES
+from kpair.evaluation import evaluate_pairs
+
+# Short keys of the pair types in logs and CSV columns.
+TYPE_KEYS = dict(zip(PAIR_TYPES, ("aa", "bb", "ab")))
+
+
+class TrainingDiverged(RuntimeError):
+    """The training loss stopped being finite."""
+
+    def __init__(self, epoch, step, loss):
+        self.epoch, self.step, self.loss = epoch, step, loss
+        super().__init__(
+            f"the training loss became {loss} at epoch {epoch}, step {step}"
+        )
+
+
+class InferenceLosses(keras.callbacks.Callback):
+    """Adds inference-mode losses to each epoch's logs and prints the epoch.
+
+    `train_eval_loss` is measured on a fixed sample of training pairs with the
+    model in inference mode; set beside the training-mode `loss` of the same
+    epoch, it shows the gap the post's author found. `val_loss` is the
+    inference-mode loss on the validation split.
+    """
+
+    def __init__(self, pair_model, train_sample, val_data, losses, epochs, out=None):
+        super().__init__()
+        self.pair_model = pair_model
+        self.train_sample = train_sample
+        self.val_data = val_data
+        self.losses = losses
+        self.epochs = epochs
+        self.out = out if out is not None else sys.stdout
+        self._started = None
+
+    def on_epoch_begin(self, epoch, logs=None):
+        self._started = time.perf_counter()
+
+    def on_epoch_end(self, epoch, logs=None):
+        logs = logs if logs is not None else {}
+        train_eval = evaluate_pairs(self.pair_model, self.train_sample, self.losses)
+        val = evaluate_pairs(self.pair_model, self.val_data, self.losses)
+        logs["train_eval_loss"] = train_eval["total"]
+        logs["val_loss"] = val["total"]
+        for name, key in TYPE_KEYS.items():
+            logs[f"train_eval_loss_{key}"] = train_eval[name]
+            logs[f"val_loss_{key}"] = val[name]
+        seconds = time.perf_counter() - (self._started or time.perf_counter())
+        print(
+            f"epoch {epoch + 1}/{self.epochs}  "
+            f"train loss {logs.get('loss', float('nan')):.4f} (training mode)  "
+            f"{logs['train_eval_loss']:.4f} (inference mode)  "
+            f"val {logs['val_loss']:.4f}  [{seconds:.1f} s]",
+            file=self.out,
+            flush=True,
+        )
+
+
+class StopOnNonFiniteLoss(keras.callbacks.Callback):
+    """Raises `TrainingDiverged` naming the epoch and step.
+
+    Raising (rather than Keras's graceful `stop_training`) matters: a
+    graceful stop runs `BackupAndRestore.on_train_end`, which deletes the
+    backup, so a NaN would cost the whole run.
+    """
+
+    def __init__(self):
+        super().__init__()
+        self._epoch = 0
+
+    def on_epoch_begin(self, epoch, logs=None):
+        self._epoch = epoch
+
+    def on_train_batch_end(self, batch, logs=None):
+        loss = (logs or {}).get("loss")
+        if loss is not None and not math.isfinite(float(loss)):
+            raise TrainingDiverged(self._epoch + 1, batch + 1, float(loss))
+
+
+class HistoryCSV(keras.callbacks.Callback):
+    """history.csv with each epoch exactly once, across kills and resumes.
+
+    Keras's CSVLogger appends: a resumed run writes the re-run epochs a
+    second time. Here every epoch end rewrites the file (aside, then
+    renamed) from the rows of earlier epochs plus this one.
+    """
+
+    def __init__(self, path):
+        super().__init__()
+        self.path = Path(path)
+
+    def on_epoch_end(self, epoch, logs=None):
+        rows = [r for r in read_history(self.path) if int(r["epoch"]) < epoch + 1]
+        row = {"epoch": epoch + 1}
+        row.update({k: _plain(v) for k, v in sorted((logs or {}).items())})
+        rows.append(row)
+        fields = list(dict.fromkeys(k for r in rows for k in r))
+        tmp = self.path.with_name(self.path.name + ".tmp")
+        with open(tmp, "w", newline="") as f:
+            writer = csv.DictWriter(f, fieldnames=fields)
+            writer.writeheader()
+            writer.writerows(rows)
+        os.replace(tmp, self.path)
+
+
+class LastGoodCheckpoint(keras.callbacks.Callback):
+    """Weights after every finished epoch, written aside then renamed."""
+
+    def __init__(self, directory):
+        super().__init__()
+        self.path = Path(directory) / "last.weights.h5"
+
+    def on_epoch_end(self, epoch, logs=None):
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        tmp = self.path.with_name("partial.weights.h5")
+        self.model.save_weights(tmp, overwrite=True)
+        os.replace(tmp, self.path)
+
+
+def backup_epochs_done(backup_dir):
+    """Epochs finished according to a BackupAndRestore directory (0 if none)."""
+    path = Path(backup_dir) / "training_metadata.json"
+    try:
+        return int(json.loads(path.read_text())["epoch"])
+    except (OSError, ValueError, KeyError, TypeError):
+        return 0
+
+
+def read_history(path):
+    path = Path(path)
+    if not path.exists():
+        return []
+    with open(path, newline="") as f:
+        return list(csv.DictReader(f))
+
+
+def _plain(value):
+    try:
+        return float(value)
+    except (TypeError, ValueError):
+        return value

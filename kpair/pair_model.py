@@ -1,0 +1,101 @@
+"""The pair model: one backbone for left and right, a head on both embeddings."""
+
+import keras
+
+from kpair.data import PER_TYPE_PREFIXES
+
+INPUT_NAMES = ("left", "right", "left_domain", "right_domain")
+
+
+@keras.saving.register_keras_serializable(package="kpair")
+class PairModel(keras.Model):
+    """Predicts one value per pair of images.
+
+    The one backbone embeds the left and the right image in two separate
+    calls, so that when all left images of a batch come from domain A the
+    normalization layers see a one-domain batch (the post's setup); the two
+    embeddings are concatenated and a linear head predicts the relation.
+
+    Args:
+        backbone: A `ResNet18Backbone` (or any model taking
+            `[image, domain]` and returning an embedding).
+        **kwargs: `keras.Model` arguments.
+
+    Call arguments:
+        inputs: Dict with `left`, `right` (image batches) and `left_domain`,
+            `right_domain` (int domain ids, shape `(batch,)`).
+        training: Passed to the backbone's normalization layers.
+
+    Returns:
+        Predictions of shape `(batch, 1)`, float32 under every policy.
+    """
+
+    def __init__(self, backbone, **kwargs):
+        shape = backbone.inputs[0].shape[1:]
+        # === Functional Model ===
+        left = keras.Input(shape, name="left")
+        right = keras.Input(shape, name="right")
+        left_domain = keras.Input((), dtype="int32", name="left_domain")
+        right_domain = keras.Input((), dtype="int32", name="right_domain")
+        left_embedding = backbone([left, left_domain])
+        right_embedding = backbone([right, right_domain])
+        joint = keras.layers.Concatenate(name="concat")(
+            [left_embedding, right_embedding]
+        )
+        # float32 head: predictions and losses stay float32 in mixed precision.
+        prediction = keras.layers.Dense(1, dtype="float32", name="head")(joint)
+        super().__init__(
+            inputs={
+                "left": left,
+                "right": right,
+                "left_domain": left_domain,
+                "right_domain": right_domain,
+            },
+            outputs=prediction,
+            **kwargs,
+        )
+        # === Config ===
+        self.backbone = backbone
+
+    def get_config(self):
+        return {
+            "name": self.name,
+            "trainable": self.trainable,
+            "backbone": keras.layers.serialize(self.backbone),
+        }
+
+    @classmethod
+    def from_config(cls, config):
+        config = dict(config)
+        config["backbone"] = keras.layers.deserialize(config["backbone"])
+        return cls(**config)
+
+
+def build_per_type_model(pair_model):
+    """The post's training graph: the pair model once per pair type.
+
+    Inputs are `aa_left, aa_right, aa_left_domain, aa_right_domain`, then the
+    same for `bb` and `ab`; each group is one batch of one pair type, so each
+    backbone call sees images of one domain. The three predictions are
+    concatenated along the batch axis in the order A-A, B-B, A-B, matching
+    the targets `kpair.data.make_batches(..., "per-type")` yields. Every
+    weight is shared with `pair_model`.
+    """
+    shape = pair_model.backbone.inputs[0].shape[1:]
+    inputs, predictions = {}, []
+    for prefix in PER_TYPE_PREFIXES:
+        group = {}
+        for name in INPUT_NAMES:
+            is_domain = name.endswith("domain")
+            tensor = keras.Input(
+                () if is_domain else shape,
+                dtype="int32" if is_domain else None,
+                name=f"{prefix}_{name}",
+            )
+            inputs[f"{prefix}_{name}"] = tensor
+            group[name] = tensor
+        predictions.append(pair_model(group))
+    outputs = keras.layers.Concatenate(
+        axis=0, name="per_type_predictions", dtype="float32"
+    )(predictions)
+    return keras.Model(inputs, outputs, name="per_type_trainer")

@@ -1,0 +1,106 @@
+"""`kpair predict`: predictions for the pairs listed in a CSV."""
+
+import csv
+import math
+import os
+from pathlib import Path
+
+import numpy as np
+import tensorflow as tf
+
+from kpair import runs
+from kpair.data.importer import resolve_under_root
+from kpair.data.records import DataError, decode_image
+
+COLUMNS = ("left", "right", "left_domain", "right_domain")
+
+
+def predict_csv(model_path, pairs_csv, root, out_csv, batch_size=64):
+    """Writes `out_csv`: the rows of `pairs_csv` with a `prediction` column.
+
+    Images are read under `root` only (no absolute paths, `..` or symbolic
+    links) and preprocessed exactly as in training. Every bad row is
+    reported, with its row number, in one `DataError`; nothing is written
+    then.
+
+    Returns:
+        The number of pairs predicted.
+    """
+    run = runs.resolve(model_path)
+    model = runs.load_model(run.model_path)
+    size = runs.image_size_of(model)
+    rows, fields = _read_rows(Path(pairs_csv), Path(root))
+    if not rows:
+        raise DataError(f"{pairs_csv} has a header but no pairs.")
+    lefts = [str(r["_left"]) for r in rows]
+    rights = [str(r["_right"]) for r in rows]
+    domains = [np.array([r[k] for r in rows], "int32") for k in COLUMNS[2:]]
+
+    def load(left, right, left_domain, right_domain):
+        return {
+            "left": decode_image(tf.io.read_file(left), size),
+            "right": decode_image(tf.io.read_file(right), size),
+            "left_domain": left_domain,
+            "right_domain": right_domain,
+        }
+
+    dataset = (
+        tf.data.Dataset.from_tensor_slices((lefts, rights, *domains))
+        .map(load, num_parallel_calls=tf.data.AUTOTUNE)
+        .batch(batch_size)
+        .prefetch(tf.data.AUTOTUNE)
+    )
+    preds = np.concatenate(
+        [np.asarray(model.predict_on_batch(b)).reshape(-1) for b in dataset]
+    )
+    out_csv = Path(out_csv)
+    tmp = out_csv.with_name(out_csv.name + ".partial")
+    with open(tmp, "w", newline="") as f:
+        writer = csv.DictWriter(f, fieldnames=[*fields, "prediction"])
+        writer.writeheader()
+        for row, pred in zip(rows, preds):
+            writer.writerow(
+                {**{k: row[k] for k in fields}, "prediction": f"{float(pred):.8g}"}
+            )
+    os.replace(tmp, out_csv)
+    return len(rows)
+
+
+def _read_rows(pairs_csv, root):
+    try:
+        with open(pairs_csv, newline="") as f:
+            reader = csv.DictReader(f)
+            fields = list(reader.fieldnames or [])
+            raw = list(reader)
+    except (OSError, UnicodeDecodeError, csv.Error) as error:
+        raise DataError(f"Cannot read {pairs_csv}: {error}") from None
+    missing = [c for c in COLUMNS if c not in fields]
+    if missing:
+        raise DataError(
+            f"{pairs_csv} lacks column(s) {missing}. Expected at least "
+            f"{list(COLUMNS)}. Received: columns={fields}"
+        )
+    rows, problems = [], []
+    for number, row in enumerate(raw, start=1):
+        row = dict(row)
+        for side in ("left", "right"):
+            path, problem = resolve_under_root(root, (row[side] or "").strip())
+            if problem:
+                problems.append(f"row {number}: {side}: {problem}")
+            row["_" + side] = path
+        for key in COLUMNS[2:]:
+            try:
+                value = float(row[key])
+                if not math.isfinite(value) or value != int(value) or value < 0:
+                    raise ValueError
+                row[key] = int(value)
+            except (TypeError, ValueError):
+                problems.append(f"row {number}: {key} must be a non-negative "
+                                f"integer, got {row[key]!r}")
+        rows.append(row)
+    if problems:
+        raise DataError(
+            f"{pairs_csv}: {len(problems)} problem(s) (rows counted from 1 after "
+            "the header): " + "; ".join(problems[:50])
+        )
+    return rows, fields

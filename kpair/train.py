@@ -1,0 +1,223 @@
+"""`kpair.train(config)`: one training run, one run directory.
+
+The run directory holds `model.keras` (computing in float32), `config.json`
+(the resolved configuration), `history.csv`, `metrics.json`, TensorBoard
+logs under `logs/`, the last good weights under `checkpoints/` and, while the
+run is unfinished, the backup under `backup/` from which a killed run
+resumes.
+"""
+
+import json
+import os
+import sys
+import time
+from pathlib import Path
+
+import keras
+import numpy as np
+import tensorflow as tf
+
+import kpair
+from kpair import callbacks as kcb
+from kpair.config import TrainConfig
+from kpair.data import ensure_demo, make_batches, read_split
+from kpair.model_builder import build_pair_model, float32_copy, training_model
+
+BATCH_NORM_FAMILY = ("batch", "batch-renorm")
+
+
+def resolve_data(config, out=sys.stdout):
+    """The dataset directory: `config.data`, or the cached demo data set."""
+    if config.data is not None:
+        return Path(config.data)
+    print("No --data given: using the built-in demo data set.", file=out)
+    return ensure_demo(image_size=config.image_size)
+
+
+def train(config: TrainConfig, out=sys.stdout, extra_callbacks=()):
+    """Trains the pair model of `config` and writes its run directory.
+
+    A run directory that holds a backup of an unfinished run with the same
+    configuration is resumed from its last finished epoch.
+
+    Returns:
+        The metrics dict written to `metrics.json`.
+
+    Raises:
+        kpair.callbacks.TrainingDiverged: the loss became NaN or infinite;
+            the last good checkpoint and the backup are kept.
+        kpair.config.ConfigError: `out` holds a run of another config.
+        kpair.data.DataError: the data cannot be read.
+    """
+    run_dir = Path(config.out)
+    started = time.perf_counter()
+    _claim_run_dir(run_dir, config)
+    data_dir = resolve_data(config, out)
+    train_pairs = read_split(data_dir / "train", config.image_size)
+    val_pairs = read_split(data_dir / "val", config.image_size)
+    # A fixed sample of training pairs: the same pairs every epoch.
+    train_sample = (
+        train_pairs.shuffle(100_000, seed=config.seed, reshuffle_each_iteration=False)
+        .take(config.eval_pairs)
+        .cache()
+    )
+    batches = make_batches(
+        train_pairs,
+        config.batching,
+        config.batch_size,
+        seed=config.seed,
+        repeat=config.steps_per_epoch is not None,
+    )
+
+    pair_model = build_pair_model(config)
+    model = training_model(pair_model, config)
+    _build(model, batches)
+    epochs_done = kcb.backup_epochs_done(run_dir / "backup")
+    if epochs_done:
+        print(
+            f"Resuming {run_dir}: {epochs_done} of {config.epochs} epochs "
+            "done, continuing from the backup.",
+            file=out,
+        )
+    print(
+        f"Training norm={config.norm} batching={config.batching} "
+        f"precision={config.precision} on {data_dir} -> {run_dir}",
+        file=out,
+        flush=True,
+    )
+    callbacks = [
+        keras.callbacks.BackupAndRestore(
+            str(run_dir / "backup"), double_checkpoint=True
+        ),
+        kcb.StopOnNonFiniteLoss(),
+        kcb.InferenceLosses(
+            pair_model, train_sample, val_pairs, config.losses, config.epochs, out
+        ),
+        kcb.HistoryCSV(run_dir / "history.csv"),
+        kcb.LastGoodCheckpoint(run_dir / "checkpoints"),
+        keras.callbacks.TensorBoard(str(run_dir / "logs"), write_graph=False),
+        *extra_callbacks,
+    ]
+    history = model.fit(
+        batches,
+        epochs=config.epochs,
+        steps_per_epoch=config.steps_per_epoch,
+        callbacks=callbacks,
+        shuffle=False,  # make_batches shuffled already
+        verbose=0,
+    )
+    del history
+    metrics = _final_metrics(run_dir, config, time.perf_counter() - started)
+    save_model(float32_copy(pair_model, config), run_dir / "model.keras")
+    _write_json(run_dir / "metrics.json", metrics)
+    print(verdict(metrics, config), file=out, flush=True)
+    return metrics
+
+
+def _claim_run_dir(run_dir, config):
+    """Writes config.json, refusing a directory that holds another run."""
+    run_dir.mkdir(parents=True, exist_ok=True)
+    path = run_dir / "config.json"
+    record = {
+        **config.to_dict(),
+        "kpair_version": kpair.__version__,
+        "saved_compute_dtype": "float32",
+    }
+    if path.exists():
+        try:
+            existing = TrainConfig.load(path)
+        except ValueError:
+            existing = None
+        if existing is not None and existing != config:
+            changed = sorted(
+                k for k, v in config.to_dict().items() if existing.to_dict()[k] != v
+            )
+            # Epochs may grow: resuming to train longer is a continuation.
+            if changed != ["epochs"]:
+                from kpair.config import ConfigError
+
+                raise ConfigError(
+                    f"{run_dir} holds a run with another configuration "
+                    f"(differs in {changed}). Use another --out, or remove it."
+                )
+    _write_json(path, record)
+
+
+def _build(model, batches):
+    """Builds model and optimizer so that BackupAndRestore can load into them."""
+    features, _ = next(iter(batches.take(1)))
+    model(features, training=False)
+    model.optimizer.build(model.trainable_variables)
+
+
+def _final_metrics(run_dir, config, seconds):
+    rows = kcb.read_history(run_dir / "history.csv")
+    last = rows[-1]
+
+    def value(key):
+        return float(last[key]) if last.get(key, "") != "" else float("nan")
+
+    metrics = {
+        "epochs": int(last["epoch"]),
+        "train_loss": value("loss"),
+        "train_eval_loss": value("train_eval_loss"),
+        "val_loss": value("val_loss"),
+    }
+    metrics["gap_ratio"] = metrics["train_eval_loss"] / metrics["train_loss"]
+    for name, key in kcb.TYPE_KEYS.items():
+        metrics[f"train_loss_{key}"] = value(f"loss_{key}")
+        metrics[f"train_eval_loss_{key}"] = value(f"train_eval_loss_{key}")
+        metrics[f"val_loss_{key}"] = value(f"val_loss_{key}")
+    metrics["seconds"] = round(seconds, 1)
+    metrics["norm"], metrics["batching"] = config.norm, config.batching
+    metrics["precision"] = config.precision
+    return metrics
+
+
+def verdict(metrics, config):
+    """A plain sentence on the training/inference gap."""
+    ratio = metrics["gap_ratio"]
+    head = (
+        f"Training-mode loss {metrics['train_loss']:.4f}, inference-mode loss on "
+        f"the same training pairs {metrics['train_eval_loss']:.4f} "
+        f"({ratio:.2f}x), validation {metrics['val_loss']:.4f}."
+    )
+    if not ratio <= config.gap_warning:
+        if config.norm in BATCH_NORM_FAMILY and config.batching == "per-type":
+            cause = (
+                "Likely cause: each training batch holds one domain, so batch "
+                "norm's batch statistics differ from its moving averages, which "
+                "mix both domains. Fix: --norm per-domain, or --batching "
+                "balanced (or mixed)."
+            )
+        else:
+            cause = (
+                "Likely cause: the normalization statistics used in inference "
+                "differ from those seen in training. Run `kpair evaluate RUN "
+                "--split train --mode batch-stats` to check; try --norm "
+                "per-domain or --batching balanced."
+            )
+        return f"WARNING: the model does worse in inference mode. {head} {cause}"
+    return f"Done. {head} Inference matches training."
+
+
+def save_model(model, path):
+    """Saves a `.keras` file aside, then renames it: never half-written."""
+    path = Path(path)
+    tmp = path.with_name(f".{path.stem}.partial.keras")
+    model.save(tmp)
+    os.replace(tmp, path)
+
+
+def _write_json(path, data):
+    tmp = Path(path).with_name(Path(path).name + ".tmp")
+    tmp.write_text(json.dumps(data, indent=2, default=_json_default) + "\n")
+    os.replace(tmp, path)
+
+
+def _json_default(value):
+    if isinstance(value, (np.floating, np.integer)):
+        return value.item()
+    if isinstance(value, tf.Tensor):
+        return value.numpy().item()
+    raise TypeError(f"not JSON serializable: {value!r}")
