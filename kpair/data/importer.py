@@ -31,10 +31,15 @@ _MAX_LISTED = 200
 
 
 class _Progress:
-    """A one-line progress bar on stderr; silent when disabled."""
+    """A one-line progress bar on stderr; silent when disabled or not a tty.
+
+    Redrawn with carriage returns, which only a terminal renders as one line:
+    logs and captured output get no bar, so an error stays one line.
+    """
 
     def __init__(self, label, total, enabled):
-        self.label, self.total, self.enabled = label, max(total, 1), enabled
+        self.label, self.total = label, max(total, 1)
+        self.enabled = enabled and sys.stderr.isatty()
         self.shown = -1
 
     def update(self, done):

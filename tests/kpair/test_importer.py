@@ -186,10 +186,15 @@ def test_hash_split_is_stable(tmp_path, root):
     assert sum(other_seed.values()) == 25
 
 
-def test_existing_output_and_progress(tmp_path, root, capsys):
+def test_existing_output_and_progress(tmp_path, root, capsys, monkeypatch):
     csv = _csv(tmp_path, ["a.png,b.png,0,0,1"])
+    # Not a terminal: no bar, so captured output and errors stay clean.
+    import_pairs(csv, root, tmp_path / "out0", progress=True)
+    assert capsys.readouterr().err == ""
+    monkeypatch.setattr("sys.stderr.isatty", lambda: True)
     import_pairs(csv, root, tmp_path / "out", progress=True)
     assert "writing" in capsys.readouterr().err
+    monkeypatch.undo()
     with pytest.raises(DataError, match="already exists"):
         import_pairs(csv, root, tmp_path / "out", progress=False)
     counts = import_pairs(csv, root, tmp_path / "out", progress=False, overwrite=True)
