@@ -20,21 +20,28 @@ import tensorflow as tf
 import kpair
 from kpair import callbacks as kcb
 from kpair.config import TrainConfig
-from kpair.data import ensure_demo, make_batches, read_split
+from kpair.data import (
+    count_split,
+    ensure_demo,
+    make_batches,
+    read_split,
+    steps_per_epoch,
+)
 from kpair.model_builder import build_pair_model, float32_copy, training_model
 
 BATCH_NORM_FAMILY = ("batch", "batch-renorm")
 
 
-def resolve_data(config, out=sys.stdout):
+def resolve_data(config, out=None):
     """The dataset directory: `config.data`, or the cached demo data set."""
+    out = out if out is not None else sys.stdout
     if config.data is not None:
         return Path(config.data)
     print("No --data given: using the built-in demo data set.", file=out)
     return ensure_demo(image_size=config.image_size)
 
 
-def train(config: TrainConfig, out=sys.stdout, extra_callbacks=()):
+def train(config: TrainConfig, out=None, extra_callbacks=()):
     """Trains the pair model of `config` and writes its run directory.
 
     A run directory that holds a backup of an unfinished run with the same
@@ -49,6 +56,7 @@ def train(config: TrainConfig, out=sys.stdout, extra_callbacks=()):
         kpair.config.ConfigError: `out` holds a run of another config.
         kpair.data.DataError: the data cannot be read.
     """
+    out = out if out is not None else sys.stdout
     run_dir = Path(config.out)
     started = time.perf_counter()
     _claim_run_dir(run_dir, config)
@@ -61,12 +69,14 @@ def train(config: TrainConfig, out=sys.stdout, extra_callbacks=()):
         .take(config.eval_pairs)
         .cache()
     )
+    # Repeated, with a known number of steps per epoch: Keras cannot count
+    # the batches of a filtered, zipped dataset, and progress needs a total.
+    steps = config.steps_per_epoch or steps_per_epoch(
+        count_split(data_dir / "train"), config.batching, config.batch_size
+    )
     batches = make_batches(
-        train_pairs,
-        config.batching,
-        config.batch_size,
-        seed=config.seed,
-        repeat=config.steps_per_epoch is not None,
+        train_pairs, config.batching, config.batch_size, seed=config.seed,
+        repeat=True,
     )
 
     pair_model = build_pair_model(config)
@@ -101,7 +111,7 @@ def train(config: TrainConfig, out=sys.stdout, extra_callbacks=()):
     history = model.fit(
         batches,
         epochs=config.epochs,
-        steps_per_epoch=config.steps_per_epoch,
+        steps_per_epoch=steps,
         callbacks=callbacks,
         shuffle=False,  # make_batches shuffled already
         verbose=0,

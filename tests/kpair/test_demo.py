@@ -124,7 +124,7 @@ def test_ensure_demo_builds_once_into_kpair_cache(tmp_path, monkeypatch):
     monkeypatch.setenv("KPAIR_CACHE", str(tmp_path / "cache"))
     path = ensure_demo(**SMALL)
     assert path.parent == tmp_path / "cache"
-    assert path.name.startswith("demo-v1-16")
+    assert path.name.startswith("demo-v2-16")
     assert all((path / s / "manifest.json").is_file() for s in SPLITS)
 
     def fail(*args, **kwargs):
@@ -141,3 +141,20 @@ def test_demo_rejects_bad_arguments(tmp_path):
     with pytest.raises(ValueError, match="Received: pairs_per_type="):
         build_demo(tmp_path / "d", pairs_per_type=(1, 0, 1))
     assert not (tmp_path / "d").exists()
+
+
+def test_domains_differ_in_brightness_and_contrast(tmp_path):
+    """The demo's point: per-domain statistics that batch norm cannot share."""
+    from kpair.data import read_split
+
+    path = build_demo(tmp_path / "d", **SMALL)
+    a, b = [], []
+    for features, y in read_split(path / "train", 16):
+        kind = int(y[1])
+        if kind == 0:
+            a.append(features["left"].numpy())
+        elif kind == 1:
+            b.append(features["left"].numpy())
+    a, b = np.stack(a), np.stack(b)
+    assert b.mean() > 3 * a.mean()
+    assert b.std() > 2 * a.std()

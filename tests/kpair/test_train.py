@@ -1,0 +1,153 @@
+"""kpair.train end to end with a tiny backbone: run directory, resume, NaN."""
+
+import json
+import math
+
+import keras
+import numpy as np
+import pytest
+
+import layers
+from kpair import callbacks as kcb
+from kpair.callbacks import TrainingDiverged, read_history
+from kpair.config import TrainConfig
+from kpair.data import BATCHINGS, build_demo, make_batches, read_split
+from kpair.model_builder import build_pair_model, training_model
+from kpair.train import train
+
+TINY = dict(
+    width_multiplier=0.125,
+    image_size=16,
+    batch_size=12,
+    steps_per_epoch=2,
+    eval_pairs=24,
+    embedding_dim=16,
+)
+
+
+@pytest.fixture(scope="module")
+def tiny_demo(tmp_path_factory):
+    return build_demo(
+        tmp_path_factory.mktemp("demo") / "data", image_size=16,
+        pairs_per_type=(40, 12, 12),
+    )
+
+
+def tiny_config(data, out, **changes):
+    return TrainConfig(data=str(data), out=str(out), **{**TINY, **changes})
+
+
+def test_run_directory_has_everything(tiny_demo, tmp_path, capsys):
+    metrics = train(tiny_config(tiny_demo, tmp_path / "run", epochs=2))
+    run = tmp_path / "run"
+    for name in ("model.keras", "config.json", "history.csv", "metrics.json"):
+        assert (run / name).is_file(), name
+    assert (run / "checkpoints" / "last.weights.h5").is_file()
+    assert any((run / "logs").rglob("*tfevents*"))
+    assert not (run / "backup").exists()  # a finished run leaves no backup
+    saved = json.loads((run / "metrics.json").read_text())
+    for key in ("train_loss", "train_eval_loss", "val_loss", "gap_ratio",
+                "val_loss_aa", "val_loss_bb", "val_loss_ab"):
+        assert math.isfinite(saved[key]), key
+    assert saved["gap_ratio"] == pytest.approx(
+        saved["train_eval_loss"] / saved["train_loss"]
+    )
+    assert metrics["epochs"] == 2
+    assert [int(r["epoch"]) for r in read_history(run / "history.csv")] == [1, 2]
+    printed = capsys.readouterr().out
+    assert "epoch 2/2" in printed and "(inference mode)" in printed
+
+
+@pytest.mark.parametrize("norm", layers.names())
+@pytest.mark.parametrize("batching", BATCHINGS)
+def test_each_norm_trains_a_step_in_each_batching(norm, batching, tiny_demo):
+    """One eager training step of the model `kpair train` builds."""
+    config = tiny_config(tiny_demo, "unused", norm=norm, batching=batching)
+    model = training_model(build_pair_model(config), config)
+    model.run_eagerly = True  # Tracing 15 models would cost minutes.
+    batches = make_batches(
+        read_split(tiny_demo / "train", 16), batching, config.batch_size
+    )
+    features, y = next(iter(batches))
+    before = [w.numpy().copy() for w in model.trainable_weights]
+    logs = model.train_on_batch(features, y, return_dict=True)
+    assert math.isfinite(logs["loss"])
+    changed = [
+        not np.array_equal(b, w.numpy())
+        for b, w in zip(before, model.trainable_weights)
+    ]
+    assert all(changed)
+
+
+def test_killed_run_resumes_from_its_last_epoch(tiny_demo, tmp_path, capsys):
+    out = tmp_path / "run"
+    config = tiny_config(tiny_demo, out, epochs=3, batching="mixed")
+
+    class Kill(keras.callbacks.Callback):
+        def on_epoch_begin(self, epoch, logs=None):
+            if epoch == 2:
+                raise KeyboardInterrupt  # as a kill at the start of epoch 3
+
+    with pytest.raises(KeyboardInterrupt):
+        train(config, extra_callbacks=[Kill()])
+    assert (out / "backup").exists()
+    assert [int(r["epoch"]) for r in read_history(out / "history.csv")] == [1, 2]
+    capsys.readouterr()
+    metrics = train(config)
+    assert "Resuming" in capsys.readouterr().out
+    assert metrics["epochs"] == 3
+    assert [int(r["epoch"]) for r in read_history(out / "history.csv")] == [1, 2, 3]
+
+
+def test_nan_loss_stops_with_epoch_and_step_and_keeps_checkpoint(tiny_demo,
+                                                                  tmp_path):
+    out = tmp_path / "run"
+    config = tiny_config(tiny_demo, out, epochs=3, batching="mixed")
+
+    class Poison(keras.callbacks.Callback):
+        """After one good epoch, the head's weights become NaN."""
+
+        def on_epoch_begin(self, epoch, logs=None):
+            if epoch == 1:
+                head = self.model.get_layer("head")
+                head.kernel.assign(np.full(head.kernel.shape, np.nan))
+
+    with pytest.raises(TrainingDiverged) as error:
+        train(config, extra_callbacks=[Poison()])
+    assert (error.value.epoch, error.value.step) == (2, 1)
+    assert "epoch 2, step 1" in str(error.value)
+    # The last good checkpoint and the backup of epoch 1 survive.
+    assert (out / "checkpoints" / "last.weights.h5").is_file()
+    assert kcb.backup_epochs_done(out / "backup") == 1
+    assert [int(r["epoch"]) for r in read_history(out / "history.csv")] == [1]
+
+
+def test_mixed_float16_trains_with_loss_scaling_and_saves_float32(tiny_demo,
+                                                                   tmp_path):
+    from kpair.model_builder import build_pair_model, training_model
+
+    config = tiny_config(tiny_demo, tmp_path / "run", precision="mixed_float16",
+                         epochs=1, batching="mixed")
+    model = training_model(build_pair_model(config), config)
+    assert isinstance(model.optimizer, keras.optimizers.LossScaleOptimizer)
+    keras.config.set_dtype_policy("float32")
+    train(config)
+    loaded = keras.saving.load_model(tmp_path / "run" / "model.keras")
+    policies = {layer.dtype_policy.name for layer in _all_layers(loaded)}
+    assert policies == {"float32"}, policies
+    config_bf16 = tiny_config(tiny_demo, tmp_path / "bf16",
+                              precision="mixed_bfloat16", epochs=1, batching="mixed")
+    assert math.isfinite(train(config_bf16)["val_loss"])
+
+
+def _all_layers(model):
+    for layer in model.layers:
+        yield layer
+        if isinstance(layer, keras.Model):
+            yield from _all_layers(layer)
+
+
+def test_same_seed_same_data_order(tiny_demo, tmp_path):
+    a = train(tiny_config(tiny_demo, tmp_path / "a", epochs=1, batching="mixed"))
+    b = train(tiny_config(tiny_demo, tmp_path / "b", epochs=1, batching="mixed"))
+    np.testing.assert_allclose(a["train_loss"], b["train_loss"], rtol=1e-4)
