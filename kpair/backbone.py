@@ -33,6 +33,8 @@ class ResNet18Backbone(keras.Model):
         num_domains: Domains the domain-aware norms keep statistics for;
             passed to norms that take `num_domains` unless `norm_options`
             sets it.
+        dtype: Dtype policy of every layer (`None`: the global policy). It
+            is saved with the model.
         **kwargs: `keras.Model` arguments (`name`, `dtype`, ...).
 
     Call arguments:
@@ -60,6 +62,7 @@ class ResNet18Backbone(keras.Model):
         width_multiplier=1.0,
         embedding_dim=128,
         num_domains=2,
+        dtype=None,
         **kwargs,
     ):
         _check_positive_int("image_size", image_size)
@@ -84,27 +87,35 @@ class ResNet18Backbone(keras.Model):
             resolved.setdefault("num_domains", num_domains)
         factory = layers.get(norm, **resolved)
         widths = [max(1, round(w * width_multiplier)) for w in STAGE_WIDTHS]
+        # Every layer gets the policy explicitly (as keras-hub backbones do):
+        # a saved model then computes in its own precision, whatever the
+        # global policy of the process that loads it.
+        policy = _policy(dtype)
+        layer = _LayerMaker(policy)
 
         # === Functional Model ===
         image = keras.Input((image_size, image_size, 3), name="image")
         domain = keras.Input((), dtype="int32", name="domain")
         if stem == "imagenet":
-            x = _conv(widths[0], 7, 2, "stem_conv")(image)
-            x = _norm(factory, x, domain, widths[0], "stem_norm")
-            x = keras.layers.ReLU(name="stem_relu")(x)
-            x = keras.layers.MaxPooling2D(3, 2, padding="same", name="stem_pool")(x)
+            x = layer.conv(widths[0], 7, 2, "stem_conv")(image)
+            x = layer.norm(factory, x, domain, widths[0], "stem_norm")
+            x = layer(keras.layers.ReLU, name="stem_relu")(x)
+            x = layer(
+                keras.layers.MaxPooling2D, 3, 2, padding="same", name="stem_pool"
+            )(x)
         else:
-            x = _conv(widths[0], 3, 1, "stem_conv")(image)
-            x = _norm(factory, x, domain, widths[0], "stem_norm")
-            x = keras.layers.ReLU(name="stem_relu")(x)
+            x = layer.conv(widths[0], 3, 1, "stem_conv")(image)
+            x = layer.norm(factory, x, domain, widths[0], "stem_norm")
+            x = layer(keras.layers.ReLU, name="stem_relu")(x)
         for stage, (blocks, width) in enumerate(zip(BLOCKS_PER_STAGE, widths)):
             for block in range(blocks):
                 stride = 2 if stage > 0 and block == 0 else 1
                 name = f"stage{stage + 1}_block{block + 1}"
-                x = _basic_block(x, domain, factory, width, stride, name)
-        x = keras.layers.GlobalAveragePooling2D(name="pool")(x)
-        embedding = keras.layers.Dense(embedding_dim, name="embedding")(x)
+                x = _basic_block(layer, x, domain, factory, width, stride, name)
+        x = layer(keras.layers.GlobalAveragePooling2D, name="pool")(x)
+        embedding = layer(keras.layers.Dense, embedding_dim, name="embedding")(x)
         super().__init__(inputs=[image, domain], outputs=embedding, **kwargs)
+        self.dtype_policy = policy
 
         # === Config ===
         self.norm = norm
@@ -126,6 +137,7 @@ class ResNet18Backbone(keras.Model):
             "width_multiplier": self.width_multiplier,
             "embedding_dim": self.embedding_dim,
             "num_domains": self.num_domains,
+            "dtype": keras.dtype_policies.serialize(self.dtype_policy),
         }
 
     @classmethod
@@ -133,32 +145,48 @@ class ResNet18Backbone(keras.Model):
         return cls(**config)
 
 
-def _conv(filters, kernel, stride, name):
-    # No bias: the normalization that follows has its own offset.
-    return keras.layers.Conv2D(
-        filters, kernel, strides=stride, padding="same", use_bias=False,
-        kernel_initializer="he_normal", name=name,
-    )
+def _policy(dtype):
+    if dtype is None:
+        return keras.config.dtype_policy()
+    return keras.dtype_policies.get(dtype)
 
 
-def _norm(factory, x, domain, channels, name):
-    layer = factory(channels, name=name)
-    return layer([x, domain]) if factory.takes_domain else layer(x)
+class _LayerMaker:
+    """Makes layers that all share one dtype policy."""
+
+    def __init__(self, policy):
+        self.policy = policy
+
+    def __call__(self, cls, *args, **kwargs):
+        return cls(*args, dtype=self.policy, **kwargs)
+
+    def conv(self, filters, kernel, stride, name):
+        # No bias: the normalization that follows has its own offset.
+        return self(
+            keras.layers.Conv2D, filters, kernel, strides=stride, padding="same",
+            use_bias=False, kernel_initializer="he_normal", name=name,
+        )
+
+    def norm(self, factory, x, domain, channels, name):
+        layer = factory(channels, name=name, dtype=self.policy)
+        return layer([x, domain]) if factory.takes_domain else layer(x)
 
 
-def _basic_block(x, domain, factory, width, stride, name):
+def _basic_block(layer, x, domain, factory, width, stride, name):
     shortcut = x
-    y = _conv(width, 3, stride, f"{name}_conv1")(x)
-    y = _norm(factory, y, domain, width, f"{name}_norm1")
-    y = keras.layers.ReLU(name=f"{name}_relu1")(y)
-    y = _conv(width, 3, 1, f"{name}_conv2")(y)
-    y = _norm(factory, y, domain, width, f"{name}_norm2")
+    y = layer.conv(width, 3, stride, f"{name}_conv1")(x)
+    y = layer.norm(factory, y, domain, width, f"{name}_norm1")
+    y = layer(keras.layers.ReLU, name=f"{name}_relu1")(y)
+    y = layer.conv(width, 3, 1, f"{name}_conv2")(y)
+    y = layer.norm(factory, y, domain, width, f"{name}_norm2")
     if stride != 1 or x.shape[-1] != width:
         # Projection shortcut, as torchvision's downsample: 1x1 conv + norm.
-        shortcut = _conv(width, 1, stride, f"{name}_shortcut_conv")(x)
-        shortcut = _norm(factory, shortcut, domain, width, f"{name}_shortcut_norm")
-    y = keras.layers.Add(name=f"{name}_add")([y, shortcut])
-    return keras.layers.ReLU(name=f"{name}_out")(y)
+        shortcut = layer.conv(width, 1, stride, f"{name}_shortcut_conv")(x)
+        shortcut = layer.norm(
+            factory, shortcut, domain, width, f"{name}_shortcut_norm"
+        )
+    y = layer(keras.layers.Add, name=f"{name}_add")([y, shortcut])
+    return layer(keras.layers.ReLU, name=f"{name}_out")(y)
 
 
 def _check_positive_int(name, value):

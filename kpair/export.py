@@ -3,7 +3,7 @@
 from pathlib import Path
 
 from kpair import runs
-from kpair.model_builder import dtype_policy
+from kpair.model_builder import with_precision
 
 
 def export_saved_model(model_path, out_dir, precision="float32"):
@@ -17,11 +17,7 @@ def export_saved_model(model_path, out_dir, precision="float32"):
     run = runs.resolve(model_path)
     model = runs.load_model(run.model_path)
     if precision != "float32":
-        with dtype_policy(precision):
-            config = model.get_config()
-            rebuilt = type(model).from_config(config)
-        rebuilt.set_weights(model.get_weights())
-        model = rebuilt
+        model = with_precision(model, precision)
     out_dir = Path(out_dir)
     if out_dir.exists() and any(out_dir.iterdir()):
         raise ValueError(f"--out {out_dir} exists and is not empty.")

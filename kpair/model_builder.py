@@ -4,8 +4,6 @@
 `kpair train` would have built.
 """
 
-import contextlib
-
 import keras
 
 from kpair.backbone import ResNet18Backbone
@@ -14,13 +12,13 @@ from kpair.pair_model import PairModel, build_per_type_model
 
 
 def build_pair_model(config):
-    """The pair model of `config`, under `config.precision`'s dtype policy.
+    """The pair model of `config`, computing in `config.precision`.
 
-    The global dtype policy is set here, inside the build, because
-    keras-tuner calls `clear_session()` before each build, and in Keras 3
-    that resets the policy to float32: mixed precision would silently be off.
+    The precision is given to every layer explicitly rather than through the
+    global dtype policy: keras-tuner calls `clear_session()` before each
+    build, and in Keras 3 that resets the global policy to float32, which
+    would silently turn mixed precision off.
     """
-    keras.config.set_dtype_policy(config.precision)
     keras.utils.set_random_seed(config.seed)
     backbone = ResNet18Backbone(
         norm=config.norm,
@@ -30,6 +28,7 @@ def build_pair_model(config):
         width_multiplier=config.width_multiplier,
         embedding_dim=config.embedding_dim,
         num_domains=config.num_domains,
+        dtype=config.precision,
         name="backbone",
     )
     return PairModel(backbone, name="pair_model")
@@ -61,27 +60,20 @@ def training_model(pair_model, config):
     return model
 
 
-@contextlib.contextmanager
-def dtype_policy(name):
-    """Sets the global dtype policy inside the block and restores it after."""
-    previous = keras.config.dtype_policy()
-    keras.config.set_dtype_policy(name)
-    try:
-        yield
-    finally:
-        keras.config.set_dtype_policy(previous)
+def with_precision(pair_model, precision):
+    """The same weights in a pair model that computes in `precision`.
 
-
-def float32_copy(pair_model, config):
-    """The same model computing in float32, for saving.
-
-    Keras stores each layer's dtype policy in `.keras` files, so a model
-    trained in mixed_float16 would silently run in float16 in a user's code.
+    `model.keras` is saved through `with_precision(model, "float32")`: Keras
+    stores each layer's dtype policy in the file, so a model trained in
+    mixed_float16 would otherwise run in float16 in a user's code.
     """
-    with dtype_policy("float32"):
-        backbone = ResNet18Backbone.from_config(
-            {**pair_model.backbone.get_config(), "dtype": "float32"}
-        )
-        copy = PairModel(backbone, name=pair_model.name)
+    backbone_config = {**pair_model.backbone.get_config(), "dtype": precision}
+    backbone = type(pair_model.backbone).from_config(backbone_config)
+    copy = type(pair_model)(backbone, dtype=precision, name=pair_model.name)
     copy.set_weights(pair_model.get_weights())
     return copy
+
+
+def float32_copy(pair_model, config=None):
+    """`with_precision(pair_model, "float32")`: the form `model.keras` takes."""
+    return with_precision(pair_model, "float32")

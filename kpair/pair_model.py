@@ -19,6 +19,8 @@ class PairModel(keras.Model):
     Args:
         backbone: A `ResNet18Backbone` (or any model taking
             `[image, domain]` and returning an embedding).
+        dtype: Dtype policy of the pair model's own layers (default: the
+            backbone's). The head always computes in float32.
         **kwargs: `keras.Model` arguments.
 
     Call arguments:
@@ -30,8 +32,11 @@ class PairModel(keras.Model):
         Predictions of shape `(batch, 1)`, float32 under every policy.
     """
 
-    def __init__(self, backbone, **kwargs):
+    def __init__(self, backbone, dtype=None, **kwargs):
         shape = backbone.inputs[0].shape[1:]
+        policy = (
+            backbone.dtype_policy if dtype is None else keras.dtype_policies.get(dtype)
+        )
         # === Functional Model ===
         left = keras.Input(shape, name="left")
         right = keras.Input(shape, name="right")
@@ -39,7 +44,7 @@ class PairModel(keras.Model):
         right_domain = keras.Input((), dtype="int32", name="right_domain")
         left_embedding = backbone([left, left_domain])
         right_embedding = backbone([right, right_domain])
-        joint = keras.layers.Concatenate(name="concat")(
+        joint = keras.layers.Concatenate(name="concat", dtype=policy)(
             [left_embedding, right_embedding]
         )
         # float32 head: predictions and losses stay float32 in mixed precision.
@@ -54,6 +59,8 @@ class PairModel(keras.Model):
             outputs=prediction,
             **kwargs,
         )
+        # The model's own policy decides whether compile() adds loss scaling.
+        self.dtype_policy = policy
         # === Config ===
         self.backbone = backbone
 
@@ -62,6 +69,7 @@ class PairModel(keras.Model):
             "name": self.name,
             "trainable": self.trainable,
             "backbone": keras.layers.serialize(self.backbone),
+            "dtype": keras.dtype_policies.serialize(self.dtype_policy),
         }
 
     @classmethod
@@ -98,4 +106,7 @@ def build_per_type_model(pair_model):
     outputs = keras.layers.Concatenate(
         axis=0, name="per_type_predictions", dtype="float32"
     )(predictions)
-    return keras.Model(inputs, outputs, name="per_type_trainer")
+    trainer = keras.Model(inputs, outputs, name="per_type_trainer")
+    # compile() adds loss scaling from the model's own policy.
+    trainer.dtype_policy = pair_model.dtype_policy
+    return trainer

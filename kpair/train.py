@@ -27,7 +27,7 @@ from kpair.data import (
     read_split,
     steps_per_epoch,
 )
-from kpair.model_builder import build_pair_model, float32_copy, training_model
+from kpair.model_builder import build_pair_model, training_model, with_precision
 
 BATCH_NORM_FAMILY = ("batch", "batch-renorm")
 
@@ -118,7 +118,7 @@ def train(config: TrainConfig, out=None, extra_callbacks=()):
     )
     del history
     metrics = _final_metrics(run_dir, config, time.perf_counter() - started)
-    save_model(float32_copy(pair_model, config), run_dir / "model.keras")
+    save_model(with_precision(pair_model, "float32"), run_dir / "model.keras")
     _write_json(run_dir / "metrics.json", metrics)
     print(verdict(metrics, config), file=out, flush=True)
     return metrics

@@ -95,6 +95,7 @@ class NormFactory:
     Call arguments:
         channels: Number of channels the layer will normalize.
         name: Name of the layer to make.
+        dtype: Dtype policy of the layer (`None`: the global policy).
 
     Attributes:
         takes_domain: Whether the layer is called as `layer([x, domain])`
@@ -106,8 +107,8 @@ class NormFactory:
         self.options = types.MappingProxyType(dict(options))
         self.takes_domain = _ENTRIES[name].takes_domain
 
-    def __call__(self, channels, name=None) -> keras.layers.Layer:
-        return _ENTRIES[self.name].make(channels, name, **self.options)
+    def __call__(self, channels, name=None, dtype=None) -> keras.layers.Layer:
+        return _ENTRIES[self.name].make(channels, name, dtype=dtype, **self.options)
 
     def __repr__(self):
         options = ", ".join(f"{k}={v!r}" for k, v in self.options.items())

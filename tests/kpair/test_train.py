@@ -128,12 +128,23 @@ def test_mixed_float16_trains_with_loss_scaling_and_saves_float32(tiny_demo,
 
     config = tiny_config(tiny_demo, tmp_path / "run", precision="mixed_float16",
                          epochs=1, batching="mixed")
-    model = training_model(build_pair_model(config), config)
+    pair_model = build_pair_model(config)
+    model = training_model(pair_model, config)
     assert isinstance(model.optimizer, keras.optimizers.LossScaleOptimizer)
-    keras.config.set_dtype_policy("float32")
+    # The precision is in the layers, not in a global policy that leaks.
+    assert keras.config.dtype_policy().name == "float32"
+    assert pair_model.backbone.get_layer("stem_conv").compute_dtype == "float16"
     train(config)
+    # The file itself says float32: even a process whose global policy is
+    # mixed_float16 loads a float32 model.
+    keras.config.set_dtype_policy("mixed_float16")
     loaded = keras.saving.load_model(tmp_path / "run" / "model.keras")
-    policies = {layer.dtype_policy.name for layer in _all_layers(loaded)}
+    keras.config.set_dtype_policy("float32")
+    policies = {
+        layer.dtype_policy.name
+        for layer in _all_layers(loaded)
+        if not isinstance(layer, keras.layers.InputLayer)  # computes nothing
+    }
     assert policies == {"float32"}, policies
     config_bf16 = tiny_config(tiny_demo, tmp_path / "bf16",
                               precision="mixed_bfloat16", epochs=1, batching="mixed")
