@@ -51,3 +51,27 @@ def test_per_type_needs_three_pairs_per_batch():
     with pytest.raises(ConfigError, match="at least 3"):
         TrainConfig(batching="balanced", batch_size=2)
     TrainConfig(batching="mixed", batch_size=2)
+
+
+def test_cli_flags_override_a_saved_config(tmp_path):
+    from kpair.cli import _parser, build_config
+
+    saved = TrainConfig(norm="group", norm_options={"groups": 4}, epochs=3)
+    path = tmp_path / "config.json"
+    path.write_text(json.dumps(saved.to_dict()))
+    args = _parser().parse_args(
+        ["train", "--config", str(path), "--epochs", "7",
+         "--norm-option", "groups=8", "--losses", "l1,hinge,logistic"]
+    )
+    config = build_config(args)
+    assert config.epochs == 7 and config.norm == "group"
+    assert config.norm_options == {"groups": 8}
+    assert config.losses == ("l1", "hinge", "logistic")
+
+
+def test_cli_rejects_a_malformed_norm_option():
+    from kpair.cli import _parser, build_config
+
+    args = _parser().parse_args(["train", "--norm-option", "momentum"])
+    with pytest.raises(ValueError, match="KEY=VALUE"):
+        build_config(args)
