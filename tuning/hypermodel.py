@@ -1,0 +1,270 @@
+"""`PairHyperModel`: keras-tuner's view of a kpair model."""
+
+import math
+import sys
+import time
+
+import keras
+import keras_tuner
+
+import layers
+from kpair import callbacks as kcb
+from kpair.config import ConfigError, TrainConfig
+from kpair.data import (
+    BATCHINGS,
+    count_split,
+    make_batches,
+    read_split,
+    steps_per_epoch,
+)
+from kpair.model_builder import build_pair_model, training_model
+from kpair.pair_model import PairModel
+from kpair.train import resolve_data
+
+# Hyperparameters that only some norms use, keyed by the registry option they
+# set: (choices, searched). The norms that take an option are read from the
+# registry (`layers.options`), so a new norm with `momentum` joins its scope.
+NORM_CHOICES = {
+    "groups": (4, 8, 16, 32),
+    "momentum": (0.9, 0.99, 0.997),
+    "warmup_steps": (0, 100, 500),
+}
+LEARNING_RATE_RANGE = (1e-4, 1e-2)
+
+
+class PairHyperModel(keras_tuner.HyperModel):
+    """The search space over kpair's normalizations, and how a trial trains.
+
+    Fixed arguments (data, input size, precision, backbone width, epochs,
+    batch size, losses, seed) come from `base_config`; `build(hp)` chooses
+    the rest and builds the same compiled model `kpair train` builds
+    (`kpair.model_builder`), in `base_config.precision`.
+
+    The search space, with its defaults:
+
+    - `norm`: one of `norms` (default `base_config.norm` when listed, else
+      the first).
+    - Under `hp.conditional_scope("norm", ...)`, each active only for the
+      norms whose registry options include it: `groups` (4, 8, 16, 32;
+      default 32), `momentum` (0.9, 0.99, 0.997; default 0.99),
+      `warmup_steps` (0, 100, 500; default 0). Defaults are the registry's.
+    - `learning_rate`: 1e-4 to 1e-2, log sampling (default
+      `base_config.learning_rate`).
+    - `batching`: one of `batchings` (default `base_config.batching` when
+      listed, else the first).
+
+    `fit(hp, model)` reads the data of `base_config` (no data arguments) and
+    trains for `base_config.epochs` (or the epochs a Hyperband tuner asks
+    for). Each epoch's logs get `val_loss`, the inference-mode loss on the
+    validation split (the objective to minimize), `train_eval_loss`, the
+    inference-mode loss on a fixed sample of training pairs, and
+    `gap_ratio = train_eval_loss / loss`: how much worse the model does in
+    inference mode than in training mode. A non-finite training loss raises
+    `kpair.callbacks.TrainingDiverged`.
+
+    Args:
+        base_config: `kpair.config.TrainConfig` with the fixed arguments.
+        norms: Norm names to search over (default: `layers.names()`).
+        batchings: Batch compositions to search over (default: all of
+            `kpair.data.BATCHINGS`; name one to fix it).
+        out: Stream for per-epoch progress lines (default `sys.stdout`).
+
+    Example:
+
+    ```python
+    import keras_tuner
+    from kpair.config import TrainConfig
+    from tuning import PairHyperModel
+
+    hypermodel = PairHyperModel(
+        TrainConfig(epochs=3, precision="mixed_float16"),
+        norms=["batch", "per-domain", "group"],
+        batchings=["per-type"],
+    )
+    tuner = keras_tuner.RandomSearch(
+        hypermodel,
+        objective=keras_tuner.Objective("val_loss", "min"),
+        max_trials=6,
+        directory="runs/tune",
+        project_name="search",
+    )
+    tuner.search()  # no data arguments: the data are base_config's
+    best = hypermodel.config_for(tuner.get_best_hyperparameters()[0])
+    ```
+    """
+
+    def __init__(self, base_config, norms=None, batchings=None, out=None, **kwargs):
+        super().__init__(**kwargs)
+        if not isinstance(base_config, TrainConfig):
+            raise TypeError(
+                "`base_config` must be a kpair.config.TrainConfig. "
+                f"Received: base_config={base_config!r}"
+            )
+        self.base_config = base_config
+        self.norms = _subset("norms", norms, layers.names())
+        self.batchings = _subset("batchings", batchings, BATCHINGS)
+        low, high = LEARNING_RATE_RANGE
+        if not low <= base_config.learning_rate <= high:
+            raise ConfigError(
+                f"The learning rate search spans {low:g} to {high:g}; the "
+                "default learning rate must lie within it. Received: "
+                f"learning_rate={base_config.learning_rate!r}"
+            )
+        self.out = out
+        self._data_dir = None
+
+    # --- search space -----------------------------------------------------
+
+    def config_for(self, hp):
+        """The `TrainConfig` of the trial with hyperparameters `hp`.
+
+        Declares the search space in `hp` as it goes, so `build` and the
+        tuner's first look at the space both come through here.
+        """
+        base = self.base_config
+        norm = hp.Choice(
+            "norm",
+            list(self.norms),
+            default=base.norm if base.norm in self.norms else self.norms[0],
+        )
+        options = {}
+        for key, choices in NORM_CHOICES.items():
+            scope = [n for n in self.norms if key in layers.options(n)]
+            if not scope:
+                continue
+            with hp.conditional_scope("norm", scope):
+                # Inactive (None) unless `norm` is in `scope`.
+                value = hp.Choice(
+                    key, list(choices), default=layers.options(scope[0])[key]
+                )
+            if norm in scope:
+                options[key] = value
+        learning_rate = hp.Float(
+            "learning_rate",
+            *LEARNING_RATE_RANGE,
+            sampling="log",
+            default=base.learning_rate,
+        )
+        batching = hp.Choice(
+            "batching",
+            list(self.batchings),
+            default=(
+                base.batching if base.batching in self.batchings else self.batchings[0]
+            ),
+        )
+        # Hyperband names each trial's epochs; other tuners train base.epochs.
+        epochs = hp.values.get("tuner/epochs", base.epochs)
+        return base.replace(
+            norm=norm,
+            norm_options=options,
+            learning_rate=learning_rate,
+            batching=batching,
+            epochs=int(epochs),
+        )
+
+    def build(self, hp):
+        """The compiled model `kpair train` would build for this trial."""
+        config = self.config_for(hp)
+        model = training_model(build_pair_model(config), config)
+        # Optimizer variables now, so that weights saved from a trained model
+        # (Hyperband's next round, the best model) load without a mismatch.
+        model.optimizer.build(model.trainable_variables)
+        return model
+
+    # --- one trial --------------------------------------------------------
+
+    def fit(self, hp, model, *args, **kwargs):
+        """Trains `model` on `base_config`'s data; returns the `History`.
+
+        `kwargs` come from the tuner: `callbacks` (its own, run after
+        kpair's so that they see `val_loss`) and, for Hyperband, `epochs`
+        and `initial_epoch`. Other keyword arguments go to `model.fit`.
+        """
+        if args:
+            raise ValueError(
+                "PairHyperModel reads the data of its base_config; call "
+                "tuner.search() without data arguments. Received: "
+                f"{len(args)} positional argument(s)."
+            )
+        started = time.perf_counter()
+        out = self.out if self.out is not None else sys.stdout
+        config = self.config_for(hp)
+        epochs = kwargs.pop("epochs", config.epochs)
+        data_dir = self._data(config, out)
+        train_pairs = read_split(data_dir / "train", config.image_size)
+        val_pairs = read_split(data_dir / "val", config.image_size)
+        # The same fixed sample of training pairs as `kpair train` measures.
+        train_sample = (
+            train_pairs.shuffle(
+                100_000, seed=config.seed, reshuffle_each_iteration=False
+            )
+            .take(config.eval_pairs)
+            .cache()
+        )
+        steps = config.steps_per_epoch or steps_per_epoch(
+            count_split(data_dir / "train"), config.batching, config.batch_size
+        )
+        batches = make_batches(
+            train_pairs, config.batching, config.batch_size, seed=config.seed,
+            repeat=True,
+        )
+        callbacks = [
+            kcb.StopOnNonFiniteLoss(),
+            kcb.InferenceLosses(
+                _pair_model_of(model), train_sample, val_pairs, config.losses,
+                epochs, out,
+            ),
+            _GapRatio(),
+            *kwargs.pop("callbacks", []),
+        ]
+        history = model.fit(
+            batches,
+            epochs=epochs,
+            steps_per_epoch=steps,
+            callbacks=callbacks,
+            shuffle=False,  # make_batches shuffled already
+            verbose=kwargs.pop("verbose", 0),
+            **kwargs,
+        )
+        # Whole-trial time, the same at every epoch: the tuner reports the
+        # metrics of the best epoch, and a trial's cost is all of its epochs.
+        seconds = round(time.perf_counter() - started, 1)
+        history.history["seconds"] = [seconds] * len(history.epoch)
+        return history
+
+    def _data(self, config, out):
+        if self._data_dir is None:
+            self._data_dir = resolve_data(config, out)
+        return self._data_dir
+
+
+class _GapRatio(keras.callbacks.Callback):
+    """Adds `gap_ratio`: inference-mode over training-mode loss, same pairs."""
+
+    def on_epoch_end(self, epoch, logs=None):
+        if logs is None or "train_eval_loss" not in logs:
+            return
+        loss = float(logs.get("loss", math.nan))
+        logs["gap_ratio"] = float(logs["train_eval_loss"]) / loss if loss else math.nan
+
+
+def _pair_model_of(model):
+    """The pair model inside a training model (itself, or per-type's)."""
+    if isinstance(model, PairModel):
+        return model
+    return model.get_layer("pair_model")
+
+
+def _subset(name, values, valid):
+    if values is None:
+        return tuple(valid)
+    if isinstance(values, str):
+        values = [values]
+    values = tuple(values)
+    unknown = [v for v in values if v not in valid]
+    if not values or unknown or len(set(values)) != len(values):
+        raise ConfigError(
+            f"`{name}` must name distinct values among {list(valid)}. "
+            f"Received: {name}={list(values)}"
+        )
+    return values

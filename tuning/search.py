@@ -1,0 +1,361 @@
+"""`run_search`: a resumable keras-tuner search over kpair's normalizations.
+
+The search directory (`out_dir`) holds:
+
+- `search.json`: the settings of the search; a search started again in the
+  same directory must use the same ones (only `max_trials` may change).
+- `search/`: keras-tuner's project (`oracle.json`, one `trial_<id>/` per
+  trial with `trial.json` and the best epoch's weights). Started again,
+  finished trials are kept and the trial in flight is run again from its
+  start (keras-tuner restarts, it does not resume, a trial: #439).
+- `summary.csv`, `summary.md`, `val_loss_by_norm.png`: the table and plot.
+- `best/`: `model.keras` (float32) and `config.json` of the best trial, a
+  run directory that `kpair evaluate` and `kpair train --config` accept.
+
+Chief/worker mode is keras-tuner's own, driven by `KERASTUNER_TUNER_ID`,
+`KERASTUNER_ORACLE_IP` and `KERASTUNER_ORACLE_PORT`: the chief serves the
+oracle and, once every trial is done, writes the table, the plot and the
+best model; workers run trials. All of them must share `out_dir`.
+"""
+
+import json
+import os
+import sys
+from pathlib import Path
+
+import keras
+import keras_tuner
+
+import kpair
+from kpair.config import ConfigError
+from kpair.data import count_split
+from kpair.model_builder import build_pair_model, float32_copy, training_model
+from kpair.train import resolve_data, save_model
+from tuning import summary
+from tuning.hypermodel import PairHyperModel
+
+TUNERS = ("random", "bayesian", "hyperband")
+OBJECTIVE = "val_loss"
+PROJECT = "search"
+SETTINGS_FILE = "search.json"
+# Failed trials never stop a search: each is recorded, and the next starts.
+_NEVER = 2**31 - 1
+
+
+def run_search(
+    base_config,
+    norms=None,
+    tuner="random",
+    max_trials=10,
+    epochs=None,
+    out_dir="runs/tune",
+    batchings=None,
+    distribution_strategy=None,
+    out=None,
+):
+    """Runs (or resumes) a search; returns its trials, best first.
+
+    Args:
+        base_config: `kpair.config.TrainConfig` with the fixed arguments
+            (data, precision, image size, width, batch size, ...).
+        norms: Norm names to search over (default: every registered norm).
+        tuner: `"random"`, `"bayesian"` or `"hyperband"`. No grid search:
+            keras-tuner 1.4.8's GridSearch does not resume (#1055).
+        max_trials: Trials in all, counting those of earlier runs in the same
+            `out_dir`. Hyperband decides its own number of trials from
+            `epochs`: pass `None` with it.
+        epochs: Epochs per trial (Hyperband: the most a trial gets); default
+            `base_config.epochs`.
+        out_dir: Search directory; the same one resumes the search.
+        batchings: Batch compositions to search over (default all).
+        distribution_strategy: Optional `tf.distribute` strategy each trial
+            runs under (e.g. `tf.distribute.MirroredStrategy()`).
+        out: Stream for progress and the table (default `sys.stdout`).
+
+    Returns:
+        A dict: `role` (`"local"`, `"chief"` or `"worker"`), `trials` (the
+        rows of the summary table, best first; empty on a worker) and `best`
+        (the best row, or `None`).
+
+    Raises:
+        kpair.config.ConfigError: bad arguments, or `out_dir` holds a search
+            with other settings or unreadable state.
+        kpair.data.DataError: the data cannot be read.
+    """
+    out = out if out is not None else sys.stdout
+    if tuner not in TUNERS:
+        raise ConfigError(
+            f"Unknown tuner. Expected one of {list(TUNERS)}. Received: tuner={tuner!r}"
+        )
+    if tuner == "hyperband":
+        if max_trials is not None:
+            raise ConfigError(
+                "Hyperband chooses its number of trials from the epochs; "
+                f"pass max_trials=None. Received: max_trials={max_trials!r}"
+            )
+    elif isinstance(max_trials, bool) or not isinstance(max_trials, int) or (
+        max_trials < 1
+    ):
+        raise ConfigError(
+            "`max_trials` must be a positive integer. "
+            f"Received: max_trials={max_trials!r}"
+        )
+    if epochs is not None:
+        base_config = base_config.replace(epochs=epochs)
+    out_dir = Path(out_dir)
+    role = _role()
+    hypermodel = PairHyperModel(base_config, norms=norms, batchings=batchings, out=out)
+    if role != "chief":
+        # Fail now on unreadable data, not once per trial.
+        data_dir = resolve_data(base_config, out)
+        count_split(data_dir / "train")
+        count_split(data_dir / "val")
+    if role != "worker":
+        _claim(out_dir, _settings(hypermodel, tuner))
+        _check_state(out_dir / PROJECT)
+    search = _make_tuner(
+        tuner, hypermodel, max_trials, base_config, out_dir, distribution_strategy
+    )
+    search.search()
+    if role == "worker":
+        print(f"Worker {os.environ['KERASTUNER_TUNER_ID']} finished.", file=out)
+        return {"role": role, "trials": [], "best": None}
+    return {"role": role, **_report(search, hypermodel, out_dir, out)}
+
+
+def _role():
+    """keras-tuner's rule: chief/worker mode when KERASTUNER_ORACLE_IP is set."""
+    if "KERASTUNER_ORACLE_IP" not in os.environ:
+        return "local"
+    missing = [
+        name
+        for name in ("KERASTUNER_ORACLE_PORT", "KERASTUNER_TUNER_ID")
+        if not os.environ.get(name)
+    ]
+    if missing:
+        raise ConfigError(
+            f"KERASTUNER_ORACLE_IP is set, so {missing} must be set too: "
+            "KERASTUNER_TUNER_ID=chief on the chief, a unique id (tuner0, "
+            "tuner1, ...) on each worker."
+        )
+    return "chief" if "chief" in os.environ["KERASTUNER_TUNER_ID"] else "worker"
+
+
+# --- settings and state ------------------------------------------------------
+
+
+def _settings(hypermodel, tuner):
+    config = hypermodel.base_config.to_dict()
+    config.pop("out")
+    return {
+        "tuner": tuner,
+        "norms": list(hypermodel.norms),
+        "batchings": list(hypermodel.batchings),
+        "base_config": config,
+        "kpair_version": kpair.__version__,
+    }
+
+
+def _claim(out_dir, settings):
+    """Writes search.json, or checks that a resumed search has its settings."""
+    path = out_dir / SETTINGS_FILE
+    if path.exists():
+        try:
+            saved = json.loads(path.read_text())
+        except (OSError, json.JSONDecodeError) as error:
+            raise ConfigError(f"Cannot read {path}: {error}") from None
+        saved.pop("kpair_version", None)
+        current = {k: v for k, v in settings.items() if k != "kpair_version"}
+        if saved != current:
+            changed = sorted(
+                k for k in current if saved.get(k) != current[k]
+            )
+            if "base_config" in changed:
+                old, new = saved.get("base_config", {}), current["base_config"]
+                changed.remove("base_config")
+                changed += sorted(k for k in new if old.get(k) != new[k])
+            raise ConfigError(
+                f"{out_dir} holds a search with other settings (differs in "
+                f"{changed}). Use another --out, or the same settings to resume."
+            )
+        return
+    out_dir.mkdir(parents=True, exist_ok=True)
+    _write_json(path, settings, indent=2)
+
+
+def _check_state(project_dir):
+    """Refuses, in one line, keras-tuner state files that do not parse.
+
+    kpair writes them aside and renames them, so a kill cannot leave half a
+    file (keras-tuner #987); a file written otherwise still might.
+    """
+    if not project_dir.is_dir():
+        return
+    for path in sorted(project_dir.glob("*.json")) + sorted(
+        project_dir.glob("trial_*/trial.json")
+    ):
+        try:
+            json.loads(path.read_text())
+        except (OSError, ValueError) as error:
+            raise ConfigError(
+                f"The search state file {path} is unreadable ({error}); the "
+                "search cannot resume from it. Start it in another --out."
+            ) from None
+
+
+def _write_json(path, data, indent=None):
+    path = Path(path)
+    tmp = path.with_name(f".{path.name}.tmp")
+    tmp.write_text(json.dumps(data, indent=indent))
+    os.replace(tmp, path)
+
+
+# --- the tuner -----------------------------------------------------------------
+
+
+class _AtomicOracle:
+    """Oracle state written aside, then renamed: never half a JSON file."""
+
+    def save(self):
+        _write_json(self._get_oracle_fname(), self.get_state())
+
+    def _save_trial(self, trial):
+        trial_dir = self._get_trial_dir(trial.trial_id)
+        _write_json(os.path.join(trial_dir, "trial.json"), trial.get_state())
+
+
+class _RandomOracle(_AtomicOracle, keras_tuner.oracles.RandomSearchOracle):
+    pass
+
+
+class _BayesianOracle(_AtomicOracle, keras_tuner.oracles.BayesianOptimizationOracle):
+    pass
+
+
+class _HyperbandOracle(_AtomicOracle, keras_tuner.oracles.HyperbandOracle):
+    pass
+
+
+class _KpairTrials:
+    """A failing trial is recorded as FAILED with a one-line reason.
+
+    keras-tuner 1.4.8 marks a trial that raised as INVALID (to be retried
+    `max_retries_per_trial` times, then FAILED) and keeps the traceback as
+    its message; kpair does not retry (a NaN or an out-of-memory comes back)
+    and writes the reason beside the trial, where a chief can read it.
+    """
+
+    def run_trial(self, trial, *args, **kwargs):
+        failure = Path(self.get_trial_dir(trial.trial_id)) / summary.FAILURE_FILE
+        failure.unlink(missing_ok=True)
+        try:
+            return super().run_trial(trial, *args, **kwargs)
+        except keras_tuner.errors.FatalError:
+            raise
+        except Exception as error:
+            reason = f"{type(error).__name__}: {' '.join(str(error).split())}"
+            tmp = failure.with_name(failure.name + ".tmp")
+            tmp.write_text(reason + "\n")
+            os.replace(tmp, failure)
+            stream = getattr(self.hypermodel, "out", None) or sys.stdout
+            print(f"Trial {trial.trial_id} failed: {reason}", file=stream, flush=True)
+            raise keras_tuner.errors.FailedTrialError(reason) from error
+
+    def save(self):
+        if not self._is_worker():
+            self.oracle.save()
+        _write_json(self._get_tuner_fname(), self.get_state())
+
+
+class _Tuner(_KpairTrials, keras_tuner.Tuner):
+    pass
+
+
+class _HyperbandTuner(_KpairTrials, keras_tuner.Hyperband):
+    def __init__(self, oracle, hypermodel, **kwargs):
+        # Hyperband's own __init__ only makes a HyperbandOracle; kpair's is
+        # made already. Its run_trial and model building are kept.
+        keras_tuner.Tuner.__init__(self, oracle=oracle, hypermodel=hypermodel, **kwargs)
+
+
+def _make_tuner(kind, hypermodel, max_trials, config, out_dir, strategy):
+    objective = keras_tuner.Objective(OBJECTIVE, direction="min")
+    common = dict(
+        objective=objective,
+        seed=config.seed,
+        max_retries_per_trial=0,
+        max_consecutive_failed_trials=_NEVER,
+    )
+    if kind == "random":
+        oracle = _RandomOracle(max_trials=max_trials, **common)
+    elif kind == "bayesian":
+        oracle = _BayesianOracle(max_trials=max_trials, **common)
+    else:
+        oracle = _HyperbandOracle(max_epochs=config.epochs, factor=3, **common)
+    tuner_class = _HyperbandTuner if kind == "hyperband" else _Tuner
+    return tuner_class(
+        oracle=oracle,
+        hypermodel=hypermodel,
+        directory=str(out_dir),
+        project_name=PROJECT,
+        overwrite=False,  # the same out_dir resumes
+        distribution_strategy=strategy,
+    )
+
+
+# --- results -------------------------------------------------------------------
+
+
+def _report(search, hypermodel, out_dir, out):
+    rows = summary.trial_rows(search.oracle, Path(search.project_dir))
+    summary.write_csv(rows, out_dir / "summary.csv")
+    summary.write_markdown(rows, out_dir / "summary.md")
+    summary.plot_val_loss_by_norm(
+        rows, hypermodel.norms, out_dir / "val_loss_by_norm.png"
+    )
+    print("", file=out)
+    print(summary.format_table(rows), file=out)
+    best = rows[0] if rows and rows[0]["status"] == "completed" else None
+    if best is None:
+        print(f"No trial finished, so no best model ({out_dir}).", file=out)
+        return {"trials": rows, "best": None}
+    trial = search.oracle.get_trial(best["trial"])
+    best_dir = out_dir / "best"
+    saved = _save_best(search, hypermodel, trial, best, best_dir, out)
+    print(
+        f"Best: trial {best['trial']}, norm={best['norm']}, val_loss "
+        f"{best['val_loss']:.4f} (inference mode), gap {best['gap_ratio']:.2f}x."
+        + (f" Saved to {best_dir}/model.keras." if saved else ""),
+        file=out,
+    )
+    return {"trials": rows, "best": best}
+
+
+def _save_best(search, hypermodel, trial, row, best_dir, out):
+    """Writes best/model.keras (float32) and its config.json; False if it cannot."""
+    weights = Path(search.get_trial_dir(trial.trial_id)) / "checkpoint.weights.h5"
+    if not weights.is_file():
+        print(
+            f"Cannot save the best model: {weights} is missing (chief and "
+            "workers must share the search directory).",
+            file=out,
+        )
+        return False
+    config = hypermodel.config_for(trial.hyperparameters.copy())
+    config = config.replace(out=str(best_dir))
+    keras.backend.clear_session()
+    pair_model = build_pair_model(config)
+    model = training_model(pair_model, config)
+    model.optimizer.build(model.trainable_variables)  # as in build(hp)
+    model.load_weights(weights)
+    best_dir.mkdir(parents=True, exist_ok=True)
+    record = {
+        **config.to_dict(),
+        "kpair_version": kpair.__version__,
+        "saved_compute_dtype": "float32",
+    }
+    _write_json(best_dir / "config.json", record, indent=2)
+    metrics = {k: v for k, v in row.items() if k != "hyperparameters"}
+    _write_json(best_dir / "metrics.json", metrics, indent=2)
+    save_model(float32_copy(pair_model, config), best_dir / "model.keras")
+    return True

@@ -1,0 +1,198 @@
+"""The table and plot of a search: one row per trial, read from the oracle.
+
+Everything here comes from the oracle's trials (their hyperparameters,
+reported metrics, status and message) plus the `failure.txt` a trial leaves
+in its directory: in chief/worker mode a trial's message does not travel
+over gRPC, its directory on the shared file system does.
+"""
+
+import csv
+import math
+import os
+from pathlib import Path
+
+# A failed trial's one-line reason, written into its trial directory.
+FAILURE_FILE = "failure.txt"
+# Metrics of a trial, as reported for its best epoch (`seconds`: the trial).
+METRICS = ("val_loss", "gap_ratio", "train_loss", "train_eval_loss", "seconds")
+_REPORTED = {"train_loss": "loss"}  # column -> name in the trial's metrics
+
+
+def trial_rows(oracle, project_dir):
+    """One dict per trial, best first; unfinished and failed ones last."""
+    rows = []
+    for trial_id, trial in oracle.trials.items():
+        values = dict(trial.hyperparameters.values)
+        row = {"trial": trial_id, "status": _status(trial)}
+        row["norm"] = values.pop("norm", "")
+        epochs = values.get("tuner/epochs")
+        values = {k: v for k, v in values.items() if not k.startswith("tuner/")}
+        if epochs is not None:
+            values["epochs"] = epochs
+        row["hyperparameters"] = values
+        for column in METRICS:
+            name = _REPORTED.get(column, column)
+            row[column] = (
+                float(trial.metrics.get_last_value(name))
+                if trial.metrics.exists(name)
+                else math.nan
+            )
+        row["reason"] = _reason(trial, Path(project_dir) / f"trial_{trial_id}")
+        rows.append(row)
+    return sorted(rows, key=_order)
+
+
+def _status(trial):
+    status = str(trial.status)
+    return status.rsplit(".", 1)[-1].lower()
+
+
+def _order(row):
+    done = row["status"] == "completed" and math.isfinite(row["val_loss"])
+    return (not done, row["val_loss"] if done else 0.0, row["trial"])
+
+
+def _reason(trial, trial_dir):
+    if _status(trial) in ("completed", "running"):
+        return ""
+    path = trial_dir / FAILURE_FILE
+    if path.is_file():
+        return path.read_text().strip()
+    lines = [line for line in (trial.message or "").splitlines() if line.strip()]
+    if lines:
+        return lines[-1].strip()
+    if not math.isfinite(trial.score if trial.score is not None else math.nan):
+        return "val_loss is not finite"
+    return ""
+
+
+def columns(rows):
+    """Column names: trial, status, norm, hyperparameters, metrics, reason."""
+    names = []
+    for row in rows:
+        for name in row["hyperparameters"]:
+            if name not in names:
+                names.append(name)
+    return ["trial", "status", "norm", *names, *METRICS, "reason"]
+
+
+def _cells(rows):
+    """Rows as lists of strings, in `columns(rows)` order."""
+    header = columns(rows)
+    table = []
+    for row in rows:
+        flat = {**row, **row["hyperparameters"]}
+        table.append([_format(name, flat.get(name, "")) for name in header])
+    return header, table
+
+
+def _format(name, value):
+    if isinstance(value, bool) or not isinstance(value, (int, float)):
+        return str(value)
+    if isinstance(value, float) and math.isnan(value):
+        return ""
+    if name in ("val_loss", "train_loss", "train_eval_loss"):
+        return f"{value:.4f}"
+    if name == "gap_ratio":
+        return f"{value:.2f}"
+    if name == "seconds":
+        return f"{value:.1f}"
+    return f"{value:.3g}" if isinstance(value, float) else str(value)
+
+
+def format_table(rows):
+    """The table as aligned plain text, for a terminal."""
+    header, table = _cells(rows)
+    header = [h.replace("gap_ratio", "gap") for h in header]
+    widths = [max(len(c) for c in column) for column in zip(header, *table)]
+    lines = [
+        "  ".join(cell.ljust(width) for cell, width in zip(line, widths)).rstrip()
+        for line in (header, *table)
+    ]
+    lines.insert(1, "  ".join("-" * width for width in widths))
+    return "\n".join(lines)
+
+
+def write_csv(rows, path):
+    """The table as CSV, with full-precision numbers."""
+    header = columns(rows)
+    _atomic(path, lambda f: _csv(f, header, rows), newline="")
+
+
+def _csv(f, header, rows):
+    writer = csv.writer(f)
+    writer.writerow(header)
+    for row in rows:
+        flat = {**row, **row["hyperparameters"]}
+        writer.writerow(
+            ["" if _is_nan(flat.get(n, "")) else flat.get(n, "") for n in header]
+        )
+
+
+def write_markdown(rows, path):
+    """The table as a Markdown table."""
+    header, table = _cells(rows)
+    header = [h.replace("gap_ratio", "gap") for h in header]
+    lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
+    lines += ["| " + " | ".join(c.replace("|", "\\|") for c in r) + " |" for r in table]
+    _atomic(path, lambda f: f.write("\n".join(lines) + "\n"))
+
+
+def plot_val_loss_by_norm(rows, norms, path):
+    """A PNG: each finished trial's val_loss over its norm; the best circled."""
+    import matplotlib
+
+    matplotlib.use("Agg")  # no display; must precede pyplot's import
+    import matplotlib.pyplot as plt
+
+    finished = [
+        r for r in rows if r["status"] == "completed" and math.isfinite(r["val_loss"])
+    ]
+    fig, ax = plt.subplots(figsize=(1.6 * len(norms) + 2.5, 4))
+    try:
+        for x, norm in enumerate(norms):
+            losses = [r["val_loss"] for r in finished if r["norm"] == norm]
+            # Spread the points of one norm so that equal losses stay visible.
+            offsets = [0.0] if len(losses) == 1 else [
+                -0.15 + 0.3 * i / (len(losses) - 1) for i in range(len(losses))
+            ]
+            ax.scatter(
+                [x + o for o in offsets[: len(losses)]], losses, color="C0", zorder=2
+            )
+        if finished:
+            best = finished[0]
+            ax.scatter(
+                [list(norms).index(best["norm"])], [best["val_loss"]], s=250,
+                facecolors="none", edgecolors="C3", linewidths=2, zorder=3,
+                label=f"best: trial {best['trial']}",
+            )
+            ax.legend(loc="best")
+        failed = {n: sum(1 for r in rows if r["norm"] == n and r["status"] == "failed")
+                  for n in norms}
+        ax.set_xticks(range(len(norms)))
+        ax.set_xticklabels(
+            [f"{n}\n({failed[n]} failed)" if failed[n] else n for n in norms]
+        )
+        ax.set_xlim(-0.6, len(norms) - 0.4)
+        ax.set_xlabel("normalization")
+        ax.set_ylabel("val_loss (inference mode)")
+        ax.set_title("Validation loss of each trial, by normalization")
+        ax.grid(axis="y", alpha=0.3)
+        fig.tight_layout()
+        tmp = Path(path).with_name(f".{Path(path).stem}.partial.png")
+        fig.savefig(tmp, dpi=100)
+        os.replace(tmp, path)
+    finally:
+        plt.close(fig)
+
+
+def _is_nan(value):
+    return isinstance(value, float) and math.isnan(value)
+
+
+def _atomic(path, write, newline=None):
+    path = Path(path)
+    tmp = path.with_name(path.name + ".tmp")
+    with open(tmp, "w", newline=newline) as f:
+        write(f)
+    os.replace(tmp, path)
