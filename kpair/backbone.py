@@ -35,19 +35,37 @@ class ResNet18Backbone(keras.Model):
             sets it.
         dtype: Dtype policy of every layer (`None`: the global policy). It
             is saved with the model.
-        **kwargs: `keras.Model` arguments (`name`, `dtype`, ...).
+        **kwargs: `keras.Model` arguments (`name`, `trainable`).
 
     Call arguments:
         inputs: `[image, domain]` (or a dict with those keys): a float image
-            batch `(batch, image_size, image_size, 3)` and int domain ids
-            `(batch,)`.
-        training: Passed to every normalization layer (see each layer's
-            docstring for what it changes).
+            batch `(batch, image_size, image_size, 3)` and int32 domain ids
+            `(batch,)`, one scalar per sample.
+        training: Python boolean, passed to every normalization layer. With
+            `True` (and the layer trainable), per norm:
+            `"batch"` normalizes with the batch's statistics and moves the
+            moving averages toward them; `"per-domain"` does the same per
+            domain, over the samples of each domain in the batch, and leaves
+            an absent domain's averages untouched; `"group"` is unaffected;
+            `"eval-mode"` normalizes with the moving averages (batch
+            statistics during its warm-up steps) and still updates them;
+            `"batch-renorm"` normalizes with batch statistics corrected
+            toward the moving averages (clipped r, d) and updates them.
+            With `False` every batch-statistics norm uses its moving
+            averages (per domain for `"per-domain"`) and updates nothing.
+
+    Returns:
+        The embedding, `(batch, embedding_dim)`, in the compute dtype of
+        `dtype` (float16 under `"mixed_float16"`). The backbone leaves the
+        cast to float32 to its task model: `PairModel`'s head computes and
+        returns float32, so a backbone can be reused under any head.
 
     Example:
 
+    >>> images = np.random.rand(4, 32, 32, 3).astype("float32")
+    >>> domains = np.array([0, 0, 1, 1], "int32")
     >>> backbone = ResNet18Backbone(norm="per-domain", width_multiplier=0.25)
-    >>> embedding = backbone([images, domains])  # (batch, 128)
+    >>> backbone([images, domains]).shape  # (4, 128)
 
     Reference:
         - [He et al., 2016](https://arxiv.org/abs/1512.03385)
@@ -80,6 +98,17 @@ class ResNet18Backbone(keras.Model):
             raise ValueError(
                 "`width_multiplier` must be a number in (0, 16]. "
                 f"Received: width_multiplier={width_multiplier!r}"
+            )
+        if not isinstance(norm, str):
+            raise ValueError(
+                f"`norm` must be a registry name, one of {list(layers.names())}. "
+                f"Received: norm={norm!r}"
+            )
+        if norm_options is not None and not isinstance(norm_options, dict):
+            raise ValueError(
+                "`norm_options` must be a dict of the norm's options "
+                f"(`layers.options({norm!r})`) or None. "
+                f"Received: norm_options={norm_options!r}"
             )
         norm_options = dict(norm_options or {})
         resolved = dict(norm_options)
@@ -168,8 +197,13 @@ class _LayerMaker:
         )
 
     def norm(self, factory, x, domain, channels, name):
-        layer = factory(channels, name=name, dtype=self.policy)
-        return layer([x, domain]) if factory.takes_domain else layer(x)
+        return _norm(factory, x, domain, channels, name, dtype=self.policy)
+
+
+def _norm(factory, x, domain, channels, name, dtype=None):
+    """Applies a new norm layer; only the factory knows if it reads domains."""
+    layer = factory(channels, name=name, dtype=dtype)
+    return layer([x, domain]) if factory.takes_domain else layer(x)
 
 
 def _basic_block(layer, x, domain, factory, width, stride, name):

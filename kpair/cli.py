@@ -9,6 +9,7 @@ import argparse
 import json
 import sys
 import warnings
+from pathlib import Path
 
 from kpair.quiet import import_tensorflow_quietly
 
@@ -145,6 +146,13 @@ def _add_evaluate(sub):
         choices=("inference", "batch-stats"),
         help="batch-stats: batch statistics at evaluation, nothing updated",
     )
+    p.add_argument(
+        "--batching",
+        default="mixed",
+        choices=("mixed", "per-type"),
+        help="batches for --mode batch-stats: mixed (shuffled, the post's "
+        "diagnostic) or per-type (one domain per backbone call, as trained)",
+    )
     p.add_argument("--batch-size", type=int, default=48)
     p.add_argument("--json", action="store_true", help="print JSON")
     p.set_defaults(run=_evaluate)
@@ -155,7 +163,7 @@ def _evaluate(args):
 
     result = evaluate_run(
         args.model, data=args.data, split=args.split, mode=args.mode,
-        batch_size=args.batch_size,
+        batch_size=args.batch_size, batching=args.batching,
     )
     if args.json:
         print(json.dumps(result, indent=2))
@@ -164,6 +172,50 @@ def _evaluate(args):
     print(f"{'pair type':<10} {'loss':>8}")
     for name in ("A-A", "B-B", "A-B", "total"):
         print(f"{name:<10} {result[name]:>8.4f}")
+
+
+# --- diagnose ------------------------------------------------------------
+
+
+def _add_diagnose(sub):
+    p = sub.add_parser(
+        "diagnose",
+        help="find a training/inference gap and the layers that cause it",
+        description="Compare, per domain, the statistics reaching each "
+        "normalization layer with its moving statistics; nothing is changed.",
+    )
+    p.add_argument("model", metavar="RUN_OR_MODEL")
+    p.add_argument("--data", help="dataset directory (default: the run's data)")
+    p.add_argument("--split", default="train", choices=("train", "val", "test"))
+    p.add_argument("--plot", help="heat map PNG (default: RUN/diagnose.png, or "
+                   "diagnose.png beside a model file)")
+    p.add_argument("--json", action="store_true", help="print JSON")
+    p.set_defaults(run=_diagnose)
+
+
+def _diagnose(args):
+    from kpair import runs
+    from kpair.diagnose import diagnose, format_table, heat_map
+    from kpair.evaluation import data_dir_for
+    from kpair.losses import DEFAULT_LOSSES
+
+    run = runs.resolve(args.model)
+    model = runs.load_model(run.model_path)
+    size = runs.image_size_of(model)
+    data_dir = data_dir_for(run, args.data, size)
+    losses = run.config.losses if run.config else DEFAULT_LOSSES
+    report = diagnose(model, data_dir / args.split, losses, size)
+    plot = Path(args.plot) if args.plot else run.model_path.with_name(
+        "diagnose.png")
+    if report["layers"]:
+        heat_map(report, plot)
+        report["plot"] = str(plot)
+    if args.json:
+        print(json.dumps(report, indent=2))
+        return
+    print(format_table(report))
+    if report["layers"]:
+        print(f"Heat map: {plot}")
 
 
 # --- predict and export ----------------------------------------------------
@@ -266,8 +318,8 @@ def _parser():
         description="Train and inspect pair models over two image domains.",
     )
     sub = parser.add_subparsers(dest="command")
-    for add in (_add_train, _add_evaluate, _add_predict, _add_export, _add_data,
-                _add_tune):
+    for add in (_add_train, _add_evaluate, _add_diagnose, _add_predict, _add_export,
+                _add_data, _add_tune):
         add(sub)
     return parser
 

@@ -3,9 +3,11 @@
 Two modes, the two sides of the post:
 - `inference`: the model as it is used (`training=False`): batch norms use
   their moving statistics.
-- `batch-stats`: batch statistics at evaluation (the post's diagnostic,
-  `training=True` on shuffled batches that mix the pair types), with every
-  moving statistic restored afterwards, so nothing is updated.
+- `batch-stats`: batch statistics at evaluation (`training=True`), with
+  every moving statistic restored afterwards, so nothing is updated. With
+  `batching="mixed"`, on shuffled batches that mix the pair types (the
+  post's diagnostic); with `batching="per-type"`, on one batch per pair type
+  as the post trained, so that each backbone call sees one domain.
 """
 
 from pathlib import Path
@@ -15,11 +17,14 @@ import tensorflow as tf
 
 from kpair.data import make_batches
 from kpair.losses import pair_losses_numpy
+from kpair.pair_model import build_per_type_model
 
 MODES = ("inference", "batch-stats")
+BATCH_STATS_BATCHINGS = ("mixed", "per-type")
 
 
-def predictions(model, dataset, batch_size=256, mode="inference", seed=0):
+def predictions(model, dataset, batch_size=256, mode="inference", seed=0,
+                batching="mixed"):
     """Predictions and `(target, pair_type)` rows for an unbatched dataset."""
     if mode not in MODES:
         raise ValueError(
@@ -28,13 +33,19 @@ def predictions(model, dataset, batch_size=256, mode="inference", seed=0):
     if mode == "inference":
         batches = dataset.batch(batch_size).prefetch(tf.data.AUTOTUNE)
         return _collect(batches, lambda f: model.predict_on_batch(f))
-    # Well-shuffled mixed batches, as the post evaluated with training=True.
+    if batching not in BATCH_STATS_BATCHINGS:
+        raise ValueError(
+            f"Unknown batching for batch statistics. Expected one of "
+            f"{list(BATCH_STATS_BATCHINGS)}. Received: batching={batching!r}"
+        )
     batches = make_batches(
-        dataset, "mixed", batch_size, seed=seed, shuffle=True, drop_remainder=False
+        dataset, batching, batch_size, seed=seed, shuffle=True,
+        drop_remainder=False,
     )
+    runner = model if batching == "mixed" else build_per_type_model(model)
     saved = [v.numpy() for v in model.non_trainable_variables]
     try:
-        return _collect(batches, lambda f: model(f, training=True).numpy())
+        return _collect(batches, lambda f: runner(f, training=True).numpy())
     finally:
         for variable, value in zip(model.non_trainable_variables, saved):
             variable.assign(value)
@@ -50,37 +61,47 @@ def _collect(batches, predict):
     return np.concatenate(preds), np.concatenate(rows)
 
 
-def evaluate_pairs(model, dataset, losses, batch_size=256, mode="inference", seed=0):
+def evaluate_pairs(model, dataset, losses, batch_size=256, mode="inference", seed=0,
+                   batching="mixed"):
     """Losses per pair type and their sum, as `{"A-A": .., "total": ..}`."""
-    preds, rows = predictions(model, dataset, batch_size, mode, seed)
+    preds, rows = predictions(model, dataset, batch_size, mode, seed, batching)
     result = pair_losses_numpy(rows, preds[:, None], losses)
     result["pairs"] = int(len(rows))
     return result
 
 
 def evaluate_run(run_or_model, data=None, split="val", mode="inference",
-                 batch_size=48):
+                 batch_size=48, batching="mixed"):
     """Losses per pair type of a run directory or `.keras` file on a split.
 
     The data default to the run's own (`config.data`, else the demo set);
     images are resized to the model's input size.
     """
     from kpair import runs
-    from kpair.data import ensure_demo, read_split
+    from kpair.data import read_split
     from kpair.losses import DEFAULT_LOSSES
 
     run = runs.resolve(run_or_model)
     model = runs.load_model(run.model_path)
     size = runs.image_size_of(model)
     config = run.config
-    if data is not None:
-        data_dir = Path(data)
-    elif config is not None and config.data is not None:
-        data_dir = Path(config.data)
-    else:
-        data_dir = ensure_demo(image_size=size[0])
+    data_dir = data_dir_for(run, data, size)
     losses = config.losses if config is not None else DEFAULT_LOSSES
     dataset = read_split(data_dir / split, size)
-    result = evaluate_pairs(model, dataset, losses, batch_size, mode)
+    result = evaluate_pairs(model, dataset, losses, batch_size, mode,
+                            batching=batching)
     result.update(mode=mode, split=split, model=str(run.model_path))
+    if mode == "batch-stats":
+        result["batching"] = batching
     return result
+
+
+def data_dir_for(run, data, image_size):
+    """`data` if given, else the run's own data, else the demo data set."""
+    from kpair.data import ensure_demo
+
+    if data is not None:
+        return Path(data)
+    if run.config is not None and run.config.data is not None:
+        return Path(run.config.data)
+    return ensure_demo(image_size=image_size[0])

@@ -41,15 +41,37 @@ def _elementwise(name, target, pred):
 class PairLoss(keras.losses.Loss):
     """Sum over pair types of the mean loss of that type's pairs in the batch.
 
-    `y_true` is `(batch, 2)`: the target and the pair type (0 A-A, 1 B-B,
-    2 A-B). Each sample's loss is scaled by `batch / count(its type)`, so
-    that Keras's default "sum over batch size" reduction yields exactly
-    `sum_t mean_{i in t} loss_i`: the post's total loss, whatever mix of
-    types the batch holds.
+    The post's total loss: mean L2 over the A-A pairs + mean hinge over the
+    B-B pairs + mean hinge over the A-B pairs (by default), whatever mix of
+    types a batch holds; a type absent from the batch adds nothing.
+
+    How: `call` returns one value per pair, its loss scaled by
+    `batch_size / count(pairs of its type in the batch)`. Keras's default
+    reduction, `"sum_over_batch_size"`, then divides the sum by
+    `batch_size`, which leaves exactly `sum_t mean_{i in t} loss_i`. Another
+    `reduction` gives another quantity (`"sum"`: `batch_size` times it).
+    Under `tf.distribute` each replica computes this over its own share of
+    the batch and Keras averages the replicas. Computed in float32.
 
     Args:
-        losses: Loss name per pair type, in the order A-A, B-B, A-B:
-            `"l2"`, `"hinge"` (targets -1/+1), `"l1"` or `"logistic"`.
+        losses: Loss name per pair type, in the order A-A, B-B, A-B
+            (`y_true` pair type 0, 1, 2): `"l2"` (squared error), `"hinge"`
+            (`max(0, 1 - t * p)`, targets -1/+1), `"l1"` (absolute error) or
+            `"logistic"` (`softplus(-t * p)`, targets -1/+1).
+        name: Name of the loss.
+        **kwargs: `keras.losses.Loss` arguments (`reduction`, `dtype`).
+
+    Call arguments:
+        y_true: `(batch, 2)`: the target and the pair type of each pair.
+        y_pred: `(batch, 1)` predictions.
+
+    Example:
+
+    >>> loss = PairLoss(("l2", "hinge", "hinge"))
+    >>> y_true = np.array([[0.5, 0], [1.0, 1], [-1.0, 2], [-1.0, 2]])
+    >>> y_pred = np.array([[0.0], [0.5], [0.0], [2.0]])
+    >>> float(loss(y_true, y_pred))  # 0.25 + 0.5 + (1 + 3) / 2
+    2.75
     """
 
     def __init__(self, losses=DEFAULT_LOSSES, name="pair_loss", **kwargs):
@@ -76,16 +98,38 @@ class PairLoss(keras.losses.Loss):
 
 @keras.saving.register_keras_serializable(package="kpair")
 class PairTypeLoss(keras.metrics.Metric):
-    """Mean loss over the pairs of one type, across the batches of an epoch."""
+    """Mean loss over the pairs of one type, across the batches of an epoch.
 
-    def __init__(self, pair_type, loss="l2", name=None, **kwargs):
-        if pair_type not in range(len(PAIR_TYPE_NAMES)):
+    Keeps the sum of that type's per-pair losses and their count, so the
+    result is the mean over every pair of the type seen since the last
+    reset, however the batches mixed the types.
+
+    Args:
+        pair_type: 0 (A-A), 1 (B-B) or 2 (A-B).
+        loss_name: `"l2"`, `"hinge"`, `"l1"` or `"logistic"` (see
+            `PairLoss`).
+        name: Name of the metric; default `"loss_aa"`, `"loss_bb"` or
+            `"loss_ab"`.
+        **kwargs: `keras.metrics.Metric` arguments (`dtype`).
+
+    Example:
+
+    >>> metric = PairTypeLoss(1, "hinge")
+    >>> metric.update_state([[1.0, 1], [0.3, 0]], [[0.5], [0.0]])
+    >>> float(metric.result())  # only the B-B pair counts
+    0.5
+    """
+
+    def __init__(self, pair_type, loss_name="l2", name=None, **kwargs):
+        if isinstance(pair_type, bool) or pair_type not in range(
+            len(PAIR_TYPE_NAMES)
+        ):
             raise ValueError(
                 f"`pair_type` must be 0, 1 or 2. Received: pair_type={pair_type!r}"
             )
         super().__init__(name=name or f"loss_{TYPE_KEYS[pair_type]}", **kwargs)
         self.pair_type = pair_type
-        self.loss = _check_losses((loss,) * 3)[0]
+        self.loss_name = _check_losses((loss_name,) * 3)[0]
         self.total = self.add_variable((), "zeros", name="total", dtype="float32")
         self.count = self.add_variable((), "zeros", name="count", dtype="float32")
 
@@ -93,7 +137,9 @@ class PairTypeLoss(keras.metrics.Metric):
         y_true = ops.cast(y_true, "float32")
         pred = ops.reshape(ops.cast(y_pred, "float32"), (-1,))
         mask = ops.cast(ops.equal(y_true[:, 1], float(self.pair_type)), "float32")
-        values = _elementwise(self.loss, y_true[:, 0], pred)
+        if sample_weight is not None:
+            mask = mask * ops.reshape(ops.cast(sample_weight, "float32"), (-1,))
+        values = _elementwise(self.loss_name, y_true[:, 0], pred)
         self.total.assign(self.total + ops.sum(values * mask))
         self.count.assign(self.count + ops.sum(mask))
 
@@ -105,7 +151,11 @@ class PairTypeLoss(keras.metrics.Metric):
         self.count.assign(0.0)
 
     def get_config(self):
-        return {"name": self.name, "pair_type": self.pair_type, "loss": self.loss}
+        return {
+            **super().get_config(),
+            "pair_type": self.pair_type,
+            "loss_name": self.loss_name,
+        }
 
 
 def per_type_metrics(losses=DEFAULT_LOSSES):

@@ -29,7 +29,16 @@ class PairModel(keras.Model):
         training: Passed to the backbone's normalization layers.
 
     Returns:
-        Predictions of shape `(batch, 1)`, float32 under every policy.
+        Predictions of shape `(batch, 1)`, float32 under every policy: the
+        backbone's embeddings are in its compute dtype, and the Dense head
+        (`"head"`) computes in float32; the output is named `"prediction"`.
+
+    Example:
+
+    >>> backbone = ResNet18Backbone(norm="per-domain", width_multiplier=0.25)
+    >>> model = PairModel(backbone)
+    >>> model({"left": a, "right": b, "left_domain": da, "right_domain": db})
+    >>> model.save("model.keras")  # loads with keras.saving.load_model
     """
 
     def __init__(self, backbone, dtype=None, **kwargs):
@@ -48,7 +57,9 @@ class PairModel(keras.Model):
             [left_embedding, right_embedding]
         )
         # float32 head: predictions and losses stay float32 in mixed precision.
-        prediction = keras.layers.Dense(1, dtype="float32", name="head")(joint)
+        score = keras.layers.Dense(1, dtype="float32", name="head")(joint)
+        # Names the output (`model.output_names`, summaries, signatures).
+        prediction = keras.layers.Identity(dtype="float32", name="prediction")(score)
         super().__init__(
             inputs={
                 "left": left,
