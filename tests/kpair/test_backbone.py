@@ -28,11 +28,11 @@ def test_small_stem_keeps_resolution_until_stage_two():
 @pytest.mark.parametrize("norm", layers.names())
 def test_every_norm_builds_and_runs(norm):
     backbone = ResNet18Backbone(norm=norm, **TINY)
-    images = np.random.default_rng(0).random((4, 16, 16, 3), "float32")
-    domains = np.array([0, 1, 0, 1], "int32")
+    images = np.random.default_rng(0).random((6, 16, 16, 3), "float32")
+    domains = np.array([0, 1, 0, 1, 1, 1], "int32")
     for training in (True, False):
         out = backbone([images, domains], training=training)
-        assert out.shape == (4, 8)
+        assert out.shape == (6, 8)
         assert np.all(np.isfinite(keras.ops.convert_to_numpy(out)))
     # Same inputs for every norm: saved models are interchangeable.
     assert [t.name for t in backbone.inputs] == ["image", "domain"]
@@ -47,6 +47,14 @@ def test_domain_reaches_per_domain_layers():
     backbone([images, np.full(4, 2, "int32")], training=True)
     moved = np.abs(norm.moving_mean.numpy()).sum(axis=1) > 0
     assert moved.tolist() == [False, False, True]
+
+
+def test_norm_options_num_domains_wins_over_the_argument():
+    backbone = ResNet18Backbone(
+        norm="per-domain", norm_options={"num_domains": 4}, num_domains=2, **TINY
+    )
+    assert backbone.get_layer("stage2_block1_shortcut_norm").num_domains == 4
+    assert backbone.get_config()["norm_options"] == {"num_domains": 4}
 
 
 def test_config_round_trip():
@@ -65,6 +73,10 @@ def test_config_round_trip():
         ({"image_size": -1}, "image_size"),
         ({"embedding_dim": 0}, "embedding_dim"),
         ({"norm": "instance"}, "Received: norm='instance'"),
+        ({"norm": None}, "Received: norm=None"),
+        ({"norm_options": [("groups", 4)]}, "Received: norm_options="),
+        ({"norm": "batch", "norm_options": {"groups": 4}}, "groups"),
+        ({"num_domains": 0}, "Received: num_domains=0"),
     ],
 )
 def test_bad_arguments(kwargs, match):

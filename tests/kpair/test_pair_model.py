@@ -27,6 +27,7 @@ def test_inputs_are_named_and_the_same_for_every_norm():
             "left", "left_domain", "right", "right_domain"
         ]
         assert model(features(3, 0, 1)).shape == (3, 1)
+        assert model.output_names == ["prediction"]
 
 
 def test_per_type_model_calls_the_backbone_once_per_image_set():
@@ -87,3 +88,8 @@ def test_prediction_is_float32_under_mixed_precision():
     model = PairModel(ResNet18Backbone(norm="batch", **TINY))
     out = model(features(2, 1, 1))
     assert keras.backend.standardize_dtype(out.dtype) == "float32"
+    embedding = model.backbone(
+        [features(2, 1, 1)["left"], np.ones(2, "int32")]
+    )
+    assert keras.backend.standardize_dtype(embedding.dtype) == "float16"
+    assert model.get_layer("head").kernel.dtype == "float32"
