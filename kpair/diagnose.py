@@ -148,6 +148,10 @@ def diagnose(model, split_dir, losses, image_size, images_per_domain=64,
         "batch_stats_loss": per_type,
         "mixed_batch_stats_loss": mixed,
         "stateful_norm_layers": len(stateful_norm_layers(model)),
+        "per_domain_only": all(
+            isinstance(layer, layers.PerDomainBatchNormalization)
+            for _, layer in stateful_norm_layers(model)
+        ),
         # Network order, for the heat map (rows above are by severity).
         "layer_order": [layer.path for _, layer in stateful_norm_layers(model)],
     }
@@ -189,6 +193,14 @@ def verdict(report):
         worst["shift"] > SHIFT_ALARM
         or max(r["log_var_ratio"] for r in report["layers"]) > LOG_VAR_ALARM
     )
+    if shifted and ratio > LOSS_RATIO_ALARM and report.get("per_domain_only"):
+        return (
+            f"{losses} Every norm keeps per-domain statistics, yet they lag the "
+            f"batch statistics of their domain (largest mean shift "
+            f"{worst['shift']:.2f} in {worst['layer']}): too few training steps "
+            "for the momentum. Fix: train longer, or lower the momentum "
+            "(--norm-option momentum=0.9)."
+        )
     if shifted and ratio > LOSS_RATIO_ALARM:
         domain = _domain_name(worst["domain"])
         return (

@@ -1,0 +1,131 @@
+"""kpair diagnose: shift figures against NumPy, verdicts, errors."""
+
+import json
+import subprocess
+import sys
+
+import keras
+import numpy as np
+import pytest
+
+import layers
+from kpair.config import TrainConfig
+from kpair.data import build_demo
+from kpair.diagnose import diagnose, layer_shifts, verdict
+from kpair.train import train
+
+
+@pytest.mark.parametrize("per_domain", [False, True])
+def test_shift_figures_match_numpy(per_domain):
+    rng = np.random.default_rng(0)
+    if per_domain:
+        norm = layers.PerDomainBatchNormalization(name="norm")
+    else:
+        norm = keras.layers.BatchNormalization(name="norm")
+    image = keras.Input((6, 6, 3), name="image")
+    domain = keras.Input((), dtype="int32", name="domain")
+    conv = keras.layers.Conv2D(4, 3, name="conv")
+    features = conv(image)
+    normed = norm([features, domain]) if per_domain else norm(features)
+    model = keras.Model([image, domain], normed)
+    stats_shape = norm.moving_mean.shape
+    norm.moving_mean.assign(rng.normal(size=stats_shape))
+    norm.moving_variance.assign(rng.uniform(0.5, 2.0, size=stats_shape))
+    images = {d: rng.normal(size=(10, 6, 6, 3)).astype("float32") + d
+              for d in (0, 1)}
+    rows = {(r.layer, r.domain): r for r in layer_shifts(model, images)}
+    for d, batch in images.items():
+        acts = np.asarray(conv(batch), "float64")
+        mean, var = acts.mean(axis=(0, 1, 2)), acts.var(axis=(0, 1, 2))
+        mm = norm.moving_mean.numpy().astype("float64")
+        mv = norm.moving_variance.numpy().astype("float64")
+        if per_domain:
+            mm, mv = mm[d], mv[d]
+        shift = np.abs(mean - mm) / np.sqrt(mv + norm.epsilon)
+        ratio = np.abs(np.log((var + norm.epsilon) / (mv + norm.epsilon)))
+        row = rows[(norm.path, d)]
+        assert row.shift == pytest.approx(shift.mean(), rel=1e-4)
+        assert row.max_shift == pytest.approx(shift.max(), rel=1e-4)
+        assert row.log_var_ratio == pytest.approx(ratio.mean(), rel=1e-4)
+
+
+def _report(shift, inference, batch_stats, layers_count=20, per_domain=False):
+    loss = {"total": inference}
+    return {
+        "layers": [{"layer": "stem_norm", "domain": 1, "shift": shift,
+                    "max_shift": shift, "log_var_ratio": 0.1}],
+        "inference_loss": loss,
+        "batch_stats_loss": {"total": batch_stats},
+        "stateful_norm_layers": layers_count,
+        "per_domain_only": per_domain,
+    }
+
+
+def test_verdicts():
+    assert "batch composition" in verdict(_report(1.2, 2.0, 0.8))
+    assert "--norm per-domain" in verdict(_report(1.2, 2.0, 0.8))
+    assert "consistent" in verdict(_report(0.1, 0.8, 0.8))
+    assert "nothing to diverge" in verdict(_report(0.0, 1.0, 1.0, layers_count=0))
+    assert "momentum" in verdict(_report(1.2, 2.0, 0.8, per_domain=True))
+
+
+@pytest.fixture(scope="module")
+def trained(tmp_path_factory):
+    """A batch-norm model trained on per-type batches, and a per-domain one."""
+    root = tmp_path_factory.mktemp("diag")
+    data = build_demo(root / "data", image_size=16, pairs_per_type=(120, 30, 30))
+    common = dict(
+        data=str(data), width_multiplier=0.125, image_size=16, batch_size=24,
+        epochs=3, steps_per_epoch=10, eval_pairs=48, embedding_dim=16,
+        learning_rate=3e-3, norm_options={"momentum": 0.9},
+    )
+    train(TrainConfig(out=str(root / "bug"), norm="batch", batching="per-type",
+                      **common))
+    # Mixed batches trace faster; per-domain statistics do not care.
+    train(TrainConfig(out=str(root / "fixed"), norm="per-domain",
+                      batching="mixed", **common))
+    return root
+
+
+def test_diagnose_names_batch_composition_and_the_fixes(trained):
+    from kpair import runs
+
+    model = runs.load_model(trained / "bug" / "model.keras")
+    report = diagnose(model, trained / "data" / "train", ("l2", "hinge", "hinge"),
+                      (16, 16))
+    assert report["layers"][0]["shift"] == max(r["shift"] for r in report["layers"])
+    assert "batch composition" in report["verdict"]
+    assert "--norm per-domain" in report["verdict"]
+    assert "--batching balanced" in report["verdict"]
+
+
+def test_diagnose_cli_on_a_per_domain_model_reports_consistent(trained):
+    result = subprocess.run(
+        [sys.executable, "-m", "kpair.cli", "diagnose", str(trained / "fixed"),
+         "--json"],
+        capture_output=True, text=True, timeout=600,
+    )
+    assert result.returncode == 0, result.stderr
+    report = json.loads(result.stdout)
+    assert "consistent" in report["verdict"], report["verdict"]
+    assert (trained / "fixed" / "diagnose.png").stat().st_size > 1000
+
+
+def test_diagnose_errors_are_one_line(trained, tmp_path):
+    bogus = tmp_path / "x.keras"
+    bogus.write_bytes(b"PK not really")
+    for args in (
+        [str(bogus)],
+        [str(trained / "bug"), "--data", str(_other_size_data(tmp_path))],
+    ):
+        result = subprocess.run(
+            [sys.executable, "-m", "kpair.cli", "diagnose", *args],
+            capture_output=True, text=True, timeout=600,
+        )
+        assert result.returncode == 2, result.stderr
+        assert "Traceback" not in result.stderr
+        assert len(result.stderr.strip().splitlines()) == 1, result.stderr
+
+
+def _other_size_data(tmp_path):
+    return build_demo(tmp_path / "d24", image_size=24, pairs_per_type=(6, 3, 3))
