@@ -52,6 +52,7 @@ def _parser():
     p.add_argument("--image-size", type=int)
     p.add_argument("--batch-size", type=int)
     p.add_argument("--steps-per-epoch", type=int)
+    p.add_argument("--embedding-dim", type=int)
     p.add_argument("--eval-pairs", type=int)
     p.add_argument("--seed", type=int)
     return p
@@ -60,7 +61,7 @@ def _parser():
 # Flags whose value is a TrainConfig field of the same name.
 _FIELDS = (
     "data", "precision", "epochs", "width_multiplier", "image_size",
-    "batch_size", "steps_per_epoch", "eval_pairs", "seed",
+    "batch_size", "steps_per_epoch", "embedding_dim", "eval_pairs", "seed",
 )
 
 

@@ -261,6 +261,14 @@ class _KpairTrials:
             print(f"Trial {trial.trial_id} failed: {reason}", file=stream, flush=True)
             raise keras_tuner.errors.FailedTrialError(reason) from error
 
+    def _populate_initial_space(self):
+        # keras-tuner builds the model once per conditional scope to find the
+        # space; PairHyperModel.config_for declares every hyperparameter,
+        # active or not, so one call finds it without building a model.
+        hp = self.oracle.get_space()
+        self.hypermodel.config_for(hp)
+        self.oracle.update_space(hp)
+
     def save(self):
         if not self._is_worker():
             self.oracle.save()

@@ -150,19 +150,23 @@ def plot_val_loss_by_norm(rows, norms, path):
     ]
     fig, ax = plt.subplots(figsize=(1.6 * len(norms) + 2.5, 4))
     try:
+        position = {}
         for x, norm in enumerate(norms):
-            losses = [r["val_loss"] for r in finished if r["norm"] == norm]
+            mine = [r for r in finished if r["norm"] == norm]
             # Spread the points of one norm so that equal losses stay visible.
-            offsets = [0.0] if len(losses) == 1 else [
-                -0.15 + 0.3 * i / (len(losses) - 1) for i in range(len(losses))
-            ]
+            for i, row in enumerate(mine):
+                spread = 0.0 if len(mine) == 1 else -0.15 + 0.3 * i / (len(mine) - 1)
+                position[row["trial"]] = x + spread
             ax.scatter(
-                [x + o for o in offsets[: len(losses)]], losses, color="C0", zorder=2
+                [position[r["trial"]] for r in mine],
+                [r["val_loss"] for r in mine],
+                color="C0",
+                zorder=2,
             )
         if finished:
             best = finished[0]
             ax.scatter(
-                [list(norms).index(best["norm"])], [best["val_loss"]], s=250,
+                [position[best["trial"]]], [best["val_loss"]], s=250,
                 facecolors="none", edgecolors="C3", linewidths=2, zorder=3,
                 label=f"best: trial {best['trial']}",
             )

@@ -1,0 +1,183 @@
+"""run_search: outputs, resuming, failed trials, refused directories.
+
+Trials run eagerly here (see conftest); test_cli.py runs graph-mode ones.
+"""
+
+import csv
+import json
+import subprocess
+import sys
+
+import pytest
+
+from kpair.callbacks import TrainingDiverged
+from kpair.config import ConfigError, TrainConfig
+from tuning import PairHyperModel, run_search
+from tuning.search import TUNERS
+
+
+def statuses(result):
+    return {row["trial"]: row["status"] for row in result["trials"]}
+
+
+def test_killed_search_resumes_with_the_remaining_trials(base_config, tmp_path, trials):
+    out_dir = tmp_path / "tune"
+    kwargs = dict(norms=["batch", "group"], max_trials=3, out_dir=out_dir)
+    # Killed while its third trial starts: two trials finished.
+    trials.fail_on = {3: KeyboardInterrupt()}
+    with pytest.raises(KeyboardInterrupt):
+        run_search(base_config, **kwargs)
+    assert len(trials.run) == 2
+
+    # Started again: only the trial in flight runs, from its start.
+    trials.run.clear()
+    result = run_search(base_config, **kwargs)
+    assert len(trials.run) == 1
+    assert statuses(result) == {"0": "completed", "1": "completed", "2": "completed"}
+
+    # Started again once more: nothing left to run, the outputs are rewritten.
+    trials.run.clear()
+    result = run_search(base_config, **kwargs)
+    assert trials.run == []
+    assert len(result["trials"]) == 3
+
+    for name in ("summary.csv", "summary.md", "val_loss_by_norm.png",
+                 "best/model.keras", "best/config.json", "search.json"):
+        assert (out_dir / name).is_file(), name
+    assert not list(out_dir.rglob("*.tmp")), "a state file left half-written"
+
+    best = result["best"]
+    assert best == result["trials"][0]
+    assert best["val_loss"] == min(r["val_loss"] for r in result["trials"])
+    with open(out_dir / "summary.csv", newline="") as f:
+        rows = list(csv.DictReader(f))
+    assert [r["trial"] for r in rows] == [r["trial"] for r in result["trials"]]
+    assert {"norm", "learning_rate", "val_loss", "gap_ratio", "seconds",
+            "status"} <= set(rows[0])
+    # gap = inference-mode over training-mode loss on the same training pairs.
+    for row in rows:
+        assert float(row["gap_ratio"]) == pytest.approx(
+            float(row["train_eval_loss"]) / float(row["train_loss"]), rel=1e-6
+        )
+    markdown = (out_dir / "summary.md").read_text()
+    assert markdown.startswith("| trial | status | norm |")
+    assert markdown.count("\n") == 2 + 3
+
+    # The best model's config.json is a kpair run config of the best trial.
+    config = TrainConfig.load(out_dir / "best" / "config.json")
+    assert config.norm == best["norm"]
+    assert config.learning_rate == best["hyperparameters"]["learning_rate"]
+    assert config.out == str(out_dir / "best")
+    assert config.width_multiplier == 0.125
+
+
+def test_best_model_loads_in_a_fresh_process(base_config, tmp_path, trials):
+    run_search(base_config, norms=["per-domain"], max_trials=1, out_dir=tmp_path)
+    script = (
+        "import keras, kpair, sys\n"
+        "m = keras.saving.load_model(sys.argv[1], safe_mode=True)\n"
+        "print(type(m).__name__, m.dtype_policy.name)\n"
+    )
+    result = subprocess.run(
+        [sys.executable, "-c", script, str(tmp_path / "best" / "model.keras")],
+        capture_output=True, text=True, timeout=300,
+    )
+    assert result.returncode == 0, result.stderr
+    assert result.stdout.split() == ["PairModel", "float32"]
+
+
+def test_failed_trial_is_recorded_and_the_search_goes_on(
+    base_config, tmp_path, trials, capsys
+):
+    trials.fail_on = {1: TrainingDiverged(1, 1, float("nan"))}
+    result = run_search(base_config, norms=["batch"], max_trials=2, out_dir=tmp_path)
+    assert statuses(result) == {"0": "failed", "1": "completed"}
+    failed = result["trials"][-1]
+    assert failed["reason"] == (
+        "TrainingDiverged: the training loss became nan at epoch 1, step 1"
+    )
+    assert result["best"]["trial"] == "1"
+    assert (tmp_path / "best" / "model.keras").is_file()
+    assert "TrainingDiverged: the training loss became nan" in (
+        tmp_path / "summary.md"
+    ).read_text()
+    assert "Trial 0 failed: TrainingDiverged" in capsys.readouterr().out
+
+
+def test_failures_never_stop_a_search(base_config, tmp_path, trials):
+    # keras-tuner's default stops after 3 consecutive failures; kpair goes on.
+    trials.fail_on = {i: MemoryError("out of memory") for i in range(1, 5)}
+    result = run_search(base_config, norms=["batch"], max_trials=4, out_dir=tmp_path)
+    assert list(statuses(result).values()) == ["failed"] * 4
+    assert {row["reason"] for row in result["trials"]} == {"MemoryError: out of memory"}
+    assert result["best"] is None
+    assert not (tmp_path / "best").exists()
+    assert (tmp_path / "summary.csv").is_file()
+
+
+def no_training(self, hp, model, *args, **kwargs):
+    """A `fit` that trains nothing and reports a loss made of the hyperparameters."""
+    return {"val_loss": hp.values["learning_rate"] + len(hp.values["norm"])}
+
+
+@pytest.mark.parametrize("kind", TUNERS)
+def test_every_tuner_runs_the_space(base_config, tmp_path, monkeypatch, kind):
+    monkeypatch.setattr(PairHyperModel, "fit", no_training)
+    result = run_search(
+        base_config, norms=["batch", "group", "eval-mode"], tuner=kind,
+        max_trials=None if kind == "hyperband" else 3, out_dir=tmp_path,
+    )
+    rows = result["trials"]
+    assert rows and all(row["status"] == "completed" for row in rows)
+    assert rows[0]["val_loss"] == min(row["val_loss"] for row in rows)
+    if kind == "hyperband":
+        assert all(row["hyperparameters"]["epochs"] == 1 for row in rows)
+
+
+def test_resume_with_other_settings_is_refused(base_config, tmp_path, monkeypatch):
+    monkeypatch.setattr(PairHyperModel, "fit", no_training)
+    run_search(base_config, norms=["batch"], max_trials=1, out_dir=tmp_path)
+    with pytest.raises(ConfigError, match=r"differs in \['norms'\]"):
+        run_search(base_config, norms=["group"], max_trials=1, out_dir=tmp_path)
+    with pytest.raises(ConfigError, match=r"differs in \['precision'\]"):
+        run_search(
+            base_config.replace(precision="mixed_bfloat16"), norms=["batch"],
+            max_trials=1, out_dir=tmp_path,
+        )
+    # More trials is a continuation, not another search.
+    result = run_search(base_config, norms=["batch"], max_trials=2, out_dir=tmp_path)
+    assert len(result["trials"]) == 2
+
+
+def test_half_written_state_is_refused_in_one_line(base_config, tmp_path, monkeypatch):
+    # keras-tuner #987: a kill while it writes trial.json leaves half a file.
+    monkeypatch.setattr(PairHyperModel, "fit", no_training)
+    run_search(base_config, norms=["batch"], max_trials=1, out_dir=tmp_path)
+    trial_json = tmp_path / "search" / "trial_0" / "trial.json"
+    trial_json.write_text(trial_json.read_text()[:40])
+    with pytest.raises(ConfigError, match="trial_0/trial.json is unreadable"):
+        run_search(base_config, norms=["batch"], max_trials=2, out_dir=tmp_path)
+
+
+@pytest.mark.parametrize(
+    "kwargs, needle",
+    [
+        ({"tuner": "grid"}, "Received: tuner='grid'"),
+        ({"max_trials": 0}, "Received: max_trials=0"),
+        ({"tuner": "hyperband", "max_trials": 4}, "pass max_trials=None"),
+        ({"norms": ["instance"]}, "Received: norms=['instance']"),
+    ],
+)
+def test_bad_arguments_are_refused(base_config, tmp_path, kwargs, needle):
+    with pytest.raises(ConfigError) as info:
+        run_search(base_config, **{"out_dir": tmp_path, **kwargs})
+    assert needle in str(info.value)
+
+
+def test_search_directory_is_keras_tuner_state(base_config, tmp_path, monkeypatch):
+    # The project is plain keras-tuner: a user's own tuner can read it.
+    monkeypatch.setattr(PairHyperModel, "fit", no_training)
+    run_search(base_config, norms=["batch"], max_trials=1, out_dir=tmp_path)
+    state = json.loads((tmp_path / "search" / "trial_0" / "trial.json").read_text())
+    assert state["status"] == "COMPLETED"
+    assert state["metrics"]["metrics"]["val_loss"]
