@@ -13,7 +13,7 @@ $(STAMP): pyproject.toml
 	touch $(STAMP)
 
 demo: $(STAMP)
-	$(BIN)/kpair train --norm per-domain --width-multiplier 0.25 --epochs 6 --out runs/demo
+	$(BIN)/kpair train --norm per-domain --width-multiplier 0.25 --epochs 5 --out runs/demo
 
 test: $(STAMP)
 	$(BIN)/ruff check .
