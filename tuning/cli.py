@@ -70,6 +70,11 @@ def run_tune(argv):
     from kpair.config import TrainConfig
     from tuning.search import run_search
 
+    argv = list(argv)
+    if argv[:1] == ["--"]:
+        # `kpair tune -- FLAGS`: kpair's parser hands on the `--` that lets
+        # FLAGS through its `argparse.REMAINDER` argument.
+        argv = argv[1:]
     args = _parser().parse_args(argv)
     base = TrainConfig.load(args.config).to_dict() if args.config else {}
     given = {f: getattr(args, f) for f in _FIELDS if getattr(args, f) is not None}
