@@ -19,7 +19,14 @@ EXIT_BAD_INPUT = 2
 
 def main(argv=None):
     parser = _parser()
-    args = parser.parse_args(argv)
+    argv = list(sys.argv[1:] if argv is None else argv)
+    if argv[:1] == ["tune"]:
+        # The tuner has its own parser: hand it every flag after `tune`
+        # (argparse's REMAINDER would refuse a flag in first place).
+        args = argparse.Namespace(command="tune", rest=argv[1:], run=_tune,
+                                  out=None)
+    else:
+        args = parser.parse_args(argv)
     if not getattr(args, "command", None):
         parser.print_help()
         return EXIT_BAD_INPUT

@@ -1,9 +1,7 @@
 """`kpair tune` as a user runs it, through kpair's own entry point.
 
-kpair/cli.py hands `tune`'s arguments on through `argparse.REMAINDER`, which
-refuses a flag right after `tune` (`kpair tune --data X`: "unrecognized
-arguments"); `kpair tune -- --data X` gets through. Tests use that form until
-kpair/cli.py passes them on as they are (the xfail below turns into a pass).
+Every flag after `tune` goes to the tuner's parser, also right after `tune`;
+`kpair tune -- FLAGS` works too.
 """
 
 import json
@@ -81,10 +79,6 @@ def test_bad_flags_end_in_one_line(tmp_path, capsys, flags, needle):
     assert len(lines) == 1 and needle in lines[0], err
 
 
-@pytest.mark.xfail(
-    raises=SystemExit, strict=True,
-    reason="kpair/cli.py's argparse.REMAINDER refuses a flag right after `tune`",
-)
 def test_flags_right_after_tune(tmp_path, capsys):
     code = main(["tune", "--max-trials", "0", "--out", str(tmp_path)])
     assert code == 2
