@@ -50,13 +50,14 @@ def base_config(demo_data):
 
 @pytest.fixture
 def trials(monkeypatch):
-    """Runs trials eagerly and records them: `trials.run` lists the trained
-    (norm, hyperparameter values) in order; `trials.fail_on` maps call
-    numbers (1-based) to exceptions that fit raises instead of training."""
+    """Runs trials eagerly and records them: `trials.started` lists the
+    hyperparameter values of every `fit` call, `trials.run` those of the
+    trials that trained; `trials.fail_on` maps call numbers (1-based) to
+    exceptions that `fit` raises instead of training."""
 
     class Recorder:
         def __init__(self):
-            self.run = []
+            self.started, self.run = [], []
             self.calls = 0
             self.fail_on = {}
 
@@ -70,6 +71,7 @@ def trials(monkeypatch):
 
     def counting_fit(self, hp, model, *args, **kwargs):
         recorder.calls += 1
+        recorder.started.append(dict(hp.values))
         if recorder.calls in recorder.fail_on:
             raise recorder.fail_on[recorder.calls]
         recorder.run.append(dict(hp.values))

@@ -28,11 +28,12 @@ def test_killed_search_resumes_with_the_remaining_trials(base_config, tmp_path, 
     with pytest.raises(KeyboardInterrupt):
         run_search(base_config, **kwargs)
     assert len(trials.run) == 2
+    in_flight = trials.started[-1]
 
     # Started again: only the trial in flight runs, from its start.
     trials.run.clear()
     result = run_search(base_config, **kwargs)
-    assert len(trials.run) == 1
+    assert trials.run == [in_flight]
     assert statuses(result) == {"0": "completed", "1": "completed", "2": "completed"}
 
     # Started again once more: nothing left to run, the outputs are rewritten.
@@ -71,8 +72,12 @@ def test_killed_search_resumes_with_the_remaining_trials(base_config, tmp_path, 
     assert config.width_multiplier == 0.125
 
 
-def test_best_model_loads_in_a_fresh_process(base_config, tmp_path, trials):
-    run_search(base_config, norms=["per-domain"], max_trials=1, out_dir=tmp_path)
+def test_graph_mode_trial_and_best_model_in_a_fresh_process(base_config, tmp_path):
+    # The one trial of these tests that runs as `kpair tune` runs it: traced.
+    result = run_search(
+        base_config, norms=["per-domain"], max_trials=1, out_dir=tmp_path
+    )
+    assert statuses(result) == {"0": "completed"}
     script = (
         "import keras, kpair, sys\n"
         "m = keras.saving.load_model(sys.argv[1], safe_mode=True)\n"
