@@ -21,7 +21,7 @@ TINY_FLAGS = [
 def test_tune_over_the_demo_data(demo_data, tmp_path, trials, capsys):
     out_dir = tmp_path / "tune"
     code = main([
-        "tune", "--", "--data", str(demo_data), "--norms",
+        "tune", "--data", str(demo_data), "--norms",
         "batch,per-domain,group,eval-mode", "--batching", "mixed",
         "--max-trials", "4", "--out", str(out_dir), *TINY_FLAGS,
     ])
@@ -72,7 +72,7 @@ def test_flags_reach_the_search(monkeypatch, tmp_path):
     ],
 )
 def test_bad_flags_end_in_one_line(tmp_path, capsys, flags, needle):
-    code = main(["tune", "--", "--out", str(tmp_path), *TINY_FLAGS, *flags])
+    code = main(["tune", "--out", str(tmp_path), *TINY_FLAGS, *flags])
     err = capsys.readouterr().err
     assert code == 2
     lines = [line for line in err.splitlines() if line.strip()]
