@@ -73,6 +73,9 @@ def columns(rows):
         for name in row["hyperparameters"]:
             if name not in names:
                 names.append(name)
+    # The norm's own options first, then the rest, whatever trial came first.
+    known = ("groups", "momentum", "warmup_steps", "learning_rate", "batching")
+    names.sort(key=lambda n: known.index(n) if n in known else len(known))
     return ["trial", "status", "norm", *names, *METRICS, "reason"]
 
 
