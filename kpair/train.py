@@ -41,6 +41,32 @@ def resolve_data(config, out=None):
     return ensure_demo(image_size=config.image_size)
 
 
+def training_data(config, data_dir):
+    """What one run trains on, shared by `kpair train` and the tuner.
+
+    Returns `(batches, steps, train_sample, val_pairs)`: repeated training
+    batches with a known number of steps per epoch (Keras cannot count the
+    batches of a filtered, zipped dataset, and progress needs a total), a
+    fixed sample of training pairs (the same every epoch) for the
+    inference-mode loss, and the validation split.
+    """
+    train_pairs = read_split(data_dir / "train", config.image_size)
+    val_pairs = read_split(data_dir / "val", config.image_size)
+    train_sample = (
+        train_pairs.shuffle(100_000, seed=config.seed, reshuffle_each_iteration=False)
+        .take(config.eval_pairs)
+        .cache()
+    )
+    steps = config.steps_per_epoch or steps_per_epoch(
+        count_split(data_dir / "train"), config.batching, config.batch_size
+    )
+    batches = make_batches(
+        train_pairs, config.batching, config.batch_size, seed=config.seed,
+        repeat=True,
+    )
+    return batches, steps, train_sample, val_pairs
+
+
 def train(config: TrainConfig, out=None, extra_callbacks=()):
     """Trains the pair model of `config` and writes its run directory.
 
@@ -61,23 +87,7 @@ def train(config: TrainConfig, out=None, extra_callbacks=()):
     started = time.perf_counter()
     _claim_run_dir(run_dir, config)
     data_dir = resolve_data(config, out)
-    train_pairs = read_split(data_dir / "train", config.image_size)
-    val_pairs = read_split(data_dir / "val", config.image_size)
-    # A fixed sample of training pairs: the same pairs every epoch.
-    train_sample = (
-        train_pairs.shuffle(100_000, seed=config.seed, reshuffle_each_iteration=False)
-        .take(config.eval_pairs)
-        .cache()
-    )
-    # Repeated, with a known number of steps per epoch: Keras cannot count
-    # the batches of a filtered, zipped dataset, and progress needs a total.
-    steps = config.steps_per_epoch or steps_per_epoch(
-        count_split(data_dir / "train"), config.batching, config.batch_size
-    )
-    batches = make_batches(
-        train_pairs, config.batching, config.batch_size, seed=config.seed,
-        repeat=True,
-    )
+    batches, steps, train_sample, val_pairs = training_data(config, data_dir)
 
     pair_model = build_pair_model(config)
     model = training_model(pair_model, config)

@@ -12,14 +12,10 @@ from kpair import callbacks as kcb
 from kpair.config import ConfigError, TrainConfig
 from kpair.data import (
     BATCHINGS,
-    count_split,
-    make_batches,
-    read_split,
-    steps_per_epoch,
 )
 from kpair.model_builder import build_pair_model, training_model
 from kpair.pair_model import PairModel
-from kpair.train import resolve_data
+from kpair.train import resolve_data, training_data
 
 # Hyperparameters that only some norms use, keyed by the registry option they
 # set: (choices, searched). The norms that take an option are read from the
@@ -191,23 +187,8 @@ class PairHyperModel(keras_tuner.HyperModel):
         config = self.config_for(hp)
         epochs = kwargs.pop("epochs", config.epochs)
         data_dir = self._data(config, out)
-        train_pairs = read_split(data_dir / "train", config.image_size)
-        val_pairs = read_split(data_dir / "val", config.image_size)
-        # The same fixed sample of training pairs as `kpair train` measures.
-        train_sample = (
-            train_pairs.shuffle(
-                100_000, seed=config.seed, reshuffle_each_iteration=False
-            )
-            .take(config.eval_pairs)
-            .cache()
-        )
-        steps = config.steps_per_epoch or steps_per_epoch(
-            count_split(data_dir / "train"), config.batching, config.batch_size
-        )
-        batches = make_batches(
-            train_pairs, config.batching, config.batch_size, seed=config.seed,
-            repeat=True,
-        )
+        # The same data, fixed training sample and steps as `kpair train`.
+        batches, steps, train_sample, val_pairs = training_data(config, data_dir)
         callbacks = [
             kcb.StopOnNonFiniteLoss(),
             kcb.InferenceLosses(
