@@ -25,6 +25,7 @@ from pathlib import Path
 
 import keras
 import keras_tuner
+from keras_tuner.engine.trial import TrialStatus
 
 import kpair
 from kpair.config import ConfigError
@@ -38,6 +39,9 @@ TUNERS = ("random", "bayesian", "hyperband")
 OBJECTIVE = "val_loss"
 PROJECT = "search"
 SETTINGS_FILE = "search.json"
+ATTEMPTS_FILE = "attempts.txt"
+# A trial whose process dies this many times before it ends is failed.
+MAX_ATTEMPTS = 2
 # Failed trials never stop a search: each is recorded, and the next starts.
 _NEVER = 2**31 - 1
 
@@ -213,8 +217,18 @@ def _write_json(path, data, indent=None):
 # --- the tuner -----------------------------------------------------------------
 
 
-class _AtomicOracle:
-    """Oracle state written aside, then renamed: never half a JSON file."""
+class _KpairOracle:
+    """keras-tuner's oracles with three changes.
+
+    - State is written aside, then renamed: never half a JSON file (#987).
+    - Every norm gets a trial at its defaults before the sampler takes over,
+      so a search of at least as many trials as norms sees each of them.
+    - A trial whose process died `MAX_ATTEMPTS` times before the trial ended
+      (killed, out of memory) is failed instead of run again: keras-tuner
+      puts an interrupted trial back in its retry queue on every restart and
+      counts a run only when it ends, so such a trial would kill every
+      restart of the search.
+    """
 
     def save(self):
         _write_json(self._get_oracle_fname(), self.get_state())
@@ -223,17 +237,81 @@ class _AtomicOracle:
         trial_dir = self._get_trial_dir(trial.trial_id)
         _write_json(os.path.join(trial_dir, "trial.json"), trial.get_state())
 
+    @keras_tuner.synchronized
+    def create_trial(self, tuner_id):
+        while True:
+            trial = super().create_trial(tuner_id)
+            if trial.status != TrialStatus.RUNNING:
+                return trial
+            trial_dir = Path(self._get_trial_dir(trial.trial_id))
+            attempts = read_attempts(trial_dir)
+            if attempts < MAX_ATTEMPTS:
+                return trial
+            reason = (
+                f"ProcessDied: the trial's process died {attempts} times before "
+                "the trial ended (killed, or out of memory)"
+            )
+            _write_failure(trial_dir, reason)
+            print(f"Trial {trial.trial_id} failed: {reason}", flush=True)
+            trial.status = TrialStatus.FAILED
+            trial.message = reason
+            self.end_trial(trial)
 
-class _RandomOracle(_AtomicOracle, keras_tuner.oracles.RandomSearchOracle):
+    def populate_space(self, trial_id):
+        values = self._untried_norm_values()
+        if values is None:
+            return super().populate_space(trial_id)
+        return {"status": TrialStatus.RUNNING,
+                "values": values}
+
+    def _untried_norm_values(self):
+        """Defaults of the first norm without a trial yet, or None."""
+        space = self.hyperparameters.space
+        norm = next((hp for hp in space if hp.name == "norm"), None)
+        if norm is None:
+            return None
+        tried = {t.hyperparameters.values.get("norm") for t in self.trials.values()}
+        order = [norm.default] + [v for v in norm.values if v != norm.default]
+        for name in order:
+            if name in tried:
+                continue
+            hps = keras_tuner.HyperParameters()
+            for hp in space:
+                hps.merge([hp])
+                if hps.is_active(hp):
+                    hps.values[hp.name] = name if hp is norm else hp.default
+            if not self._duplicate(hps.values):
+                return hps.values
+        return None
+
+
+class _RandomOracle(_KpairOracle, keras_tuner.oracles.RandomSearchOracle):
     pass
 
 
-class _BayesianOracle(_AtomicOracle, keras_tuner.oracles.BayesianOptimizationOracle):
+class _BayesianOracle(_KpairOracle, keras_tuner.oracles.BayesianOptimizationOracle):
     pass
 
 
-class _HyperbandOracle(_AtomicOracle, keras_tuner.oracles.HyperbandOracle):
-    pass
+class _HyperbandOracle(_KpairOracle, keras_tuner.oracles.HyperbandOracle):
+    # Hyperband's brackets decide which trials run: no norms-first round.
+    def _untried_norm_values(self):
+        return None
+
+
+def read_attempts(trial_dir):
+    """How many times a process started the trial in `trial_dir`."""
+    try:
+        return int((Path(trial_dir) / ATTEMPTS_FILE).read_text())
+    except (OSError, ValueError):
+        return 0
+
+
+def _write_failure(trial_dir, reason):
+    failure = Path(trial_dir) / summary.FAILURE_FILE
+    tmp = failure.with_name(failure.name + ".tmp")
+    tmp.write_text(reason + "\n")
+    os.replace(tmp, failure)
 
 
 class _KpairTrials:
@@ -246,17 +324,18 @@ class _KpairTrials:
     """
 
     def run_trial(self, trial, *args, **kwargs):
-        failure = Path(self.get_trial_dir(trial.trial_id)) / summary.FAILURE_FILE
-        failure.unlink(missing_ok=True)
+        trial_dir = Path(self.get_trial_dir(trial.trial_id))
+        (trial_dir / summary.FAILURE_FILE).unlink(missing_ok=True)
+        # Counted before training: a process that dies mid-trial cannot
+        # count afterwards (see _KpairOracle.create_trial).
+        _write_json(trial_dir / ATTEMPTS_FILE, read_attempts(trial_dir) + 1)
         try:
             return super().run_trial(trial, *args, **kwargs)
         except keras_tuner.errors.FatalError:
             raise
         except Exception as error:
             reason = f"{type(error).__name__}: {' '.join(str(error).split())}"
-            tmp = failure.with_name(failure.name + ".tmp")
-            tmp.write_text(reason + "\n")
-            os.replace(tmp, failure)
+            _write_failure(trial_dir, reason)
             stream = getattr(self.hypermodel, "out", None) or sys.stdout
             print(f"Trial {trial.trial_id} failed: {reason}", file=stream, flush=True)
             raise keras_tuner.errors.FailedTrialError(reason) from error

@@ -208,3 +208,23 @@ def test_users_own_tuner_around_the_hypermodel(base_config, tmp_path, trials):
     assert config.norm == "group" and config.norm_options == {
         "groups": trial.hyperparameters.values["groups"]
     }
+
+
+@pytest.mark.parametrize("kind", ["random", "bayesian"])
+def test_every_norm_gets_a_trial_at_its_defaults_first(
+    base_config, tmp_path, monkeypatch, kind
+):
+    monkeypatch.setattr(PairHyperModel, "fit", no_training)
+    norms = ["group", "batch", "eval-mode"]
+    result = run_search(base_config, norms=norms, tuner=kind, max_trials=4,
+                        out_dir=tmp_path)
+    by_id = sorted(result["trials"], key=lambda row: int(row["trial"]))
+    # The first trials sweep the norms, at every default; then sampling.
+    assert [row["norm"] for row in by_id[:3]] == norms
+    for row in by_id[:3]:
+        values = row["hyperparameters"]
+        assert values["learning_rate"] == base_config.learning_rate
+        assert values["batching"] == base_config.batching
+    assert by_id[0]["hyperparameters"]["groups"] == 32
+    assert by_id[2]["hyperparameters"]["warmup_steps"] == 0
+    assert len(by_id) == 4
