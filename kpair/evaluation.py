@@ -32,6 +32,11 @@ def predictions(model, dataset, batch_size=256, mode="inference", seed=0,
         )
     if mode == "inference":
         batches = dataset.batch(batch_size).prefetch(tf.data.AUTOTUNE)
+        strategy = getattr(model, "distribute_strategy", None)
+        if strategy is not None and strategy.num_replicas_in_sync > 1:
+            # Under a strategy, predict_on_batch runs the whole batch on every
+            # replica and concatenates: each prediction would come n times.
+            return _collect(batches, lambda f: model(f, training=False).numpy())
         return _collect(batches, lambda f: model.predict_on_batch(f))
     if batching not in BATCH_STATS_BATCHINGS:
         raise ValueError(

@@ -46,6 +46,12 @@ def _parser():
         "--precision", choices=("float32", "mixed_float16", "mixed_bfloat16")
     )
     p.add_argument("--out", default=DEFAULT_OUT, help="search directory")
+    p.add_argument(
+        "--mirrored",
+        action="store_true",
+        help="run each trial on every local GPU at once "
+        "(tf.distribute.MirroredStrategy; the batch is split between them)",
+    )
     p.add_argument("--config", help="a config.json for the fixed arguments")
     # Fixed arguments of every trial; small values make quick searches.
     p.add_argument("--width-multiplier", type=float)
@@ -94,8 +100,21 @@ def run_tune(argv):
         max_trials=max_trials,
         out_dir=args.out,
         batchings=_names(args.batching),
+        distribution_strategy=_mirrored() if args.mirrored else None,
     )
     return 0
+
+
+def _mirrored():
+    import tensorflow as tf
+
+    strategy = tf.distribute.MirroredStrategy()
+    print(
+        f"Each trial runs on {strategy.num_replicas_in_sync} devices "
+        "(MirroredStrategy).",
+        flush=True,
+    )
+    return strategy
 
 
 def _names(text):
