@@ -319,6 +319,52 @@ def _tune(args):
     return run_tune(args.rest)
 
 
+# --- compare -------------------------------------------------------------
+
+# Flags of `kpair compare` that set the same field of every cell's config.
+COMPARE_FLAGS = {
+    "data": str, "epochs": int, "precision": str, "width_multiplier": float,
+    "image_size": int, "batch_size": int, "steps_per_epoch": int,
+    "embedding_dim": int, "eval_pairs": int, "seed": int,
+}
+
+
+def _add_compare(sub):
+    p = sub.add_parser(
+        "compare",
+        help="train every norm x batching and tabulate the inference gap",
+        description="One run per norm and batching under OUT/cells/, then "
+        "OUT/compare.md, compare.csv and compare.png: training-mode loss, "
+        "inference-mode loss on training pairs, validation loss, gap, seconds.",
+    )
+    p.add_argument("--norms", help="comma-separated (default: all registered)")
+    p.add_argument("--batchings",
+                   help="comma-separated (default: per-type,mixed,balanced)")
+    p.add_argument("--out", default="runs/compare", help="comparison directory")
+    p.add_argument("--resume", action="store_true",
+                   help="finish a comparison in --out; finished cells are kept")
+    p.add_argument("--config", help="a config.json for what every cell shares")
+    for field, kind in COMPARE_FLAGS.items():
+        p.add_argument("--" + field.replace("_", "-"), type=kind)
+    p.set_defaults(run=_compare)
+
+
+def _compare(args):
+    from kpair.compare import run_compare
+    from kpair.config import TrainConfig
+
+    base = TrainConfig.load(args.config).to_dict() if args.config else {}
+    given = {f: getattr(args, f) for f in COMPARE_FLAGS if getattr(args, f) is not None}
+    run_compare(
+        TrainConfig.from_dict({**base, **given}), _comma_list(args.norms),
+        _comma_list(args.batchings), args.out, resume=args.resume,
+    )
+
+
+def _comma_list(text):
+    return None if text is None else [n.strip() for n in text.split(",") if n.strip()]
+
+
 def _parser():
     parser = argparse.ArgumentParser(
         prog="kpair",
@@ -326,7 +372,7 @@ def _parser():
     )
     sub = parser.add_subparsers(dest="command")
     for add in (_add_train, _add_evaluate, _add_diagnose, _add_predict, _add_export,
-                _add_data, _add_tune):
+                _add_data, _add_tune, _add_compare):
         add(sub)
     return parser
 
