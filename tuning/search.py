@@ -20,7 +20,9 @@ best model; workers run trials. All of them must share `out_dir`.
 
 import json
 import os
+import socket
 import sys
+import time
 from pathlib import Path
 
 import keras
@@ -109,6 +111,8 @@ def run_search(
     out_dir = Path(out_dir)
     role = _role()
     hypermodel = PairHyperModel(base_config, norms=norms, batchings=batchings, out=out)
+    if role == "worker":
+        _wait_for_chief(out)
     if role != "chief":
         # Fail now on unreadable data, not once per trial.
         data_dir = resolve_data(base_config, out)
@@ -143,6 +147,33 @@ def _role():
             "tuner1, ...) on each worker."
         )
     return "chief" if "chief" in os.environ["KERASTUNER_TUNER_ID"] else "worker"
+
+
+def _wait_for_chief(out, poll_seconds=1.0):
+    """Waits, saying so, until the chief's oracle server takes connections.
+
+    keras-tuner's workers wait up to an hour for the chief without a word;
+    a worker started first says what it waits for.
+    """
+    ip = os.environ["KERASTUNER_ORACLE_IP"]
+    port = int(os.environ["KERASTUNER_ORACLE_PORT"])
+    tuner_id = os.environ["KERASTUNER_TUNER_ID"]
+    waiting = False
+    while True:
+        try:
+            socket.create_connection((ip, port), timeout=5).close()
+            break
+        except OSError:
+            if not waiting:
+                print(
+                    f"Worker {tuner_id}: waiting for the chief at {ip}:{port} "
+                    "(a process started with KERASTUNER_TUNER_ID=chief)...",
+                    file=out, flush=True,
+                )
+                waiting = True
+            time.sleep(poll_seconds)
+    if waiting:
+        print(f"Worker {tuner_id}: the chief is up.", file=out, flush=True)
 
 
 # --- settings and state ------------------------------------------------------

@@ -1,11 +1,12 @@
 """keras-tuner's chief/worker mode through run_search, on 127.0.0.1.
 
 The chief runs in this process (in a thread: it blocks until the search is
-done), the two workers in their own processes.
+done), the workers in their own processes, started before the chief.
 """
 
 import json
 import os
+import signal
 import socket
 import subprocess
 import sys
@@ -27,74 +28,147 @@ def free_port():
         return s.getsockname()[1]
 
 
+class Worker:
+    """A worker process whose output is read as it comes."""
+
+    def __init__(self, tuner_id, config, out_dir, max_trials, env, kill_trial=None):
+        env = {**env, "KERASTUNER_TUNER_ID": tuner_id}
+        env.pop("KPAIR_TEST_KILL_TRIAL", None)
+        if kill_trial is not None:
+            env["KPAIR_TEST_KILL_TRIAL"] = kill_trial
+        self.process = subprocess.Popen(
+            [sys.executable, str(HELPER), config, str(out_dir), str(max_trials)],
+            env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
+        )
+        self.lines = []
+        self.waiting = threading.Event()
+        self.reader = threading.Thread(target=self._read, daemon=True)
+        self.reader.start()
+
+    def _read(self):
+        for line in self.process.stdout:
+            self.lines.append(line)
+            if "waiting for the chief" in line:
+                self.waiting.set()
+
+    def finish(self):
+        self.process.wait(timeout=TIMEOUT)
+        self.reader.join(timeout=60)
+        self.process.stdout.close()
+        return "".join(self.lines)
+
+    def trained(self):
+        return [line.split()[1] for line in self.lines if line.startswith("TRAINED ")]
+
+    def kill(self):
+        if self.process.poll() is None:
+            self.process.kill()
+            self.process.wait()
+        self.reader.join(timeout=60)
+        self.process.stdout.close()
+
+
+class Chief:
+    """run_search as the chief, in a thread of this process."""
+
+    def __init__(self, base_config, out_dir, max_trials, monkeypatch, env):
+        for name in ("ORACLE_IP", "ORACLE_PORT"):
+            monkeypatch.setenv(f"KERASTUNER_{name}", env[f"KERASTUNER_{name}"])
+        monkeypatch.setenv("KERASTUNER_TUNER_ID", "chief")
+        self.outcome = {}
+
+        def serve():
+            try:
+                self.outcome["result"] = run_search(
+                    base_config, norms=["batch", "group"], batchings=["mixed"],
+                    max_trials=max_trials, out_dir=out_dir,
+                )
+            except BaseException as error:  # reported by the main thread
+                self.outcome["error"] = error
+
+        self.thread = threading.Thread(target=serve, daemon=True)
+        self.thread.start()
+
+    def result(self):
+        self.thread.join(timeout=TIMEOUT)
+        assert not self.thread.is_alive(), "the chief did not stop"
+        if "error" in self.outcome:
+            raise self.outcome["error"]
+        return self.outcome["result"]
+
+
+def loopback_env():
+    return dict(
+        os.environ,
+        KERASTUNER_ORACLE_IP="127.0.0.1",
+        KERASTUNER_ORACLE_PORT=str(free_port()),
+        PYTHONPATH=os.pathsep.join(
+            filter(None, [str(ROOT), os.environ.get("PYTHONPATH")])
+        ),
+    )
+
+
 @pytest.mark.slow
 def test_chief_and_two_workers_run_each_trial_once(
     base_config, tmp_path, monkeypatch
 ):
     out_dir = tmp_path / "tune"
-    port = str(free_port())
-    env = dict(
-        os.environ,
-        KERASTUNER_ORACLE_IP="127.0.0.1",
-        KERASTUNER_ORACLE_PORT=port,
-        PYTHONPATH=os.pathsep.join(
-            filter(None, [str(ROOT), os.environ.get("PYTHONPATH")])
-        ),
-    )
+    env = loopback_env()
     config = json.dumps(base_config.to_dict())
-    workers = {}
+    workers = [Worker(t, config, out_dir, 4, env) for t in ("tuner0", "tuner1")]
     try:
-        for tuner_id in ("tuner0", "tuner1"):
-            workers[tuner_id] = subprocess.Popen(
-                [sys.executable, str(HELPER), config, str(out_dir), "4"],
-                env={**env, "KERASTUNER_TUNER_ID": tuner_id},
-                stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
-            )
-        for name in ("ORACLE_IP", "ORACLE_PORT"):
-            monkeypatch.setenv(f"KERASTUNER_{name}", env[f"KERASTUNER_{name}"])
-        monkeypatch.setenv("KERASTUNER_TUNER_ID", "chief")
-        chief = {}
-
-        def serve():
-            try:
-                chief["result"] = run_search(
-                    base_config, norms=["batch", "group"], batchings=["mixed"],
-                    max_trials=4, out_dir=out_dir,
-                )
-            except BaseException as error:  # reported by the main thread
-                chief["error"] = error
-
-        thread = threading.Thread(target=serve, daemon=True)
-        thread.start()
-        outputs = {k: p.communicate(timeout=TIMEOUT)[0] for k, p in workers.items()}
-        thread.join(timeout=TIMEOUT)
+        # Workers started first wait for the chief, and say so.
+        for worker in workers:
+            assert worker.waiting.wait(TIMEOUT), worker.lines
+        chief = Chief(base_config, out_dir, 4, monkeypatch, env)
+        outputs = [worker.finish() for worker in workers]
+        result = chief.result()
     finally:
-        for process in workers.values():
-            if process.poll() is None:
-                process.kill()
-                process.wait()
-    for tuner_id, process in workers.items():
-        assert process.returncode == 0, (tuner_id, outputs[tuner_id][-3000:])
-    assert not thread.is_alive(), "the chief did not stop"
-    if "error" in chief:
-        raise chief["error"]
+        for worker in workers:
+            worker.kill()
+    for worker, output in zip(workers, outputs):
+        assert worker.process.returncode == 0, output[-3000:]
+        assert "the chief is up." in output
 
-    trained = [
-        line.split()[1]
-        for output in outputs.values()
-        for line in output.splitlines()
-        if line.startswith("TRAINED ")
-    ]
+    trained = [t for worker in workers for t in worker.trained()]
     assert sorted(trained) == ["0", "1", "2", "3"], outputs  # each trial once
-    for tuner_id, output in outputs.items():
+    for tuner_id, output in zip(("tuner0", "tuner1"), outputs):
         assert f"Worker {tuner_id} finished." in output
         assert 'RESULT {"role": "worker", "statuses": {}}' in output
 
     # The chief, and only the chief, writes the table, plot and best model,
     # from the workers' reports and their files in the shared directory.
-    result = chief["result"]
     assert result["role"] == "chief"
     assert [row["status"] for row in result["trials"]] == ["completed"] * 4
     for name in ("summary.csv", "summary.md", "val_loss_by_norm.png",
                  "best/model.keras", "best/config.json"):
         assert (out_dir / name).is_file(), name
+
+
+@pytest.mark.slow
+def test_a_killed_worker_restarted_runs_its_trial_again(
+    base_config, tmp_path, monkeypatch
+):
+    # keras-tuner #915: the chief waits for the trial of a dead worker. The
+    # same worker id started again gets that trial and the search ends.
+    out_dir = tmp_path / "tune"
+    env = loopback_env()
+    config = json.dumps(base_config.to_dict())
+    chief = Chief(base_config, out_dir, 3, monkeypatch, env)
+    first = Worker("tuner0", config, out_dir, 3, env, kill_trial="1")
+    again = None
+    try:
+        first.finish()
+        assert first.process.returncode == -signal.SIGKILL, first.lines[-20:]
+        assert first.trained() == ["0", "1"]
+        assert chief.thread.is_alive()  # waiting for trial 1
+        again = Worker("tuner0", config, out_dir, 3, env)
+        output = again.finish()
+        result = chief.result()
+    finally:
+        for worker in (first, again):
+            if worker is not None:
+                worker.kill()
+    assert again.process.returncode == 0, output[-3000:]
+    assert again.trained() == ["1", "2"]  # the dead worker's trial, then the rest
+    assert [row["status"] for row in result["trials"]] == ["completed"] * 3
