@@ -225,6 +225,40 @@ def _diagnose(args):
         print(f"Heat map: {plot}")
 
 
+# --- adapt ---------------------------------------------------------------
+
+
+def _add_adapt(sub):
+    p = sub.add_parser(
+        "adapt",
+        help="re-estimate normalization statistics for one domain (AdaBN)",
+        description="Set the moving statistics of every batch-norm layer to "
+        "the exact statistics of one domain's images; no weight changes. A "
+        "per-domain model changes only that domain's statistics, or gains the "
+        "domain when --domain is the next id.",
+    )
+    p.add_argument("model", metavar="RUN_OR_MODEL")
+    p.add_argument("--data", required=True, help="dataset directory")
+    p.add_argument("--domain", type=int, required=True, help="domain id")
+    p.add_argument("--out", required=True, help=".keras file to write")
+    p.add_argument("--like", type=int, help="a new domain starts from this "
+                   "domain's affine parameters (default 0)")
+    p.add_argument("--split", default="train", choices=("train", "val", "test"))
+    p.add_argument("--batch-size", type=int, default=64)
+    p.add_argument("--max-images", type=int, default=1024)
+    p.set_defaults(run=_adapt)
+
+
+def _adapt(args):
+    from kpair.adapt import adapt_file, format_report
+
+    report = adapt_file(
+        args.model, args.data, args.domain, args.out, split=args.split,
+        batch_size=args.batch_size, max_images=args.max_images, like=args.like,
+    )
+    print(format_report(report))
+
+
 # --- predict and export ----------------------------------------------------
 
 
@@ -372,7 +406,7 @@ def _parser():
     )
     sub = parser.add_subparsers(dest="command")
     for add in (_add_train, _add_evaluate, _add_diagnose, _add_predict, _add_export,
-                _add_data, _add_tune, _add_compare):
+                _add_data, _add_tune, _add_compare, _add_adapt):
         add(sub)
     return parser
 

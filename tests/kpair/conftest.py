@@ -6,7 +6,9 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from kpair.data import Pair, write_split
+from kpair.config import TrainConfig
+from kpair.data import Pair, build_demo, write_split
+from kpair.train import train
 
 # Pixel value of every image of a domain in `tiny_split`: a batch's images
 # then show which domain they came from.
@@ -50,3 +52,21 @@ def tiny_split(tmp_path):
         return path
 
     return make
+
+
+@pytest.fixture(scope="session")
+def trained(tmp_path_factory):
+    """A batch-norm model trained on per-type batches, and a per-domain one."""
+    root = tmp_path_factory.mktemp("diag")
+    data = build_demo(root / "data", image_size=16, pairs_per_type=(120, 30, 30))
+    common = dict(
+        data=str(data), width_multiplier=0.125, image_size=16, batch_size=24,
+        epochs=3, steps_per_epoch=10, eval_pairs=48, embedding_dim=16,
+        learning_rate=3e-3, norm_options={"momentum": 0.9},
+    )
+    train(TrainConfig(out=str(root / "bug"), norm="batch", batching="per-type",
+                      **common))
+    # Mixed batches trace faster; per-domain statistics do not care.
+    train(TrainConfig(out=str(root / "fixed"), norm="per-domain",
+                      batching="mixed", **common))
+    return root

@@ -9,10 +9,8 @@ import numpy as np
 import pytest
 
 import layers
-from kpair.config import TrainConfig
 from kpair.data import build_demo
 from kpair.diagnose import diagnose, layer_shifts, verdict
-from kpair.train import train
 
 
 @pytest.mark.parametrize("per_domain", [False, True])
@@ -67,24 +65,6 @@ def test_verdicts():
     assert "consistent" in verdict(_report(0.1, 0.8, 0.8))
     assert "nothing to diverge" in verdict(_report(0.0, 1.0, 1.0, layers_count=0))
     assert "momentum" in verdict(_report(1.2, 2.0, 0.8, per_domain=True))
-
-
-@pytest.fixture(scope="module")
-def trained(tmp_path_factory):
-    """A batch-norm model trained on per-type batches, and a per-domain one."""
-    root = tmp_path_factory.mktemp("diag")
-    data = build_demo(root / "data", image_size=16, pairs_per_type=(120, 30, 30))
-    common = dict(
-        data=str(data), width_multiplier=0.125, image_size=16, batch_size=24,
-        epochs=3, steps_per_epoch=10, eval_pairs=48, embedding_dim=16,
-        learning_rate=3e-3, norm_options={"momentum": 0.9},
-    )
-    train(TrainConfig(out=str(root / "bug"), norm="batch", batching="per-type",
-                      **common))
-    # Mixed batches trace faster; per-domain statistics do not care.
-    train(TrainConfig(out=str(root / "fixed"), norm="per-domain",
-                      batching="mixed", **common))
-    return root
 
 
 def test_diagnose_names_batch_composition_and_the_fixes(trained):
