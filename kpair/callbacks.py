@@ -9,6 +9,7 @@ import csv
 import json
 import math
 import os
+import shutil
 import sys
 import time
 from pathlib import Path
@@ -95,6 +96,17 @@ class StopOnNonFiniteLoss(keras.callbacks.Callback):
             raise TrainingDiverged(self._epoch + 1, batch + 1, float(loss))
 
 
+class SetLearningRate(keras.callbacks.Callback):
+    """Sets the optimizer's learning rate when training begins."""
+
+    def __init__(self, learning_rate):
+        super().__init__()
+        self.learning_rate = learning_rate
+
+    def on_train_begin(self, logs=None):
+        self.model.optimizer.learning_rate.assign(self.learning_rate)
+
+
 class HistoryCSV(keras.callbacks.Callback):
     """history.csv with each epoch exactly once, across kills and resumes.
 
@@ -135,13 +147,96 @@ class LastGoodCheckpoint(keras.callbacks.Callback):
         os.replace(tmp, self.path)
 
 
+class BackupError(ValueError):
+    """No usable backup to resume from, though one was written."""
+
+
+# File names of keras.callbacks.BackupAndRestore(double_checkpoint=True).
+BACKUP_WEIGHTS = "latest.weights.h5"
+BACKUP_METADATA = "training_metadata.json"
+PREVIOUS = ".bkp"
+
+
+def backup_callback(backup_dir):
+    """BackupAndRestore keeping the previous backup, and kept at the end.
+
+    Kept, so that a run killed after its last epoch (while model.keras is
+    written) or trained longer later goes on from where it stopped.
+    """
+    return keras.callbacks.BackupAndRestore(
+        str(backup_dir), double_checkpoint=True, delete_checkpoint=False
+    )
+
+
 def backup_epochs_done(backup_dir):
     """Epochs finished according to a BackupAndRestore directory (0 if none)."""
-    path = Path(backup_dir) / "training_metadata.json"
+    path = Path(backup_dir) / BACKUP_METADATA
     try:
         return int(json.loads(path.read_text())["epoch"])
     except (OSError, ValueError, KeyError, TypeError):
         return 0
+
+
+def restore_point(backup_dir, out=None):
+    """Epochs done in the backup of `backup_dir`, after checking it is whole.
+
+    Keras writes its backup in place, so a kill mid-write leaves a damaged
+    file, and Keras falls back to the previous backup only on some errors
+    and without a word. Here a damaged backup is named, and the previous one
+    (`double_checkpoint=True`) is put in its place before training resumes.
+
+    Raises:
+        BackupError: the backup and the previous one are both damaged.
+    """
+    out = out if out is not None else sys.stdout
+    backup_dir = Path(backup_dir)
+    latest = (backup_dir / BACKUP_WEIGHTS, backup_dir / BACKUP_METADATA)
+    if not latest[0].exists() and not latest[1].exists():
+        return 0
+    problem = _backup_problem(*latest)
+    if problem is None:
+        return backup_epochs_done(backup_dir)
+    previous = tuple(path.with_name(path.name + PREVIOUS) for path in latest)
+    earlier = _backup_problem(*previous) if previous[0].exists() else "missing"
+    if earlier is not None:
+        raise BackupError(
+            f"The backup in {backup_dir} is damaged ({problem}) and so is the "
+            f"previous one ({earlier}); remove {backup_dir} to train from the "
+            "start."
+        )
+    print(
+        f"kpair: the backup is damaged ({problem}); resuming from the "
+        f"previous one, {previous[0]}.",
+        file=out,
+        flush=True,
+    )
+    for good, damaged in zip(previous, latest):
+        tmp = damaged.with_name(damaged.name + ".tmp")
+        shutil.copyfile(good, tmp)
+        os.replace(tmp, damaged)
+    return backup_epochs_done(backup_dir)
+
+
+def _backup_problem(weights, metadata):
+    """Why a backup's weights and metadata cannot be used, or None."""
+    import h5py
+
+    try:
+        epoch = json.loads(metadata.read_text())["epoch"]
+        if isinstance(epoch, bool) or not isinstance(epoch, int) or epoch < 0:
+            return f"{metadata}: bad epoch {epoch!r}"
+    except (OSError, ValueError, KeyError, TypeError) as error:
+        return f"{metadata}: {type(error).__name__}: {error}"
+    try:
+        with h5py.File(weights, "r") as f:
+            # Reading every array finds a file cut short anywhere.
+            f.visititems(
+                lambda name, item: item[()] if isinstance(item, h5py.Dataset) else None
+            )
+    except Exception as error:  # h5py raises OSError, KeyError, RuntimeError...
+        message = " ".join(str(error).split())[:200]
+        return f"{weights}: {type(error).__name__}: {message}"
+    return None
 
 
 def read_history(path):

@@ -104,6 +104,11 @@ def _add_train(sub):
     p.add_argument(
         "--losses", help="loss per pair type A-A,B-B,A-B, e.g. l2,hinge,hinge"
     )
+    p.add_argument(
+        "--deterministic", action="store_true", default=None,
+        help="deterministic kernels: the same seed gives the same metrics "
+        "and weights (slower)",
+    )
     p.set_defaults(run=_train)
 
 
@@ -118,6 +123,8 @@ def build_config(args):
         given["norm_options"] = options
     if args.losses:
         given["losses"] = tuple(args.losses.split(","))
+    if args.deterministic:
+        given["deterministic"] = True
     return TrainConfig.from_dict({**base, **given})
 
 
@@ -132,9 +139,12 @@ def _parse_option(text):
 
 
 def _train(args):
+    from kpair.preflight import check_training_data
     from kpair.train import train
 
-    train(build_config(args))
+    config = build_config(args)
+    check_training_data(config)  # before the run directory is claimed
+    train(config)
 
 
 # --- evaluate ------------------------------------------------------------

@@ -41,6 +41,8 @@ class TrainConfig:
         gap_warning: Warn when inference-mode loss on training pairs exceeds
             the training-mode loss by this factor.
         seed: Seed of weights, shuffling and sampling.
+        deterministic: Also make TensorFlow's kernels deterministic, so that
+            the same config gives the same metrics and weights (slower).
     """
 
     data: str | None = None
@@ -63,6 +65,7 @@ class TrainConfig:
     eval_pairs: int = 480
     gap_warning: float = 1.5
     seed: int = 0
+    deterministic: bool = False
 
     def __post_init__(self):
         # Normalize JSON-loaded values (lists) to the frozen field types.
@@ -92,6 +95,15 @@ class TrainConfig:
                 raise ConfigError(
                     f"`{name}` must be a positive number. Received: {name}={value!r}"
                 )
+        if not isinstance(self.deterministic, bool):
+            raise ConfigError(
+                "`deterministic` must be true or false. "
+                f"Received: deterministic={self.deterministic!r}"
+            )
+        if isinstance(self.seed, bool) or not isinstance(self.seed, int):
+            raise ConfigError(
+                f"`seed` must be an integer. Received: seed={self.seed!r}"
+            )
         if self.batching != "mixed" and self.batch_size < 3:
             raise ConfigError(
                 f"batching={self.batching!r} splits each batch over 3 pair "

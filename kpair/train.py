@@ -2,9 +2,9 @@
 
 The run directory holds `model.keras` (computing in float32), `config.json`
 (the resolved configuration), `history.csv`, `metrics.json`, TensorBoard
-logs under `logs/`, the last good weights under `checkpoints/` and, while the
-run is unfinished, the backup under `backup/` from which a killed run
-resumes.
+logs under `logs/`, the last good weights under `checkpoints/` and the
+backup under `backup/` from which a killed run resumes, and a finished one
+trains on when given more epochs.
 """
 
 import json
@@ -30,6 +30,8 @@ from kpair.data import (
 from kpair.model_builder import build_pair_model, training_model, with_precision
 
 BATCH_NORM_FAMILY = ("batch", "batch-renorm")
+# Config fields a run directory may be resumed with other values of.
+RESUMABLE_CHANGES = {"epochs", "learning_rate"}
 
 
 def resolve_data(config, out=None):
@@ -89,16 +91,26 @@ def train(config: TrainConfig, out=None, extra_callbacks=()):
     data_dir = resolve_data(config, out)
     batches, steps, train_sample, val_pairs = training_data(config, data_dir)
 
+    if config.deterministic:
+        # Same seed, same kernels: the same metrics and weights every time.
+        tf.config.experimental.enable_op_determinism()
+    epochs_done = kcb.restore_point(run_dir / "backup", out)
+    finished = _finished_metrics(run_dir, config, epochs_done)
+    if finished is not None:
+        print(f"{run_dir} is a finished run of this configuration; nothing "
+              "to do.", file=out)
+        return finished
     pair_model = build_pair_model(config)
     model = training_model(pair_model, config)
     _build(model, batches)
-    epochs_done = kcb.backup_epochs_done(run_dir / "backup")
     if epochs_done:
         print(
             f"Resuming {run_dir}: {epochs_done} of {config.epochs} epochs "
             "done, continuing from the backup.",
             file=out,
         )
+        # The batches a run that was never stopped would see next.
+        batches = batches.skip(epochs_done * steps)
     print(
         f"Training norm={config.norm} batching={config.batching} "
         f"precision={config.precision} on {data_dir} -> {run_dir}",
@@ -106,9 +118,6 @@ def train(config: TrainConfig, out=None, extra_callbacks=()):
         flush=True,
     )
     callbacks = [
-        keras.callbacks.BackupAndRestore(
-            str(run_dir / "backup"), double_checkpoint=True
-        ),
         kcb.StopOnNonFiniteLoss(),
         kcb.InferenceLosses(
             pair_model, train_sample, val_pairs, config.losses, config.epochs, out
@@ -117,6 +126,12 @@ def train(config: TrainConfig, out=None, extra_callbacks=()):
         kcb.LastGoodCheckpoint(run_dir / "checkpoints"),
         keras.callbacks.TensorBoard(str(run_dir / "logs"), write_graph=False),
         *extra_callbacks,
+        # Last at an epoch's end: once the backup says an epoch is done, its
+        # history row and checkpoint are written already.
+        kcb.backup_callback(run_dir / "backup"),
+        # After the restore, which brings back the optimizer's old rate: a
+        # run resumed after a NaN trains on with the lower rate it was given.
+        kcb.SetLearningRate(config.learning_rate),
     ]
     history = model.fit(
         batches,
@@ -152,8 +167,9 @@ def _claim_run_dir(run_dir, config):
             changed = sorted(
                 k for k, v in config.to_dict().items() if existing.to_dict()[k] != v
             )
-            # Epochs may grow: resuming to train longer is a continuation.
-            if changed != ["epochs"]:
+            # A continuation: train longer, or on with a lower learning
+            # rate after a NaN.
+            if not set(changed) <= RESUMABLE_CHANGES:
                 from kpair.config import ConfigError
 
                 raise ConfigError(
@@ -161,6 +177,17 @@ def _claim_run_dir(run_dir, config):
                     f"(differs in {changed}). Use another --out, or remove it."
                 )
     _write_json(path, record)
+
+
+def _finished_metrics(run_dir, config, epochs_done):
+    """metrics.json of a run that finished all of `config`'s epochs, or None."""
+    if epochs_done < config.epochs or not (run_dir / "model.keras").is_file():
+        return None
+    try:
+        metrics = json.loads((run_dir / "metrics.json").read_text())
+    except (OSError, ValueError):
+        return None
+    return metrics if metrics.get("epochs") == config.epochs else None
 
 
 def _build(model, batches):

@@ -44,7 +44,8 @@ def test_run_directory_has_everything(tiny_demo, tmp_path, capsys):
         assert (run / name).is_file(), name
     assert (run / "checkpoints" / "last.weights.h5").is_file()
     assert any((run / "logs").rglob("*tfevents*"))
-    assert not (run / "backup").exists()  # a finished run leaves no backup
+    # The backup stays: more epochs later continue from it.
+    assert kcb.backup_epochs_done(run / "backup") == 2
     saved = json.loads((run / "metrics.json").read_text())
     for key in ("train_loss", "train_eval_loss", "val_loss", "gap_ratio",
                 "val_loss_aa", "val_loss_bb", "val_loss_ab"):
@@ -56,6 +57,10 @@ def test_run_directory_has_everything(tiny_demo, tmp_path, capsys):
     assert [int(r["epoch"]) for r in read_history(run / "history.csv")] == [1, 2]
     printed = capsys.readouterr().out
     assert "epoch 2/2" in printed and "(inference mode)" in printed
+
+    # The same command again: nothing to do, the same metrics.
+    assert train(tiny_config(tiny_demo, run, epochs=2)) == saved
+    assert "finished run of this configuration" in capsys.readouterr().out
 
 
 @pytest.mark.parametrize("norm", layers.names())
