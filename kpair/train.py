@@ -88,6 +88,9 @@ def train(config: TrainConfig, out=None, extra_callbacks=()):
     run_dir = Path(config.out)
     started = time.perf_counter()
     _claim_run_dir(run_dir, config)
+    # Before any dataset is made: tf.data's seeded shuffles also read the
+    # global seed, so a run must not depend on what ran before it.
+    keras.utils.set_random_seed(config.seed)
     data_dir = resolve_data(config, out)
     batches, steps, train_sample, val_pairs = training_data(config, data_dir)
 

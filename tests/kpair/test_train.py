@@ -126,6 +126,19 @@ def test_nan_loss_stops_with_epoch_and_step_and_keeps_checkpoint(tiny_demo,
     assert kcb.backup_epochs_done(out / "backup") == 1
     assert [int(r["epoch"]) for r in read_history(out / "history.csv")] == [1]
 
+    # Resumed with a lower learning rate, as the error message advises: it
+    # goes on from epoch 2 at the new rate (not the restored optimizer's).
+    class Rate(keras.callbacks.Callback):
+        seen = []
+
+        def on_epoch_begin(self, epoch, logs=None):
+            self.seen.append(float(self.model.optimizer.learning_rate.numpy()))
+
+    metrics = train(config.replace(learning_rate=1e-4), extra_callbacks=[Rate()])
+    assert metrics["epochs"] == 3
+    assert Rate.seen == pytest.approx([1e-4, 1e-4])  # epochs 2 and 3 only
+    assert [int(r["epoch"]) for r in read_history(out / "history.csv")] == [1, 2, 3]
+
 
 def test_mixed_float16_trains_with_loss_scaling_and_saves_float32(tiny_demo,
                                                                    tmp_path):

@@ -1,0 +1,91 @@
+"""--deterministic: the same metrics twice, and a resumed run ends where an
+uninterrupted one does.
+
+enable_op_determinism is process-wide and cannot be undone, so the runs
+happen in a fresh process, which reports what it saw.
+"""
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from kpair.config import TrainConfig
+
+ROOT = Path(__file__).resolve().parents[2]
+
+SCRIPT = r"""
+import json, sys
+from pathlib import Path
+import keras, numpy as np
+from kpair import train as ktrain
+from kpair.config import TrainConfig
+
+build = ktrain.training_model
+
+def eager(*args, **kwargs):  # a traced step costs more than these tiny runs
+    model = build(*args, **kwargs)
+    model.run_eagerly = True
+    return model
+
+ktrain.training_model = eager
+config = TrainConfig.from_dict(json.loads(sys.argv[1]))
+root = Path(config.out)
+
+class StopAtEpoch(keras.callbacks.Callback):
+    def on_epoch_begin(self, epoch, logs=None):
+        if epoch == 2:
+            raise KeyboardInterrupt  # as a kill right after epoch 2's backup
+
+def run(name, **kwargs):
+    return ktrain.train(config.replace(out=str(root / name)), **kwargs)
+
+def weights(name):
+    model = keras.saving.load_model(root / name / "model.keras")
+    return [w.numpy() for w in model.weights]
+
+first, second = run("a"), run("b")
+try:
+    run("c", extra_callbacks=[StopAtEpoch()])
+except KeyboardInterrupt:
+    pass
+resumed = run("c")
+a, b, c = weights("a"), weights("b"), weights("c")
+print("RESULT " + json.dumps({
+    "first": first, "second": second, "resumed": resumed,
+    "same_weights_twice": all(np.array_equal(x, y) for x, y in zip(a, b)),
+    "same_weights_resumed": all(np.array_equal(x, y) for x, y in zip(a, c)),
+    "weights": len(a),
+}))
+"""
+
+
+@pytest.mark.slow
+def test_same_seed_same_metrics_and_resume_changes_nothing(demo_data, tmp_path):
+    config = TrainConfig(
+        data=str(demo_data), out=str(tmp_path), norm="per-domain",
+        batching="mixed", epochs=3, batch_size=12, steps_per_epoch=3,
+        image_size=16, width_multiplier=0.125, embedding_dim=16, eval_pairs=24,
+        deterministic=True, seed=7,
+    )
+    env = dict(os.environ, PYTHONPATH=os.pathsep.join(
+        filter(None, [str(ROOT), os.environ.get("PYTHONPATH")])))
+    result = subprocess.run(
+        [sys.executable, "-c", SCRIPT, json.dumps(config.to_dict())],
+        env=env, capture_output=True, text=True, timeout=600,
+    )
+    assert result.returncode == 0, result.stderr[-3000:]
+    report = json.loads(result.stdout.split("RESULT ", 1)[1])
+
+    def without_time(metrics):
+        return {k: v for k, v in metrics.items() if k != "seconds"}
+
+    assert without_time(report["first"]) == without_time(report["second"])
+    assert report["same_weights_twice"]
+    assert report["weights"] > 50
+    # Killed at an epoch boundary and resumed: bit for bit the same model.
+    assert report["same_weights_resumed"]
+    assert without_time(report["resumed"]) == without_time(report["first"])
