@@ -8,6 +8,10 @@ STEMS = ("small", "imagenet")
 # Basic blocks per stage and base widths (He et al. 2016, ResNet-18).
 BLOCKS_PER_STAGE = (2, 2, 2, 2)
 STAGE_WIDTHS = (64, 128, 256, 512)
+# Bounds that keep a hostile `.keras` config from allocating gigabytes: the
+# embedding's kernel grows with embedding_dim, activations with image_size.
+MAX_EMBEDDING_DIM = 16384
+MAX_IMAGE_SIZE = 4096
 
 
 @keras.saving.register_keras_serializable(package="kpair")
@@ -83,8 +87,8 @@ class ResNet18Backbone(keras.Model):
         dtype=None,
         **kwargs,
     ):
-        _check_positive_int("image_size", image_size)
-        _check_positive_int("embedding_dim", embedding_dim)
+        _check_positive_int("image_size", image_size, MAX_IMAGE_SIZE)
+        _check_positive_int("embedding_dim", embedding_dim, MAX_EMBEDDING_DIM)
         _check_positive_int("num_domains", num_domains)
         if stem not in STEMS:
             raise ValueError(
@@ -223,8 +227,12 @@ def _basic_block(layer, x, domain, factory, width, stride, name):
     return layer(keras.layers.ReLU, name=f"{name}_out")(y)
 
 
-def _check_positive_int(name, value):
+def _check_positive_int(name, value, maximum=None):
     if isinstance(value, bool) or not isinstance(value, int) or value <= 0:
         raise ValueError(
             f"`{name}` must be a positive integer. Received: {name}={value!r}"
+        )
+    if maximum is not None and value > maximum:
+        raise ValueError(
+            f"`{name}` must be at most {maximum}. Received: {name}={value!r}"
         )

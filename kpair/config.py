@@ -159,7 +159,10 @@ class TrainConfig:
             raise ConfigError(f"Config {path} must hold a JSON object.")
         for key in SAVED_EXTRAS:
             config.pop(key, None)
-        return cls.from_dict(config)
+        try:
+            return cls.from_dict(config)
+        except ConfigError as error:
+            raise ConfigError(f"Config {path}: {error}") from None
 
 
 # Keys written beside the configuration in a run's config.json.

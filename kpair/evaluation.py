@@ -83,8 +83,10 @@ def evaluate_run(run_or_model, data=None, split="val", mode="inference",
     images are resized to the model's input size.
     """
     from kpair import runs
-    from kpair.data import read_split
-    from kpair.losses import DEFAULT_LOSSES
+    from kpair.data import DataError, read_split
+    from kpair.data.batching import check_pair_types
+    from kpair.data.records import split_source
+    from kpair.losses import DEFAULT_LOSSES, sign_targets
 
     run = runs.resolve(run_or_model)
     model = runs.load_model(run.model_path)
@@ -92,7 +94,18 @@ def evaluate_run(run_or_model, data=None, split="val", mode="inference",
     config = run.config
     data_dir = data_dir_for(run, data, size)
     losses = config.losses if config is not None else DEFAULT_LOSSES
-    dataset = read_split(data_dir / split, size)
+    # Targets are checked against the losses of a run, not a model file's
+    # default guess at them.
+    dataset = read_split(
+        data_dir / split, size, num_domains=runs.num_domains_of(model),
+        sign_targets=sign_targets(losses) if config is not None else None,
+    )
+    counts = split_source(dataset).counts
+    if not sum(counts.values()):
+        raise DataError(f"Split {data_dir / split} holds no pairs: nothing to "
+                        "evaluate.")
+    if mode == "batch-stats":
+        check_pair_types(counts, batching, where=f"split {data_dir / split}")
     result = evaluate_pairs(model, dataset, losses, batch_size, mode,
                             batching=batching)
     result.update(mode=mode, split=split, model=str(run.model_path))

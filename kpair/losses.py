@@ -8,6 +8,8 @@ PAIR_TYPE_NAMES = ("A-A", "B-B", "A-B")
 TYPE_KEYS = ("aa", "bb", "ab")
 LOSS_NAMES = ("l2", "hinge", "l1", "logistic")
 DEFAULT_LOSSES = ("l2", "hinge", "hinge")
+# Losses of the sign of a prediction: their targets are -1 or +1.
+SIGN_LOSSES = ("hinge", "logistic")
 
 
 def _check_losses(losses):
@@ -24,6 +26,15 @@ def _check_losses(losses):
                 f"Received: loss={name!r}"
             )
     return losses
+
+
+def sign_targets(losses):
+    """`{pair type: loss}` of the types whose loss needs targets -1 or 1."""
+    return {
+        name: loss
+        for name, loss in zip(PAIR_TYPE_NAMES, _check_losses(losses))
+        if loss in SIGN_LOSSES
+    }
 
 
 def _elementwise(name, target, pred):

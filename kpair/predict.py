@@ -9,7 +9,7 @@ import numpy as np
 import tensorflow as tf
 
 from kpair import runs
-from kpair.data.importer import resolve_under_root
+from kpair.data.importer import inspect_image, resolve_under_root
 from kpair.data.records import DataError, decode_image
 
 COLUMNS = ("left", "right", "left_domain", "right_domain")
@@ -19,7 +19,8 @@ def predict_csv(model_path, pairs_csv, root, out_csv, batch_size=64):
     """Writes `out_csv`: the rows of `pairs_csv` with a `prediction` column.
 
     Images are read under `root` only (no absolute paths, `..` or symbolic
-    links) and preprocessed exactly as in training. Every bad row is
+    links), checked as `kpair data import` checks them (no image over
+    `MAX_IMAGE_PIXELS`) and preprocessed exactly as in training. Every bad row is
     reported, with its row number, in one `DataError`; nothing is written
     then.
 
@@ -85,6 +86,10 @@ def _read_rows(pairs_csv, root):
         row = dict(row)
         for side in ("left", "right"):
             path, problem = resolve_under_root(root, (row[side] or "").strip())
+            if path is not None:
+                # As at import: a bomb or a broken file is refused here, not
+                # by TensorFlow's decoder halfway through the predictions.
+                problem, _ = inspect_image(path)
             if problem:
                 problems.append(f"row {number}: {side}: {problem}")
             row["_" + side] = path

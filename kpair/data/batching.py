@@ -46,6 +46,19 @@ def _check_batching(batching, batch_size):
         )
 
 
+def check_pair_types(counts, batching, where="this split"):
+    """Raises DataError if `batching` needs a pair type that `counts` lacks."""
+    if batching == "mixed":
+        return
+    absent = [name for name in PAIR_TYPES if not counts.get(name)]
+    if absent:
+        raise DataError(
+            f"batching={batching!r} needs pairs of every type, but {where} "
+            f"has no {', '.join(absent)} pairs. Counts: {counts}. Use "
+            "batching='mixed' or add the missing pair type."
+        )
+
+
 def steps_per_epoch(dataset_counts, batching, batch_size):
     """Number of full batches in one epoch.
 
@@ -216,13 +229,7 @@ def make_batches(
     else:
         if counts is None:
             counts = source.counts if source is not None else _count_types(dataset)
-        absent = [name for name in PAIR_TYPES if not counts.get(name)]
-        if absent:
-            raise DataError(
-                f"batching={batching!r} needs pairs of every type, but this split "
-                f"has no {', '.join(absent)} pairs. Counts: {counts}. Use "
-                "batching='mixed' or add the missing pair type."
-            )
+        check_pair_types(counts, batching)
         per_type = batch_size // len(PAIR_TYPES)
         streams = _type_streams(dataset, source, shuffle, seed)
         batches = [s.batch(per_type, drop_remainder=True) for s in streams]

@@ -17,17 +17,30 @@ import math
 import shutil
 import sys
 import uuid
+import warnings
 from pathlib import Path, PurePosixPath, PureWindowsPath
 
+import tensorflow as tf
 from PIL import Image
 
-from kpair.data.records import SPLITS, DataError, Pair, replace_dir, write_split
+from kpair.data.records import (
+    SPLITS,
+    DataError,
+    Pair,
+    _tf_reason,
+    replace_dir,
+    write_split,
+)
 
 REQUIRED_COLUMNS = ("left", "right", "left_domain", "right_domain", "target")
 OPTIONAL_COLUMNS = ("split",)
 _HASH_SPLIT = ((0.8, "train"), (0.9, "val"), (1.0, "test"))
 _KEPT_FORMATS = {"PNG": "PNG", "JPEG": "JPEG"}
 _MAX_LISTED = 200
+# Pillow's threshold for a possible decompression bomb (it only warns up to
+# twice this). Above it kpair refuses an image from its header: decoding
+# 90M pixels takes ~1 GB as float32 in every training step.
+MAX_IMAGE_PIXELS = 89_478_485
 
 
 class _Progress:
@@ -86,16 +99,50 @@ def resolve_under_root(root, rel):
     return path, None
 
 
-def _image_problem(path):
-    """None if PIL decodes the whole image, else why not."""
+def inspect_image(path):
+    """`(problem, note)`: why the image cannot be read, else a note or None.
+
+    The note says how a readable image that is not RGB is read (TensorFlow
+    decodes every image to RGB). Images over `MAX_IMAGE_PIXELS` are refused
+    from their header, before a pixel is decoded.
+    """
     try:
-        with Image.open(path) as image:
-            image.load()
+        with warnings.catch_warnings():
+            # Pillow only warns up to twice its limit; kpair refuses those.
+            warnings.simplefilter("ignore", Image.DecompressionBombWarning)
+            with Image.open(path) as image:
+                width, height = image.size
+                if width * height > MAX_IMAGE_PIXELS:
+                    return (
+                        f"image {path.name} is {width}x{height}, more than the "
+                        f"{MAX_IMAGE_PIXELS} pixels kpair decodes; resize it first",
+                        None,
+                    )
+                image.load()
+                note, kept = _mode_note(image), image.format in _KEPT_FORMATS
     except Image.DecompressionBombError as e:
-        return f"image {path.name} is too large to decode safely: {e}"
+        return f"image {path.name} is too large to decode safely: {e}", None
     except Exception as e:  # PIL raises many types for bad files.
-        return f"cannot decode image {path.name}: {type(e).__name__}: {e}"
-    return None
+        return f"cannot decode image {path.name}: {type(e).__name__}: {e}", None
+    if kept:
+        # Training decodes the stored bytes with TensorFlow, which is stricter
+        # than PIL (a PNG without its end chunk loads in PIL, not in TF).
+        try:
+            tf.io.decode_image(path.read_bytes(), channels=3, expand_animations=False)
+        except tf.errors.InvalidArgumentError as e:
+            return (f"cannot decode image {path.name}: TensorFlow: {_tf_reason(e)}",
+                    None)
+    return None, note
+
+
+def _mode_note(image):
+    bands = image.getbands()
+    notes = []
+    if "A" in bands or (image.mode == "P" and "transparency" in image.info):
+        notes.append("alpha dropped")
+    if len(bands) - ("A" in bands) == 1 and image.mode not in ("P", "PA"):
+        notes.append("grayscale copied to R, G and B")
+    return f"{image.mode}: {', '.join(notes)}" if notes else None
 
 
 def _parse_domain(text, column):
@@ -135,9 +182,10 @@ def _check_header(fieldnames, path):
 
 
 def _validate(rows, names, root, seed, progress):
-    """Checks every row; returns (parsed rows, problems as 'row N: ...')."""
+    """Checks every row; returns parsed rows, problems as 'row N: ...', and
+    notes on images that are read as RGB although they are not."""
     has_split = "split" in names
-    parsed, problems, images = [], [], {}
+    parsed, problems, images, notes = [], [], {}, {}
     bar = _Progress("checking", len(rows), progress)
     for number, values in enumerate(rows, start=1):
         bar.update(number)
@@ -155,7 +203,9 @@ def _validate(rows, names, root, seed, progress):
             if rel not in images:
                 path, error = resolve_under_root(root, rel)
                 if error is None:
-                    error = _image_problem(path)
+                    error, note = inspect_image(path)
+                    if note:
+                        notes[rel] = note
                 images[rel] = (path, error)
             path, error = images[rel]
             paths.append(path)
@@ -178,7 +228,7 @@ def _validate(rows, names, root, seed, progress):
         problems += [f"row {number}: {e}" for e in errors]
         if not errors:
             parsed.append((split, *paths, left_domain, right_domain, target))
-    return parsed, problems
+    return parsed, problems, notes
 
 
 def _is_blank(values):
@@ -219,6 +269,11 @@ def import_pairs(
         progress: draw a progress bar on stderr.
         overwrite: replace an existing `out_dir`.
 
+    Every image must decode (in PIL and in TensorFlow, which training
+    uses) and hold at most `MAX_IMAGE_PIXELS` pixels. Images that are not RGB
+    (grayscale, with alpha) are stored as they are and read as RGB; one
+    warning line on stderr names them.
+
     Returns:
         Pairs written per split, `{"train": n, "val": n, "test": n}`.
 
@@ -245,7 +300,7 @@ def import_pairs(
         rows = list(reader)
     if all(_is_blank(r) for r in rows):
         raise DataError(f"{pairs_csv} has a header but no data rows.")
-    parsed, problems = _validate(rows, names, root, seed, progress)
+    parsed, problems, notes = _validate(rows, names, root, seed, progress)
     if problems:
         listed = problems[:_MAX_LISTED]
         more = len(problems) - len(listed)
@@ -284,4 +339,12 @@ def import_pairs(
     except BaseException:
         shutil.rmtree(tmp_dir, ignore_errors=True)
         raise
+    if notes:
+        listed = "; ".join(f"{rel} ({note})" for rel, note in list(notes.items())[:3])
+        more = f"; and {len(notes) - 3} more" if len(notes) > 3 else ""
+        print(
+            f"kpair: warning: {len(notes)} image(s) are not RGB and are read as "
+            f"RGB: {listed}{more}",
+            file=sys.stderr,
+        )
     return counts

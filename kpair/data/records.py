@@ -20,6 +20,7 @@ import uuid
 import weakref
 from pathlib import Path
 
+import numpy as np
 import tensorflow as tf
 
 FORMAT = "kpair-pairs/1"
@@ -235,28 +236,99 @@ def load_manifest(split_dir):
     return manifest
 
 
-def _scan_shard(path):
-    """Counts records and pair types of one shard without decoding images."""
-    ds = tf.data.TFRecordDataset(str(path)).batch(4096)
-
-    def _types(serialized):
-        domains = tf.io.parse_example(serialized, _DOMAIN_FEATURES)
-        types = pair_type(domains["left/domain"], domains["right/domain"])
-        return tf.math.bincount(types, minlength=3, maxlength=3, dtype=tf.int64)
-
-    total = ds.map(_types).reduce(tf.zeros([3], tf.int64), lambda a, b: a + b)
-    return [int(v) for v in total.numpy()]
-
-
-def validate_split(split_dir, check_sha256=True):
-    """Checks every shard against the manifest; returns pair-type counts.
-
-    One pass over the raw records (domains parsed, images not decoded). A
-    shard cut at a record boundary reads as valid but short, so the count is
-    what catches it; a cut inside a record or a flipped bit fails the CRC.
+def _scan_shard(path, num_domains=None, sign_targets=None):
+    """Pair-type counts of one shard; every record checked, no image decoded.
 
     Raises:
-        DataError: naming the split or shard file at fault.
+        DataError: naming the shard and the first bad record (from 1).
+        tf.errors.DataLossError: the shard is cut or corrupt.
+    """
+    counts = np.zeros(3, np.int64)
+    start = 0
+    for batch in tf.data.TFRecordDataset(str(path)).batch(4096):
+        try:
+            ex = tf.io.parse_example(batch, _FEATURES)
+        except tf.errors.InvalidArgumentError:
+            index, reason = _first_unparsable(batch)
+            raise DataError(
+                f"Shard {path} holds records that are not kpair pairs: record "
+                f"{start + index + 1}: {reason}"
+            ) from None
+        target = ex["target"].numpy()
+        domains = np.stack(
+            [ex["left/domain"].numpy(), ex["right/domain"].numpy()], axis=1
+        )
+        types = pair_type(domains[:, 0], domains[:, 1]).numpy()
+        problem = _record_problem(target, domains, types, num_domains, sign_targets)
+        if problem:
+            index, reason = problem
+            raise DataError(f"Shard {path}, record {start + index + 1}: {reason}")
+        counts += np.bincount(types, minlength=3)
+        start += len(target)
+    return [int(v) for v in counts]
+
+
+def _first_unparsable(batch):
+    """(index, TensorFlow's reason) of the first record that does not parse."""
+    for index, record in enumerate(batch):
+        try:
+            tf.io.parse_single_example(record, _FEATURES)
+        except tf.errors.InvalidArgumentError as e:
+            return index, _tf_reason(e)
+    return 0, "unparsable batch"
+
+
+def _tf_reason(error):
+    """A TensorFlow error's message without the op and function names."""
+    text = error.message.splitlines()[0] if error.message else type(error).__name__
+    return text.split("}}")[-1].split("[Op:")[0].strip()
+
+
+def _record_problem(target, domains, types, num_domains, sign_targets):
+    """(index, reason) of the first record that breaks the contract, or None."""
+    bad = ~np.isfinite(target)
+    if bad.any():
+        i = int(np.argmax(bad))
+        return i, f"target is {target[i]}; targets must be finite numbers."
+    high = num_domains if num_domains is not None else np.iinfo(np.int64).max
+    bad = ((domains < 0) | (domains >= high)).any(axis=1)
+    if bad.any():
+        i = int(np.argmax(bad))
+        valid = (
+            f"the model's domains are 0..{num_domains - 1}"
+            if num_domains is not None else "domain ids must be >= 0"
+        )
+        return i, f"domains ({domains[i, 0]}, {domains[i, 1]}); {valid}."
+    for name, loss in (sign_targets or {}).items():
+        bad = (types == PAIR_TYPES.index(name)) & (np.abs(target) != 1)
+        if bad.any():
+            i = int(np.argmax(bad))
+            return i, (
+                f"target {target[i]:g} in a pair of type {name}; {name} pairs use the "
+                f"{loss} loss, whose targets must be -1 or 1 (or give {name} "
+                "another loss with --losses)."
+            )
+    return None
+
+
+def validate_split(split_dir, check_sha256=True, num_domains=None,
+                   sign_targets=None):
+    """Checks every shard against the manifest; returns pair-type counts.
+
+    One pass over the raw records (images not decoded). A shard cut at a
+    record boundary reads as valid but short, so the count is what catches
+    it; a cut inside a record or a flipped bit fails the CRC. Every record
+    must hold all features of a pair, a finite target and domain ids >= 0.
+
+    Args:
+        split_dir: directory with shards and `manifest.json`.
+        check_sha256: also compare each shard's SHA-256 with the manifest.
+        num_domains: when given, domain ids must be below it.
+        sign_targets: optional dict pair type -> loss name, e.g.
+            `{"B-B": "hinge"}`: targets of those types must be -1 or 1.
+
+    Raises:
+        DataError: naming the split, or the shard file and record at fault.
     """
     split_dir = Path(split_dir)
     manifest = load_manifest(split_dir)
@@ -264,15 +336,10 @@ def validate_split(split_dir, check_sha256=True):
     for shard in manifest["shards"]:
         path = split_dir / shard["file"]
         try:
-            counts = _scan_shard(path)
+            counts = _scan_shard(path, num_domains, sign_targets)
         except tf.errors.DataLossError as e:
             raise DataError(
-                f"Shard {path} is corrupt or truncated: {e.message.splitlines()[0]}"
-            ) from None
-        except tf.errors.InvalidArgumentError as e:
-            raise DataError(
-                f"Shard {path} holds records that are not kpair pairs: "
-                f"{e.message.splitlines()[0]}"
+                f"Shard {path} is corrupt or truncated: {_tf_reason(e)}"
             ) from None
         if sum(counts) != int(shard["records"]):
             raise DataError(
@@ -342,7 +409,7 @@ def raw_records(files, shuffle_files_seed=None):
     )
 
 
-def read_split(split_dir, image_size):
+def read_split(split_dir, image_size, num_domains=None, sign_targets=None):
     """Reads one split as an unbatched dataset of `(features, y)`.
 
     The split is validated first (see `validate_split`).
@@ -351,6 +418,7 @@ def read_split(split_dir, image_size):
         split_dir: directory with shards and `manifest.json`.
         image_size: int (square) or (height, width); every image is resized
             to it.
+        num_domains, sign_targets: checks of `validate_split`.
 
     Returns:
         A `tf.data.Dataset` of `(features, y)`: `features` is a dict with
@@ -363,7 +431,9 @@ def read_split(split_dir, image_size):
     """
     size = _normalize_size(image_size)
     split_dir = Path(split_dir)
-    counts = validate_split(split_dir)
+    counts = validate_split(
+        split_dir, num_domains=num_domains, sign_targets=sign_targets
+    )
     manifest = load_manifest(split_dir)
     files = tuple(str(split_dir / s["file"]) for s in manifest["shards"])
     if files:

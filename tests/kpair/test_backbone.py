@@ -72,6 +72,9 @@ def test_config_round_trip():
         ({"width_multiplier": 0}, "width_multiplier"),
         ({"image_size": -1}, "image_size"),
         ({"embedding_dim": 0}, "embedding_dim"),
+        # Bounds that keep a hostile .keras config from allocating gigabytes.
+        ({"embedding_dim": 10**9}, "at most 16384"),
+        ({"image_size": 10**6}, "at most 4096"),
         ({"norm": "instance"}, "Received: norm='instance'"),
         ({"norm": None}, "Received: norm=None"),
         ({"norm_options": [("groups", 4)]}, "Received: norm_options="),
