@@ -70,3 +70,42 @@ def test_killed_search_restarts_the_trial_in_flight_then_gives_up_on_it(
     assert (out_dir / "best" / "model.keras").is_file()
     state = json.loads((trial_dir / "trial.json").read_text())
     assert state["status"] == "FAILED"
+
+
+@pytest.mark.slow
+def test_chief_and_worker_killed_and_restarted_resume_the_search(
+    demo_data, tmp_path
+):
+    import time
+
+    from tests.tuning.test_distributed import Worker, loopback_env
+
+    config = json.dumps(tiny_config(demo_data).to_dict())
+    out_dir = tmp_path / "tune"
+    env = loopback_env()
+    chief = Worker("chief", config, out_dir, 3, env)
+    worker = Worker("tuner0", config, out_dir, 3, env)
+    try:
+        deadline = time.monotonic() + 400
+        while "1" not in worker.trained() and time.monotonic() < deadline:
+            time.sleep(0.2)
+        assert worker.trained() == ["0", "1"], worker.lines[-20:]
+    finally:
+        for process in (chief, worker):  # everything dies, the chief first
+            process.kill()
+
+    chief = Worker("chief", config, out_dir, 3, env)
+    worker = Worker("tuner0", config, out_dir, 3, env)
+    try:
+        output = worker.finish()
+        chief_output = chief.finish()
+    finally:
+        chief.kill()
+        worker.kill()
+    assert worker.process.returncode == 0, output[-3000:]
+    assert chief.process.returncode == 0, chief_output[-3000:]
+    # Trial 0 is kept; trial 1, in flight at the kill, runs again; then 2.
+    assert worker.trained() == ["1", "2"]
+    result = json.loads(chief_output.split("RESULT ", 1)[1])
+    assert result["statuses"] == {"0": "completed", "1": "completed",
+                                  "2": "completed"}
