@@ -276,12 +276,11 @@ def pairs_of(counts):
     return pairs
 
 
-def write_data(root, train=None, val=None):
-    """A data set of 3 pairs of each type per split, 3 records per shard."""
-    for split, pairs in (("train", train), ("val", val)):
-        if pairs is None:
-            pairs = pairs_of({"A-A": 3, "B-B": 3, "A-B": 3})
-        write_split(pairs, root / split, records_per_shard=3)
+def write_data(root):
+    """Train and val splits of 3 pairs of each type, 3 records per shard."""
+    for split in ("train", "val"):
+        write_split(pairs_of({"A-A": 3, "B-B": 3, "A-B": 3}), root / split,
+                    records_per_shard=3)
     return root
 
 
