@@ -16,6 +16,9 @@ from kpair.evaluation import evaluate_pairs
 from kpair.pair_model import PairModel
 from kpair.train import save_model
 
+# With `pytest -n`, one worker trains the shared `trained` models once.
+pytestmark = pytest.mark.xdist_group("trained-models")
+
 LOSSES = ("l2", "hinge", "hinge")
 STATISTICS = ("moving_mean", "moving_variance")
 RENORM_STATISTICS = ("moving_stddev", "renorm_mean", "renorm_stddev")

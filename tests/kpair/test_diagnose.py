@@ -12,6 +12,9 @@ import layers
 from kpair.data import build_demo
 from kpair.diagnose import diagnose, layer_shifts, verdict
 
+# With `pytest -n`, one worker trains the shared `trained` models once.
+pytestmark = pytest.mark.xdist_group("trained-models")
+
 
 @pytest.mark.parametrize("per_domain", [False, True])
 def test_shift_figures_match_numpy(per_domain):
