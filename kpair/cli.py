@@ -92,8 +92,15 @@ def _add_train(sub):
         "two-domain demo data set.",
     )
     p.add_argument("--config", help="a config.json to start from (flags override)")
+    helps = {
+        "precision": "float32, mixed_float16, mixed_bfloat16 or auto (default "
+        "without --config: auto, the fastest this machine runs natively)",
+    }
     for field, kind in TRAIN_FLAGS.items():
-        p.add_argument("--" + field.replace("_", "-"), type=kind, default=None)
+        p.add_argument(
+            "--" + field.replace("_", "-"), type=kind, default=None,
+            help=helps.get(field),
+        )
     p.add_argument(
         "--norm-option",
         action="append",
@@ -125,6 +132,9 @@ def build_config(args):
         given["losses"] = tuple(args.losses.split(","))
     if args.deterministic:
         given["deterministic"] = True
+    if "precision" not in base and "precision" not in given:
+        # `kpair train`'s default; TrainConfig's own stays float32.
+        given["precision"] = "auto"
     return TrainConfig.from_dict({**base, **given})
 
 

@@ -8,7 +8,9 @@ from pathlib import Path
 import layers
 from kpair.data.batching import BATCHINGS
 
-PRECISIONS = ("float32", "mixed_float16", "mixed_bfloat16")
+# "auto" stays "auto" in a saved config; each run resolves it for its own
+# machine when the model is built (kpair.precision) and records the result.
+PRECISIONS = ("float32", "mixed_float16", "mixed_bfloat16", "auto")
 STEMS = ("small", "imagenet")
 LOSS_NAMES = ("l2", "hinge", "l1", "logistic")
 OPTIMIZERS = ("adam", "sgd")
@@ -30,7 +32,8 @@ class TrainConfig:
         norm_options: Options of that norm (see `layers.options(norm)`).
         batching: `per-type` (the post's: one batch per pair type each step),
             `mixed` or `balanced`.
-        precision: `float32`, `mixed_float16` or `mixed_bfloat16`.
+        precision: `float32`, `mixed_float16`, `mixed_bfloat16`, or `auto`
+            (resolved when the model is built: `kpair.precision`).
         epochs, batch_size, learning_rate, optimizer: Training loop.
         steps_per_epoch: Cap on training steps per epoch (`None`: one pass).
         image_size, stem, width_multiplier, embedding_dim: Backbone.

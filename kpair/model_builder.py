@@ -9,10 +9,14 @@ import keras
 from kpair.backbone import ResNet18Backbone
 from kpair.losses import PairLoss, per_type_metrics
 from kpair.pair_model import PairModel, build_per_type_model
+from kpair.precision import resolve_precision
 
 
 def build_pair_model(config):
     """The pair model of `config`, computing in `config.precision`.
+
+    `"auto"` is resolved here, for this machine (`kpair.precision`): the
+    model's dtype policy is always a concrete one.
 
     The precision is given to every layer explicitly rather than through the
     global dtype policy: keras-tuner calls `clear_session()` before each
@@ -28,7 +32,7 @@ def build_pair_model(config):
         width_multiplier=config.width_multiplier,
         embedding_dim=config.embedding_dim,
         num_domains=config.num_domains,
-        dtype=config.precision,
+        dtype=resolve_precision(config.precision),
         name="backbone",
     )
     return PairModel(backbone, name="pair_model")
