@@ -28,6 +28,7 @@ from kpair.data import (
     steps_per_epoch,
 )
 from kpair.model_builder import build_pair_model, training_model, with_precision
+from kpair.precision import describe_precision, resolve_precision
 
 BATCH_NORM_FAMILY = ("batch", "batch-renorm")
 # Config fields a run directory may be resumed with other values of.
@@ -103,6 +104,8 @@ def train(config: TrainConfig, out=None, extra_callbacks=()):
         print(f"{run_dir} is a finished run of this configuration; nothing "
               "to do.", file=out)
         return finished
+    if config.precision == "auto":
+        print(describe_precision(config.precision), file=out, flush=True)
     pair_model = build_pair_model(config)
     model = training_model(pair_model, config)
     _build(model, batches)
@@ -116,7 +119,8 @@ def train(config: TrainConfig, out=None, extra_callbacks=()):
         batches = batches.skip(epochs_done * steps)
     print(
         f"Training norm={config.norm} batching={config.batching} "
-        f"precision={config.precision} on {data_dir} -> {run_dir}",
+        f"precision={resolve_precision(config.precision)} on {data_dir} -> "
+        f"{run_dir}",
         file=out,
         flush=True,
     )
@@ -220,7 +224,8 @@ def _final_metrics(run_dir, config, seconds):
         metrics[f"val_loss_{key}"] = value(f"val_loss_{key}")
     metrics["seconds"] = round(seconds, 1)
     metrics["norm"], metrics["batching"] = config.norm, config.batching
-    metrics["precision"] = config.precision
+    # The policy the run trained in ("auto" stays in config.json).
+    metrics["precision"] = resolve_precision(config.precision)
     return metrics
 
 
