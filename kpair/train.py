@@ -132,6 +132,7 @@ def train(config: TrainConfig, out=None, extra_callbacks=()):
         kcb.HistoryCSV(run_dir / "history.csv"),
         kcb.LastGoodCheckpoint(run_dir / "checkpoints"),
         keras.callbacks.TensorBoard(str(run_dir / "logs"), write_graph=False),
+        kcb.ReleaseFreeMemory(),
         *extra_callbacks,
         # Last at an epoch's end: once the backup says an epoch is done, its
         # history row and checkpoint are written already.

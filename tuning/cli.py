@@ -43,7 +43,8 @@ def _parser():
         "--epochs", type=int, help="epochs per trial (hyperband: the most)"
     )
     p.add_argument(
-        "--precision", choices=("float32", "mixed_float16", "mixed_bfloat16")
+        "--precision",
+        choices=("auto", "float32", "mixed_float16", "mixed_bfloat16"),
     )
     p.add_argument("--out", default=DEFAULT_OUT, help="search directory")
     p.add_argument(
