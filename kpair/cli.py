@@ -149,11 +149,12 @@ def _parse_option(text):
 
 
 def _train(args):
-    from kpair.preflight import check_training_data
+    from kpair.preflight import check_free_space, check_training_data
     from kpair.train import train
 
     config = build_config(args)
     check_training_data(config)  # before the run directory is claimed
+    check_free_space(config)
     train(config)
 
 

@@ -38,3 +38,39 @@ def check_training_data(config):
     if not sum(counts["train"].values()):
         raise DataError(f"Split {train} holds no pairs: nothing to train on.")
     check_pair_types(counts["train"], config.batching, where=f"split {train}")
+
+
+# Bytes a run writes per trunk parameter: model.keras, the last good
+# checkpoint, and the backup and its previous copy with Adam's two moments.
+_BYTES_PER_PARAMETER = 4 * (1 + 1 + 2 * 3)
+_FULL_WIDTH_PARAMETERS = 11.2e6  # ResNet-18 trunk at width 1.0
+_SLACK_BYTES = 64 * 2**20  # history, logs, config, temporary copies
+
+
+def needed_bytes(config):
+    """A generous estimate of the disk space one run directory takes."""
+    parameters = _FULL_WIDTH_PARAMETERS * config.width_multiplier**2
+    return int(parameters * _BYTES_PER_PARAMETER + _SLACK_BYTES)
+
+
+def check_free_space(config):
+    """Refuses, before training, an `--out` on a disk without room for the run.
+
+    A full disk found at the end of the first epoch costs that epoch; found
+    while model.keras is written, the whole run.
+    """
+    import shutil
+
+    from kpair.config import ConfigError
+
+    path = Path(config.out).absolute()
+    while not path.exists() and path != path.parent:
+        path = path.parent
+    free = shutil.disk_usage(path).free
+    needed = needed_bytes(config)
+    if free < needed:
+        raise ConfigError(
+            f"Not enough free disk space for {config.out}: {free / 2**20:.0f} MiB "
+            f"free on {path}, a run of this model writes up to about "
+            f"{needed / 2**20:.0f} MiB. Free some space or use another --out."
+        )

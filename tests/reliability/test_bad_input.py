@@ -497,3 +497,21 @@ def test_import_out_not_writable(kpair_cli, tmp_path, images, unwritable):
                        "--out", unwritable)
     assert_refused(result, unwritable.parent)
     assert not unwritable.exists()
+
+
+def test_train_out_on_a_full_disk(kpair_cli, tmp_path, monkeypatch):
+    import shutil
+
+    data = write_data(tmp_path / "data")
+    out = tmp_path / "full" / "run"
+    real = shutil.disk_usage
+
+    def nearly_full(path):  # the disk of tmp_path, with 1 MiB left
+        usage = real(path)
+        return usage._replace(free=2**20)
+
+    monkeypatch.setattr(shutil, "disk_usage", nearly_full)
+    result = kpair_cli("train", "--data", data, "--out", out, *TRAIN_FLAGS)
+    assert_refused(result, "Not enough free disk space")
+    assert "1 MiB free" in result[2][0]
+    assert not (tmp_path / "full").exists()
