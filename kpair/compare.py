@@ -23,6 +23,7 @@ import keras
 import tensorflow as tf
 
 import layers
+from kpair import tables
 from kpair.callbacks import TrainingDiverged
 from kpair.config import ConfigError, TrainConfig
 from kpair.data import BATCHINGS
@@ -202,14 +203,7 @@ def _format(column, value):
 
 def format_table(rows):
     """The table as aligned plain text, for a terminal."""
-    header, table = _cells(rows)
-    widths = [max(len(c) for c in column) for column in zip(header, *table)]
-    lines = [
-        "  ".join(cell.ljust(w) for cell, w in zip(line, widths)).rstrip()
-        for line in (header, *table)
-    ]
-    lines.insert(1, "  ".join("-" * w for w in widths))
-    return "\n".join(lines)
+    return tables.aligned(*_cells(rows))
 
 
 def write_markdown(rows, path):

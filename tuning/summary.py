@@ -11,6 +11,8 @@ import math
 import os
 from pathlib import Path
 
+from kpair import tables
+
 # A failed trial's one-line reason, written into its trial directory.
 FAILURE_FILE = "failure.txt"
 # Metrics of a trial, as reported for its best epoch (`seconds`: the trial).
@@ -107,13 +109,7 @@ def format_table(rows):
     """The table as aligned plain text, for a terminal."""
     header, table = _cells(rows)
     header = [h.replace("gap_ratio", "gap") for h in header]
-    widths = [max(len(c) for c in column) for column in zip(header, *table)]
-    lines = [
-        "  ".join(cell.ljust(width) for cell, width in zip(line, widths)).rstrip()
-        for line in (header, *table)
-    ]
-    lines.insert(1, "  ".join("-" * width for width in widths))
-    return "\n".join(lines)
+    return tables.aligned(header, table)
 
 
 def write_csv(rows, path):
