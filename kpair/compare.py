@@ -257,9 +257,7 @@ def plot(rows, norms, batchings, path):
         ax.grid(axis="y", alpha=0.3)
         ax.legend(handles=_legend(batchings), loc="best", fontsize=8)
         fig.tight_layout()
-        tmp = Path(path).with_name(f".{Path(path).stem}.partial.png")
-        fig.savefig(tmp, dpi=100)
-        os.replace(tmp, path)
+        tables.save_figure(fig, path)
     finally:
         plt.close(fig)
 

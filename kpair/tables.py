@@ -1,4 +1,4 @@
-"""Plain-text tables for a terminal, shared by `kpair compare` and the tuner."""
+"""Tables and figures as kpair writes them, shared by `kpair compare` and the tuner."""
 
 
 def aligned(header, table):
@@ -10,3 +10,13 @@ def aligned(header, table):
     ]
     lines.insert(1, "  ".join("-" * width for width in widths))
     return "\n".join(lines)
+
+
+def save_figure(fig, path, dpi=100):
+    """Saves a matplotlib figure aside, then renames it: never half a PNG."""
+    import os
+    from pathlib import Path
+
+    tmp = Path(path).with_name(f".{Path(path).stem}.partial.png")
+    fig.savefig(tmp, dpi=dpi)
+    os.replace(tmp, path)

@@ -182,9 +182,7 @@ def plot_val_loss_by_norm(rows, norms, path):
         ax.set_title("Validation loss of each trial, by normalization")
         ax.grid(axis="y", alpha=0.3)
         fig.tight_layout()
-        tmp = Path(path).with_name(f".{Path(path).stem}.partial.png")
-        fig.savefig(tmp, dpi=100)
-        os.replace(tmp, path)
+        tables.save_figure(fig, path)
     finally:
         plt.close(fig)
 
