@@ -22,6 +22,10 @@ on the left and on the right images, a float32 linear head on the two
 embeddings, the same pair loss and optimizer; `BatchNorm2d`, channels_last,
 and `torch.autocast(bfloat16)` for the mixed_bfloat16 column.
 
+kpair loads TensorFlow with its oneDNN CPU kernels (`kpair.onednn`);
+`--eigen` adds `batch` with TensorFlow's Eigen kernels, which TensorFlow
+itself chooses on CPUs without AVX-512 VNNI/BF16 or AMX, to show the gain.
+
 Every contender runs in its own worker process, so that TensorFlow and
 PyTorch never share a process and each peak RSS (`ru_maxrss`) is its own.
 For one image size and precision, the workers are built and warmed up, then
@@ -57,6 +61,8 @@ os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
 PREFIX = "@bench "
 PRECISIONS = ("float32", "mixed_bfloat16")
 TORCH = "torch"
+EIGEN = "batch-eigen"
+ONEDNN_VARIABLE = "TF_ENABLE_ONEDNN_OPTS"
 # Lets the threads of the contender that just ran go idle before the next.
 SETTLE_SECONDS = 0.2
 
@@ -85,6 +91,9 @@ def synthetic_batch(batch_size, size, seed=0):
 
 
 def keras_step(spec):
+    # kpair first, as in users' code: it loads TensorFlow (with oneDNN's CPU
+    # kernels unless the worker's environment says otherwise).
+    importlib.import_module("kpair")
     import tensorflow as tf
 
     from kpair.config import TrainConfig
@@ -180,7 +189,7 @@ class Worker:
         self.process = subprocess.Popen(
             [sys.executable, os.path.abspath(__file__), "--worker", json.dumps(spec)],
             stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=self.log,
-            text=True,
+            text=True, env={**os.environ, **spec.get("env", {})},
         )
         self.peak_rss_mib = self._read()["peak_rss_mib"]
 
@@ -291,6 +300,10 @@ def _parse_args():
     parser.add_argument("--batch-size", type=int, default=64, help="pairs per step")
     parser.add_argument("--width-multiplier", type=float, default=1.0)
     parser.add_argument("--optimizer", choices=("adam", "sgd"), default="adam")
+    parser.add_argument("--eigen", action="store_true",
+                        help="also measure `batch` with TensorFlow's Eigen CPU "
+                        "kernels (TF_ENABLE_ONEDNN_OPTS=0), its default on CPUs "
+                        "without AVX-512 VNNI/BF16 or AMX")
     parser.add_argument("--no-torch", action="store_true",
                         help="skip the PyTorch reference")
     parser.add_argument("--fresh-workers", action="store_true",
@@ -337,6 +350,7 @@ def main():
 
     from kpair.backbone import BLOCKS_PER_STAGE, STAGE_WIDTHS
     from kpair.config import TrainConfig
+    from kpair.onednn import onednn_enabled
 
     has_torch = not args.no_torch and importlib.util.find_spec("torch") is not None
     torch_version = "not measured"
@@ -349,6 +363,7 @@ def main():
         print("PyTorch is not installed (pip install 'kpair[bench]'): the PyTorch "
               "reference is skipped.", file=sys.stderr)
     defaults = TrainConfig()
+    kernels = "oneDNN CPU kernels" if onednn_enabled() else "Eigen CPU kernels"
     load_at_start = os.getloadavg()[0]
     if load_at_start > 0.5 * os.cpu_count():
         print(f"The machine is busy (load average {load_at_start:.1f} on "
@@ -367,6 +382,11 @@ def main():
                     "optimizer": args.optimizer,
                 }
                 specs = {n: {**base, "contender": n, "norm": n} for n in args.norms}
+                if args.eigen:
+                    specs[EIGEN] = {
+                        **base, "contender": EIGEN, "norm": "batch",
+                        "env": {ONEDNN_VARIABLE: "0"},
+                    }
                 if has_torch:
                     specs[TORCH] = {
                         **base, "contender": TORCH,
@@ -385,7 +405,8 @@ def main():
         f"({2 * args.batch_size} images), width x{args.width_multiplier:g}, "
         f"{args.optimizer}, median of {args.repeats} repeats x {args.steps} steps "
         f"after {args.warmup} warm-up; {time.strftime('%Y-%m-%d')}, {machine()}, "
-        f"TF {tf.__version__}, Keras {keras.__version__}, torch {torch_version}; "
+        f"TF {tf.__version__} ({kernels}), Keras {keras.__version__}, "
+        f"torch {torch_version}; "
         f"1-minute load average {load_at_start:.1f} at the start, "
         f"{os.getloadavg()[0]:.1f} at the end"
     )
@@ -408,7 +429,9 @@ def table_rows(size, stem, precision, results, batch_size):
     batch, torch = results.get("batch"), results.get(TORCH)
     rows = []
     for name, result in results.items():
-        label = "PyTorch BatchNorm2d" if name == TORCH else f"kpair `{name}`"
+        label = {
+            TORCH: "PyTorch BatchNorm2d", EIGEN: "kpair `batch`, Eigen kernels",
+        }.get(name, f"kpair `{name}`")
         if result is None:
             rows.append(f"| {size} ({stem}) | {precision} | {label} | failed "
                         "| | | | | |")

@@ -1,8 +1,10 @@
-"""Keeps TensorFlow's start-up log noise out of the CLI's output."""
+"""Loads TensorFlow for kpair: its start-up log noise kept out of the output."""
 
 import contextlib
 import logging
 import os
+
+from kpair.onednn import request_onednn
 
 
 @contextlib.contextmanager
@@ -21,7 +23,12 @@ def _stderr_to_devnull():
 
 
 def import_tensorflow_quietly():
-    """Imports TensorFlow and Keras with their start-up messages silenced."""
+    """Imports TensorFlow and Keras with their start-up messages silenced.
+
+    Also asks for TensorFlow's oneDNN CPU kernels (`kpair.onednn`), which
+    only count if asked for before TensorFlow loads.
+    """
+    request_onednn()
     os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
     os.environ.setdefault("KERAS_BACKEND", "tensorflow")
     with _stderr_to_devnull():

@@ -28,7 +28,8 @@ from kpair.data import (
     steps_per_epoch,
 )
 from kpair.model_builder import build_pair_model, training_model, with_precision
-from kpair.precision import describe_precision, resolve_precision
+from kpair.onednn import describe_cpu_kernels, onednn_enabled
+from kpair.precision import describe_precision, detect_gpus, resolve_precision
 
 BATCH_NORM_FAMILY = ("batch", "batch-renorm")
 # Config fields a run directory may be resumed with other values of.
@@ -106,6 +107,8 @@ def train(config: TrainConfig, out=None, extra_callbacks=()):
         return finished
     if config.precision == "auto":
         print(describe_precision(config.precision), file=out, flush=True)
+    if not detect_gpus():
+        print(describe_cpu_kernels(), file=out, flush=True)
     pair_model = build_pair_model(config)
     model = training_model(pair_model, config)
     _build(model, batches)
@@ -227,6 +230,7 @@ def _final_metrics(run_dir, config, seconds):
     metrics["norm"], metrics["batching"] = config.norm, config.batching
     # The policy the run trained in ("auto" stays in config.json).
     metrics["precision"] = resolve_precision(config.precision)
+    metrics["onednn"] = onednn_enabled()
     return metrics
 
 

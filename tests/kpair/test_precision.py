@@ -160,6 +160,7 @@ def test_a_run_prints_auto_keeps_it_in_config_and_records_the_policy(
     from kpair.train import train
 
     monkeypatch.setattr(precision, "detect_gpus", lambda: [])
+    monkeypatch.setattr("kpair.train.detect_gpus", lambda: [])
     monkeypatch.setattr(precision, "read_cpu_flags", lambda: {"amx_bf16"})
     data = build_demo(tmp_path / "data", image_size=8, pairs_per_type=(12, 12, 12))
     config = TrainConfig(
@@ -174,6 +175,9 @@ def test_a_run_prints_auto_keeps_it_in_config_and_records_the_policy(
     )
     assert "precision=mixed_bfloat16" in printed
     assert metrics["precision"] == "mixed_bfloat16"
+    # The tests load TensorFlow with oneDNN asked for, as `import kpair` does.
+    assert "CPU kernels: oneDNN" in printed
+    assert metrics["onednn"] is True
     run = tmp_path / "run"
     assert json.loads((run / "metrics.json").read_text())["precision"] == (
         "mixed_bfloat16"

@@ -1,0 +1,47 @@
+"""The training benchmark runs end to end and prints a consistent table.
+
+Tiny settings: this checks the script, not the speed (no timed assertion).
+"""
+
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parents[2]
+
+
+@pytest.mark.slow
+def test_a_tiny_run_writes_one_row_per_contender(tmp_path):
+    out = tmp_path / "table.md"
+    result = subprocess.run(
+        [
+            sys.executable, str(ROOT / "benchmarks" / "bench_training.py"),
+            "--sizes", "16", "--precisions", "float32", "--norms", "per-domain",
+            "--repeats", "2", "--steps", "1", "--warmup", "1", "--batch-size", "4",
+            "--width-multiplier", "0.125", "--no-torch", "--eigen",
+            "--out", str(out),
+        ],
+        capture_output=True, text=True, cwd=ROOT, timeout=600,
+        env={**os.environ, "PYTHONPATH": str(ROOT)},
+    )
+    assert result.returncode == 0, result.stderr[-3000:]
+    table = out.read_text()
+    assert table.strip() == result.stdout.strip()
+    assert "oneDNN CPU kernels" in table.splitlines()[0]
+    rows = [line.split("|")[1:-1] for line in table.splitlines() if "| 16 (" in line]
+    labels = [cells[2].strip() for cells in rows]
+    # `batch`, the baseline, is always measured, first.
+    assert labels == [
+        "kpair `batch`", "kpair `per-domain`", "kpair `batch`, Eigen kernels",
+    ]
+    for cells in rows:
+        ms, pairs_per_s = float(cells[3]), float(cells[4])
+        assert ms > 0
+        assert pairs_per_s == pytest.approx(4 / (ms / 1e3), rel=0.05)  # ms is rounded
+        assert float(cells[8]) > 0  # peak RSS MiB
+    assert rows[0][6].strip() == "1.00x"
+    assert rows[1][6].strip().endswith("x")
+    assert rows[1][7].strip() == "-"  # no PyTorch column without torch
