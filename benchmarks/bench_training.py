@@ -32,9 +32,11 @@ For one image size and precision, the workers are built and warmed up, then
 take turns inside each repeat, one at a time, so that machine noise hits
 them alike. The table shows medians over repeats, the step time relative to
 stock `BatchNormalization` (`batch`) and the speed relative to PyTorch, both
-measured in the same run. `--fresh-workers` starts a new process per
-contender and repeat instead: one model in memory at a time (for large
-sizes), but every repeat builds and warms up again.
+measured in the same run; each ratio is the median of the ratios within a
+repeat (paired), which a slow spell of the machine shifts less.
+`--fresh-workers` starts a new process per contender and repeat instead:
+one model in memory at a time (for large sizes), but every repeat builds
+and warms up again.
 
 Measure on a quiet machine. PyTorch's OpenMP threads spin while they wait,
 and when other processes compete for the cores its steps slow down many
@@ -223,7 +225,7 @@ class Worker:
 
 
 def measure(specs, args, log_dir):
-    """`{contender: (median seconds, peak RSS MiB)}`; failed ones: None."""
+    """`{contender: (seconds per repeat, peak RSS MiB)}`; failed ones: None."""
     times = {name: [] for name in specs}
     peaks = {name: 0.0 for name in specs}
     failed = set()
@@ -273,7 +275,7 @@ def measure(specs, args, log_dir):
                 worker.close()
     return {
         name: None if name in failed or not times[name]
-        else (statistics.median(times[name]), peaks[name])
+        else (times[name], peaks[name])
         for name in specs
     }
 
@@ -425,6 +427,17 @@ def main():
             f.write(table + "\n")
 
 
+def paired_ratio(times, baseline_times):
+    """Median over repeats of `time / baseline time` in the same repeat.
+
+    Contenders take turns within a repeat, so a slow spell of the machine
+    slows both sides of each ratio; a ratio of medians would mix repeats.
+    """
+    if len(times) != len(baseline_times):  # a contender failed midway
+        return statistics.median(times) / statistics.median(baseline_times)
+    return statistics.median(t / b for t, b in zip(times, baseline_times))
+
+
 def table_rows(size, stem, precision, results, batch_size):
     batch, torch = results.get("batch"), results.get(TORCH)
     rows = []
@@ -436,13 +449,15 @@ def table_rows(size, stem, precision, results, batch_size):
             rows.append(f"| {size} ({stem}) | {precision} | {label} | failed "
                         "| | | | | |")
             continue
-        seconds, peak = result
+        times, peak = result
+        seconds = statistics.median(times)
         pairs = batch_size / seconds
         cells = [
             f"{size} ({stem})", precision, label, f"{seconds * 1e3:.0f}",
             f"{pairs:.1f}", f"{2 * pairs:.1f}",
-            f"{seconds / batch[0]:.2f}x" if batch and name != TORCH else "-",
-            f"{torch[0] / seconds:.2f}x" if torch else "-",
+            f"{paired_ratio(times, batch[0]):.2f}x" if batch and name != TORCH
+            else "-",
+            f"{1 / paired_ratio(times, torch[0]):.2f}x" if torch else "-",
             f"{peak:.0f}",
         ]
         rows.append("| " + " | ".join(cells) + " |")

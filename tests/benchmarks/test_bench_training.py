@@ -45,3 +45,17 @@ def test_a_tiny_run_writes_one_row_per_contender(tmp_path):
     assert rows[0][6].strip() == "1.00x"
     assert rows[1][6].strip().endswith("x")
     assert rows[1][7].strip() == "-"  # no PyTorch column without torch
+
+
+def test_ratios_pair_the_contenders_repeat_by_repeat():
+    import importlib.util
+
+    spec = importlib.util.spec_from_file_location(
+        "bench_training", ROOT / "benchmarks" / "bench_training.py"
+    )
+    bench = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(bench)
+    # Per repeat: 2x, 1x, 3x; the medians alone (4 and 4) would say 1x.
+    assert bench.paired_ratio([2.0, 4.0, 30.0], [1.0, 4.0, 10.0]) == 2.0
+    # A contender that failed midway: the ratio of the medians.
+    assert bench.paired_ratio([2.0, 4.0], [1.0, 2.0, 3.0]) == 1.5

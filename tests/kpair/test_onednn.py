@@ -52,3 +52,12 @@ def test_import_kpair_turns_onednn_on_unless_told_otherwise():
     )
     assert _in_fresh_python(code) == ["1", "True"]
     assert _in_fresh_python(code, TF_ENABLE_ONEDNN_OPTS="0") == ["0", "False"]
+
+
+def test_import_tuning_loads_tensorflow_through_kpair():
+    # keras_tuner imports keras, which would load TensorFlow first.
+    code = (
+        "import tuning; from kpair.onednn import onednn_enabled; "
+        "print(onednn_enabled())"
+    )
+    assert _in_fresh_python(code) == ["True"]
