@@ -86,7 +86,8 @@ def main():
                 training_rate(model, batches(), args.steps, pairs_per_step)
             )
     medians = {k: statistics.median(v) for k, v in rates.items()}
-    slowest = min(v for k, v in medians.items() if k != "input pipeline")
+    # The pipeline must keep up with the fastest norm: the smallest margin.
+    fastest = max(v for k, v in medians.items() if k != "input pipeline")
     print(
         f"Pairs/s on the demo data, {args.batching} batches of {pairs_per_step}, "
         f"width {args.width_multiplier}, median of {args.repeats} repeats; "
@@ -99,8 +100,8 @@ def main():
         print(f"| {name} | {rate:.1f} | {medians['input pipeline'] / rate:.1f}x |")
     print()
     print(
-        f"Input pipeline vs slowest training: "
-        f"{medians['input pipeline'] / slowest:.1f}x (goal >= 10x)"
+        f"Input pipeline vs the fastest training: "
+        f"{medians['input pipeline'] / fastest:.1f}x (goal >= 10x)"
     )
     peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
     print(f"Peak resident memory of this process: {peak:.0f} MiB")

@@ -186,14 +186,17 @@ class PerDomainBatchNormalization(keras.layers.Layer):
             return ops.reshape(ops.matmul(one_hot, table), stats_shape)
 
         if training and self.trainable:
-            mean, variance, present = self._domain_moments(x, one_hot, reduce_axes)
+            mean, variance, present, centered = self._domain_moments(
+                x, one_hot, reduce_axes
+            )
             self._update_moving_statistics(mean, variance, present)
         else:
             mean, variance = self.moving_mean, self.moving_variance
+            centered = x + per_sample(-mean)
         inv = ops.rsqrt(per_sample(variance) + self.epsilon)
         if self.gamma is not None:
             inv = inv * self._affine(self.gamma, one_hot, stats_shape)
-        outputs = (x - per_sample(mean)) * inv
+        outputs = centered * inv
         if self.beta is not None:
             outputs = outputs + self._affine(self.beta, one_hot, stats_shape)
         return ops.cast(outputs, self.compute_dtype)
@@ -210,8 +213,10 @@ class PerDomainBatchNormalization(keras.layers.Layer):
 
         Two passes (mean, then squared deviations from it) rather than
         E[x^2] - E[x]^2, which cancels catastrophically for large means.
-        Returns `(mean, variance, present)`, each row a domain; rows of
-        absent domains hold zeros and `present` is False there.
+        Returns `(mean, variance, present, centered)`: each of the first
+        three a row per domain (rows of absent domains hold zeros, and
+        `present` is False there), and `x` minus each sample's domain mean,
+        which the output reuses.
         """
         values_per_sample = 1
         for a in reduce_axes:
@@ -223,12 +228,14 @@ class PerDomainBatchNormalization(keras.layers.Layer):
         mean = self._all_reduce(sums) / safe_counts
         stats_shape = [-1] + [1] * (len(x.shape) - 1)
         stats_shape[self._feature_axis] = x.shape[self._feature_axis]
-        centered = x - ops.reshape(ops.matmul(one_hot, mean), stats_shape)
+        # x + (-mean), not x - mean: the same bits, but the gradient negates
+        # the (domains, channels) table instead of a tensor the size of x.
+        centered = x + ops.reshape(ops.matmul(one_hot, -mean), stats_shape)
         squares = ops.sum(ops.square(centered), axis=reduce_axes)
         variance = self._all_reduce(
             ops.matmul(ops.transpose(one_hot), squares)
         ) / safe_counts
-        return mean, variance, counts > 0
+        return mean, variance, counts > 0, centered
 
     def _update_moving_statistics(self, mean, variance, present):
         present = ops.expand_dims(present, -1)

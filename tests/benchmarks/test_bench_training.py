@@ -59,3 +59,27 @@ def test_ratios_pair_the_contenders_repeat_by_repeat():
     assert bench.paired_ratio([2.0, 4.0, 30.0], [1.0, 4.0, 10.0]) == 2.0
     # A contender that failed midway: the ratio of the medians.
     assert bench.paired_ratio([2.0, 4.0], [1.0, 2.0, 3.0]) == 1.5
+
+
+@pytest.mark.slow
+def test_the_step_profile_names_the_convolutions_and_adds_up():
+    result = subprocess.run(
+        [
+            sys.executable, str(ROOT / "benchmarks" / "profile_step.py"),
+            "--size", "16", "--width-multiplier", "0.125", "--batch-size", "4",
+            "--warmup", "1", "--top", "50",
+        ],
+        capture_output=True, text=True, cwd=ROOT, timeout=600,
+        env={**os.environ, "PYTHONPATH": str(ROOT)},
+    )
+    assert result.returncode == 0, result.stderr[-3000:]
+    lines = result.stdout.splitlines()
+    assert "oneDNN CPU kernels" in lines[0]
+    rows = [line.split("|")[1:-1] for line in lines if line.startswith("| ")][1:]
+    ops = {cells[0].strip(): cells for cells in rows}
+    # The backbone's convolutions, forward and both gradients, as oneDNN ops.
+    for op in ("_MklNativeConv2D", "_MklNativeConv2DBackpropFilter"):
+        assert op in ops, sorted(ops)
+    assert "Process" not in ops  # the executor's span, not a kernel
+    shares = [float(cells[3].strip().rstrip("%")) for cells in rows]
+    assert sum(shares) == pytest.approx(100, abs=0.5)
