@@ -64,7 +64,6 @@ PREFIX = "@bench "
 PRECISIONS = ("float32", "mixed_bfloat16")
 TORCH = "torch"
 EIGEN = "batch-eigen"
-ONEDNN_VARIABLE = "TF_ENABLE_ONEDNN_OPTS"
 # Lets the threads of the contender that just ran go idle before the next.
 SETTLE_SECONDS = 0.2
 
@@ -350,9 +349,9 @@ def main():
     import keras
     import tensorflow as tf
 
+    from kpair import onednn
     from kpair.backbone import BLOCKS_PER_STAGE, STAGE_WIDTHS
     from kpair.config import TrainConfig
-    from kpair.onednn import onednn_enabled
 
     has_torch = not args.no_torch and importlib.util.find_spec("torch") is not None
     torch_version = "not measured"
@@ -365,7 +364,7 @@ def main():
         print("PyTorch is not installed (pip install 'kpair[bench]'): the PyTorch "
               "reference is skipped.", file=sys.stderr)
     defaults = TrainConfig()
-    kernels = "oneDNN CPU kernels" if onednn_enabled() else "Eigen CPU kernels"
+    kernels = "oneDNN CPU kernels" if onednn.onednn_enabled() else "Eigen CPU kernels"
     load_at_start = os.getloadavg()[0]
     if load_at_start > 0.5 * os.cpu_count():
         print(f"The machine is busy (load average {load_at_start:.1f} on "
@@ -387,7 +386,7 @@ def main():
                 if args.eigen:
                     specs[EIGEN] = {
                         **base, "contender": EIGEN, "norm": "batch",
-                        "env": {ONEDNN_VARIABLE: "0"},
+                        "env": {onednn.VARIABLE: "0"},
                     }
                 if has_torch:
                     specs[TORCH] = {

@@ -7,6 +7,8 @@ and ends as one line with exit code 2.
 
 import argparse
 
+from kpair.config import PRECISIONS
+
 DEFAULT_OUT = "runs/tune"
 DEFAULT_MAX_TRIALS = 10
 
@@ -42,10 +44,7 @@ def _parser():
     p.add_argument(
         "--epochs", type=int, help="epochs per trial (hyperband: the most)"
     )
-    p.add_argument(
-        "--precision",
-        choices=("auto", "float32", "mixed_float16", "mixed_bfloat16"),
-    )
+    p.add_argument("--precision", choices=PRECISIONS)
     p.add_argument("--out", default=DEFAULT_OUT, help="search directory")
     p.add_argument(
         "--mirrored",
