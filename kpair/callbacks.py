@@ -1,8 +1,9 @@
 """Callbacks of a kpair training run.
 
-Each one keeps one promise of the run directory: the three losses every
-epoch, a history.csv with each epoch once however often the run was killed,
-a last good checkpoint, and a clear stop on a non-finite loss.
+Each one keeps one promise of the run directory: the gap on equal footing
+and the validation loss every epoch, a history.csv with each epoch once
+however often the run was killed, a last good checkpoint, and a clear stop
+on a non-finite loss.
 """
 
 import csv
@@ -16,11 +17,12 @@ from pathlib import Path
 
 import keras
 
+from kpair import gap, losses
 from kpair.data import PAIR_TYPES
 from kpair.evaluation import evaluate_pairs
 
 # Short keys of the pair types in logs and CSV columns.
-TYPE_KEYS = dict(zip(PAIR_TYPES, ("aa", "bb", "ab")))
+TYPE_KEYS = dict(zip(PAIR_TYPES, losses.TYPE_KEYS))
 
 
 class TrainingDiverged(RuntimeError):
@@ -33,19 +35,23 @@ class TrainingDiverged(RuntimeError):
         )
 
 
-class InferenceLosses(keras.callbacks.Callback):
-    """Adds inference-mode losses to each epoch's logs and prints the epoch.
+class EpochLosses(keras.callbacks.Callback):
+    """Measures the gap at each epoch's end and prints the epoch's line.
 
-    `train_eval_loss` is measured on a fixed sample of training pairs with the
-    model in inference mode; set beside the training-mode `loss` of the same
-    epoch, it shows the gap the post's author found. `val_loss` is the
-    inference-mode loss on the validation split.
+    On the fixed sample of training pairs of `probe` (`kpair.gap.GapProbe`)
+    and with the epoch's final weights: the training-mode loss (batch
+    statistics, the run's batches, nothing updated), the inference-mode loss
+    and their ratio, `gap_ratio`. Then the inference-mode loss on the
+    validation split, `val_loss`. Keras's running mean of the loss over the
+    epoch's steps, taken while the weights changed, is kept as
+    `running_loss` (and `running_loss_aa`, ...): it is not the training-mode
+    loss of any one set of weights, and nothing is divided by it.
     """
 
-    def __init__(self, pair_model, train_sample, val_data, losses, epochs, out=None):
+    def __init__(self, pair_model, probe, val_data, losses, epochs, out=None):
         super().__init__()
         self.pair_model = pair_model
-        self.train_sample = train_sample
+        self.probe = probe
         self.val_data = val_data
         self.losses = losses
         self.epochs = epochs
@@ -57,19 +63,22 @@ class InferenceLosses(keras.callbacks.Callback):
 
     def on_epoch_end(self, epoch, logs=None):
         logs = logs if logs is not None else {}
-        train_eval = evaluate_pairs(self.pair_model, self.train_sample, self.losses)
+        for key in ("loss", *(f"loss_{k}" for k in TYPE_KEYS.values())):
+            if key in logs:
+                logs[gap.RUNNING + key[len("loss"):]] = logs.pop(key)
+        logs.update(self.probe.measure(self.pair_model, runner=self.model))
         val = evaluate_pairs(self.pair_model, self.val_data, self.losses)
-        logs["train_eval_loss"] = train_eval["total"]
         logs["val_loss"] = val["total"]
         for name, key in TYPE_KEYS.items():
-            logs[f"train_eval_loss_{key}"] = train_eval[name]
             logs[f"val_loss_{key}"] = val[name]
         seconds = time.perf_counter() - (self._started or time.perf_counter())
         print(
-            f"epoch {epoch + 1}/{self.epochs}  "
-            f"train loss {logs.get('loss', float('nan')):.4f} (training mode)  "
-            f"{logs['train_eval_loss']:.4f} (inference mode)  "
-            f"val {logs['val_loss']:.4f}  [{seconds:.1f} s]",
+            f"epoch {epoch + 1}/{self.epochs}  training pairs: "
+            f"{logs[gap.TRAINING_MODE]:.4f} training mode, "
+            f"{logs[gap.INFERENCE_MODE]:.4f} inference mode "
+            f"({logs[gap.GAP]:.2f}x)  val {logs['val_loss']:.4f} (inference "
+            f"mode)  running loss {logs.get(gap.RUNNING, float('nan')):.4f}  "
+            f"[{seconds:.1f} s]",
             file=self.out,
             flush=True,
         )

@@ -23,23 +23,26 @@ import keras
 import tensorflow as tf
 
 import layers
-from kpair import tables
+from kpair import gap, tables
 from kpair.callbacks import TrainingDiverged
 from kpair.config import ConfigError, TrainConfig
 from kpair.data import BATCHINGS
 from kpair.train import train
 
 CELLS = "cells"
-METRICS = ("train_loss", "train_eval_loss", "val_loss", "gap_ratio", "seconds")
+METRICS = (gap.TRAINING_MODE, gap.INFERENCE_MODE, gap.GAP, "val_loss", "seconds")
 COLUMNS = ("norm", "batching", "status", *METRICS, "run", "reason")
 # Failures of one cell that leave the other cells worth running; anything
 # else (bad data, a bad flag) would fail every cell, so it stops the whole.
 CELL_FAILURES = (TrainingDiverged, tf.errors.ResourceExhaustedError)
 LEGEND = (
-    "train_loss: training-mode loss; train_eval_loss: inference-mode loss on "
-    "a fixed sample of the same training pairs; val_loss: inference-mode loss "
-    "on the validation split; gap = train_eval_loss / train_loss (far above 1 "
-    "is the post's bug); seconds: the whole run."
+    "train (training mode) and train (inference mode): the loss on one fixed "
+    "sample of training pairs with each run's final weights, in training mode "
+    "(batch statistics, the run's own batches, nothing updated) and in "
+    "inference mode; gap = inference / training mode on those same pairs "
+    "(far above 1 is the post's bug; exactly 1 for a norm without a "
+    "train/inference difference); val_loss: inference-mode loss on the "
+    "validation split; seconds: the whole run."
 )
 
 
@@ -177,12 +180,11 @@ def _row(config, metrics, reason=""):
 # --- table and plot ----------------------------------------------------------
 
 _SHOWN = ("norm", "batching", *METRICS, "status")
-_HEADER = {"gap_ratio": "gap"}
 
 
 def _cells(rows):
     """The shown columns as strings: a failed row's status carries its reason."""
-    header = [_HEADER.get(c, c) for c in _SHOWN]
+    header = [gap.HEADINGS.get(c, c) for c in _SHOWN]
     table = []
     for row in rows:
         shown = {**row, "status": f"failed: {row['reason']}" if row["reason"]
@@ -196,7 +198,7 @@ def _format(column, value):
         return str(value)
     if math.isnan(value):
         return ""
-    if column == "gap_ratio":
+    if column == gap.GAP:
         return f"{value:.2f}x"
     return f"{value:.1f}" if column == "seconds" else f"{value:.4f}"
 
@@ -244,7 +246,7 @@ def plot(rows, norms, batchings, path):
             for i, norm in enumerate(norms):
                 x = i - 0.4 + width * (j + 0.5)
                 _draw_cell(ax, x, width, cell[norm, batching], f"C{j}")
-        values = [r[k] for r in rows for k in ("train_loss", "train_eval_loss")
+        values = [r[k] for r in rows for k in (gap.TRAINING_MODE, gap.INFERENCE_MODE)
                   if math.isfinite(r[k])]
         if values and min(values) > 0 and max(values) / min(values) > 10:
             ax.set_yscale("log")
@@ -264,14 +266,14 @@ def plot(rows, norms, batchings, path):
 
 def _draw_cell(ax, x, width, row, color):
     """One bar, its training-mode line and gap label; or a 'failed' note."""
-    inference, training = row["train_eval_loss"], row["train_loss"]
+    inference, training = row[gap.INFERENCE_MODE], row[gap.TRAINING_MODE]
     if not (math.isfinite(inference) and math.isfinite(training)):
         ax.text(x, 0.02, "failed", transform=ax.get_xaxis_transform(),
                 rotation=90, ha="center", va="bottom", fontsize=8)
         return
     ax.bar(x, inference, width, color=color)
     ax.hlines(training, x - width / 2, x + width / 2, colors="black", linewidths=2)
-    ax.annotate(f"{row['gap_ratio']:.2f}x", (x, max(inference, training)),
+    ax.annotate(f"{row[gap.GAP]:.2f}x", (x, max(inference, training)),
                 textcoords="offset points", xytext=(0, 2), ha="center",
                 va="bottom", fontsize=7)
 

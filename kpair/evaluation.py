@@ -4,7 +4,7 @@ Two modes, the two sides of the post:
 - `inference`: the model as it is used (`training=False`): batch norms use
   their moving statistics.
 - `batch-stats`: batch statistics at evaluation (`training=True`), with
-  every moving statistic restored afterwards, so nothing is updated. With
+  every moving statistic restored after each batch, so nothing is updated. With
   `batching="mixed"`, on shuffled batches that mix the pair types (the
   post's diagnostic); with `batching="per-type"`, on one batch per pair type
   as the post trained, so that each backbone call sees one domain.
@@ -12,6 +12,7 @@ Two modes, the two sides of the post:
 
 from pathlib import Path
 
+import keras
 import numpy as np
 import tensorflow as tf
 
@@ -48,18 +49,56 @@ def predictions(model, dataset, batch_size=256, mode="inference", seed=0,
         drop_remainder=False,
     )
     runner = model if batching == "mixed" else build_per_type_model(model)
-    saved = [v.numpy() for v in model.non_trainable_variables]
+    preds, _, rows = training_mode_predictions(runner, model, batches)
+    return preds, rows
+
+
+def training_mode_predictions(runner, model, batches, with_inference=False):
+    """Predictions in training mode with nothing updated, batch by batch.
+
+    `runner` (the pair model, or a wrapper sharing its weights such as the
+    per-type trainer) runs each batch with `training=True`: normalization
+    layers use that batch's statistics. Every non-trainable variable of
+    `model` (moving statistics, renorm and warm-up state) is put back after
+    each batch, so each batch sees the weights as they were and nothing is
+    updated. With `with_inference`, the same batch also runs with
+    `training=False`, so the two modes see the very same pairs.
+
+    Returns:
+        `(training_preds, inference_preds or None, rows)`.
+    """
+    variables = model.non_trainable_variables
+    saved = [v.numpy() for v in variables]
+    training, inference, rows = [], [], []
     try:
-        return _collect(batches, lambda f: runner(f, training=True).numpy())
+        for features, y in batches:
+            training.append(_flat(runner(features, training=True)))
+            for variable, value in zip(variables, saved):
+                variable.assign(value)
+            if with_inference:
+                inference.append(_flat(runner(features, training=False)))
+            rows.append(y.numpy())
     finally:
-        for variable, value in zip(model.non_trainable_variables, saved):
+        for variable, value in zip(variables, saved):
             variable.assign(value)
+    if not rows:
+        empty = np.zeros((0,), "float32")
+        return empty, (empty if with_inference else None), np.zeros((0, 2), "float32")
+    return (
+        np.concatenate(training),
+        np.concatenate(inference) if with_inference else None,
+        np.concatenate(rows),
+    )
+
+
+def _flat(prediction):
+    return np.asarray(keras.ops.convert_to_numpy(prediction), "float32").reshape(-1)
 
 
 def _collect(batches, predict):
     preds, rows = [], []
     for features, y in batches:
-        preds.append(np.asarray(predict(features), "float32").reshape(-1))
+        preds.append(_flat(predict(features)))
         rows.append(y.numpy())
     if not rows:
         return np.zeros((0,), "float32"), np.zeros((0, 2), "float32")

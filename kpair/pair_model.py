@@ -1,6 +1,7 @@
 """The pair model: one backbone for left and right, a head on both embeddings."""
 
 import keras
+from keras import ops
 
 from kpair.data import PER_TYPE_PREFIXES
 
@@ -94,11 +95,17 @@ def build_per_type_model(pair_model):
     """The post's training graph: the pair model once per pair type.
 
     Inputs are `aa_left, aa_right, aa_left_domain, aa_right_domain`, then the
-    same for `bb` and `ab`; each group is one batch of one pair type, so each
-    backbone call sees images of one domain. The three predictions are
-    concatenated along the batch axis in the order A-A, B-B, A-B, matching
-    the targets `kpair.data.make_batches(..., "per-type")` yields. Every
-    weight is shared with `pair_model`.
+    same for `bb` and `ab`; each group is one batch of one pair type. The
+    three predictions are concatenated along the batch axis in the order
+    A-A, B-B, A-B, matching the targets `kpair.data.make_batches(...,
+    "per-type")` yields. Every weight is shared with `pair_model`.
+
+    Every backbone call holds images of one domain, whatever the orientation
+    of the pairs: a group's first call embeds each pair's image of the lower
+    domain id, the second the other image (`one_domain_embeddings`), and the
+    embeddings go back to the pairs' own left/right order before the head.
+    An A-B group that holds B-A pairs is thus embedded as the post did
+    (all A images, then all B images) without swapping what the head sees.
     """
     shape = pair_model.backbone.inputs[0].shape[1:]
     inputs, predictions = {}, []
@@ -113,7 +120,10 @@ def build_per_type_model(pair_model):
             )
             inputs[f"{prefix}_{name}"] = tensor
             group[name] = tensor
-        predictions.append(pair_model(group))
+        left, right = one_domain_embeddings(pair_model.backbone, group)
+        joint = pair_model.get_layer("concat")([left, right])
+        score = pair_model.get_layer("head")(joint)
+        predictions.append(pair_model.get_layer("prediction")(score))
     outputs = keras.layers.Concatenate(
         axis=0, name="per_type_predictions", dtype="float32"
     )(predictions)
@@ -121,3 +131,26 @@ def build_per_type_model(pair_model):
     # compile() adds loss scaling from the model's own policy.
     trainer.dtype_policy = pair_model.dtype_policy
     return trainer
+
+
+def one_domain_embeddings(backbone, group):
+    """`(left, right)` embeddings of a group, one domain per backbone call.
+
+    Each pair's images are put in domain order (lower id first) for the two
+    backbone calls, then the embeddings are put back in the pair's order.
+    In a group whose pairs all share one set of two domains (A-A, B-B, or
+    A-B with any mix of A-B and B-A orientations), each call then holds one
+    domain. The head still sees left then right, so no model needs to be
+    symmetric.
+    """
+    left_domain, right_domain = group["left_domain"], group["right_domain"]
+    swapped = ops.greater(left_domain, right_domain)
+    image_swapped = ops.reshape(swapped, (-1, 1, 1, 1))
+    first = ops.where(image_swapped, group["right"], group["left"])
+    second = ops.where(image_swapped, group["left"], group["right"])
+    first_embedding = backbone([first, ops.minimum(left_domain, right_domain)])
+    second_embedding = backbone([second, ops.maximum(left_domain, right_domain)])
+    embedding_swapped = ops.reshape(swapped, (-1, 1))
+    left = ops.where(embedding_swapped, second_embedding, first_embedding)
+    right = ops.where(embedding_swapped, first_embedding, second_embedding)
+    return left, right

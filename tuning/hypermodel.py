@@ -1,10 +1,8 @@
 """`PairHyperModel`: keras-tuner's view of a kpair model."""
 
-import math
 import sys
 import time
 
-import keras
 import keras_tuner
 
 import layers
@@ -52,11 +50,12 @@ class PairHyperModel(keras_tuner.HyperModel):
     `fit(hp, model)` reads the data of `base_config` (no data arguments) and
     trains for `base_config.epochs` (or the epochs a Hyperband tuner asks
     for). Each epoch's logs get `val_loss`, the inference-mode loss on the
-    validation split (the objective to minimize), `train_eval_loss`, the
-    inference-mode loss on a fixed sample of training pairs, and
-    `gap_ratio = train_eval_loss / loss`: how much worse the model does in
-    inference mode than in training mode. A non-finite training loss raises
-    `kpair.callbacks.TrainingDiverged`.
+    validation split (the objective to minimize), and the gap of
+    `kpair.gap`, as in `kpair train`: on one fixed sample of training pairs
+    and the epoch's final weights, `train_loss_training_mode` (the run's
+    batches, nothing updated), `train_loss_inference_mode` and
+    `gap_ratio`, their ratio. Keras's running loss is `running_loss`. A
+    non-finite training loss raises `kpair.callbacks.TrainingDiverged`.
 
     Args:
         base_config: `kpair.config.TrainConfig` with the fixed arguments.
@@ -188,14 +187,12 @@ class PairHyperModel(keras_tuner.HyperModel):
         epochs = kwargs.pop("epochs", config.epochs)
         data_dir = self._data(config, out)
         # The same data, fixed training sample and steps as `kpair train`.
-        batches, steps, train_sample, val_pairs = training_data(config, data_dir)
+        batches, steps, probe, val_pairs = training_data(config, data_dir)
         callbacks = [
             kcb.StopOnNonFiniteLoss(),
-            kcb.InferenceLosses(
-                _pair_model_of(model), train_sample, val_pairs, config.losses,
-                epochs, out,
+            kcb.EpochLosses(
+                _pair_model_of(model), probe, val_pairs, config.losses, epochs, out
             ),
-            _GapRatio(),
             *kwargs.pop("callbacks", []),
         ]
         history = model.fit(
@@ -217,16 +214,6 @@ class PairHyperModel(keras_tuner.HyperModel):
         if self._data_dir is None:
             self._data_dir = resolve_data(config, out)
         return self._data_dir
-
-
-class _GapRatio(keras.callbacks.Callback):
-    """Adds `gap_ratio`: inference-mode over training-mode loss, same pairs."""
-
-    def on_epoch_end(self, epoch, logs=None):
-        if logs is None or "train_eval_loss" not in logs:
-            return
-        loss = float(logs.get("loss", math.nan))
-        logs["gap_ratio"] = float(logs["train_eval_loss"]) / loss if loss else math.nan
 
 
 def _pair_model_of(model):

@@ -11,13 +11,12 @@ import math
 import os
 from pathlib import Path
 
-from kpair import tables
+from kpair import gap, tables
 
 # A failed trial's one-line reason, written into its trial directory.
 FAILURE_FILE = "failure.txt"
 # Metrics of a trial, as reported for its best epoch (`seconds`: the trial).
-METRICS = ("val_loss", "gap_ratio", "train_loss", "train_eval_loss", "seconds")
-_REPORTED = {"train_loss": "loss"}  # column -> name in the trial's metrics
+METRICS = ("val_loss", gap.GAP, gap.TRAINING_MODE, gap.INFERENCE_MODE, "seconds")
 
 
 def trial_rows(oracle, project_dir):
@@ -32,9 +31,8 @@ def trial_rows(oracle, project_dir):
         if epochs is not None:
             values["epochs"] = epochs
         row["hyperparameters"] = values
-        for column in METRICS:
-            name = _REPORTED.get(column, column)
-            row[column] = (
+        for name in METRICS:
+            row[name] = (
                 float(trial.metrics.get_last_value(name))
                 if trial.metrics.exists(name)
                 else math.nan
@@ -96,9 +94,9 @@ def _format(name, value):
         return str(value)
     if isinstance(value, float) and math.isnan(value):
         return ""
-    if name in ("val_loss", "train_loss", "train_eval_loss"):
+    if name in ("val_loss", gap.TRAINING_MODE, gap.INFERENCE_MODE):
         return f"{value:.4f}"
-    if name == "gap_ratio":
+    if name == gap.GAP:
         return f"{value:.2f}"
     if name == "seconds":
         return f"{value:.1f}"
@@ -108,7 +106,7 @@ def _format(name, value):
 def format_table(rows):
     """The table as aligned plain text, for a terminal."""
     header, table = _cells(rows)
-    header = [h.replace("gap_ratio", "gap") for h in header]
+    header = [gap.HEADINGS.get(h, h) for h in header]
     return tables.aligned(header, table)
 
 
@@ -131,7 +129,7 @@ def _csv(f, header, rows):
 def write_markdown(rows, path):
     """The table as a Markdown table."""
     header, table = _cells(rows)
-    header = [h.replace("gap_ratio", "gap") for h in header]
+    header = [gap.HEADINGS.get(h, h) for h in header]
     lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
     lines += ["| " + " | ".join(c.replace("|", "\\|") for c in r) + " |" for r in table]
     _atomic(path, lambda f: f.write("\n".join(lines) + "\n"))

@@ -13,7 +13,8 @@ from kpair.train import train
 # Pixel value of every image of a domain in `tiny_split`: a batch's images
 # then show which domain they came from.
 DOMAIN_PIXEL = {0: 51, 1: 204}  # 0.2 and 0.8 after scaling to [0, 1]
-TYPE_DOMAINS = {"A-A": (0, 0), "B-B": (1, 1), "A-B": (0, 1)}
+# "B-A" pairs are of pair type A-B, with the domains the other way round.
+TYPE_DOMAINS = {"A-A": (0, 0), "B-B": (1, 1), "A-B": (0, 1), "B-A": (1, 0)}
 
 
 def png_bytes(array):

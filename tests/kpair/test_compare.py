@@ -23,10 +23,12 @@ from kpair.config import ConfigError, TrainConfig
 from kpair.data import build_demo
 
 CSV_COLUMNS = [
-    "norm", "batching", "status", "train_loss", "train_eval_loss", "val_loss",
-    "gap_ratio", "seconds", "run", "reason",
+    "norm", "batching", "status", "train_loss_training_mode",
+    "train_loss_inference_mode", "gap_ratio", "val_loss", "seconds", "run",
+    "reason",
 ]
-METRICS = ("train_loss", "train_eval_loss", "val_loss", "gap_ratio", "seconds")
+METRICS = ("train_loss_training_mode", "train_loss_inference_mode", "gap_ratio",
+           "val_loss", "seconds")
 NORMS, BATCHINGS = ["batch", "per-domain"], ["mixed", "balanced"]
 
 
@@ -77,7 +79,7 @@ class StubTrain:
         self.configs.append(config)
         if (config.norm, config.batching) in self.fail:
             raise self.fail[config.norm, config.batching]
-        metrics = dict(zip(METRICS, (0.5, 1.5, 1.75, 3.0, 2.5)))
+        metrics = dict(zip(METRICS, (0.5, 1.5, 3.0, 1.75, 2.5)))
         out = Path(config.out)
         out.mkdir(parents=True, exist_ok=True)
         (out / "metrics.json").write_text(json.dumps(metrics))
@@ -113,7 +115,7 @@ def test_two_norms_by_two_batchings_then_resume(demo, tmp_path, trainings,
     ]
     printed = stream.getvalue()
     assert "cell 3/4: norm=per-domain batching=mixed" in printed
-    assert "train_eval_loss" in printed  # the table, after the runs
+    assert "train (inference mode)" in printed  # the table, after the runs
 
     header, table = read_csv(out / "compare.csv")
     assert header == CSV_COLUMNS
@@ -132,7 +134,7 @@ def test_two_norms_by_two_batchings_then_resume(demo, tmp_path, trainings,
     md = (out / "compare.md").read_text().splitlines()
     table_lines = [line for line in md if line.startswith("|")]
     assert len(table_lines) == 2 + 4  # header, rule, one line per cell
-    assert "train_eval_loss" in table_lines[0] and "gap" in table_lines[0]
+    assert "train (training mode)" in table_lines[0] and "gap" in table_lines[0]
     png = (out / "compare.png").read_bytes()
     assert png[:8] == b"\x89PNG\r\n\x1a\n" and len(png) > 10_000
 
@@ -153,10 +155,10 @@ def test_two_norms_by_two_batchings_then_resume(demo, tmp_path, trainings,
         assert (cell_dir(out, *cell) / "metrics.json").stat().st_mtime_ns == mtime
     _, table = read_csv(out / "compare.csv")
     assert [r["status"] for r in rows] == ["done"] * 4 and len(table) == 4
-    assert float(table[3]["train_eval_loss"]) == 1.5  # the new cell's
-    assert float(table[0]["train_eval_loss"]) == pytest.approx(
+    assert float(table[3]["train_loss_inference_mode"]) == 1.5  # the new cell's
+    assert float(table[0]["train_loss_inference_mode"]) == pytest.approx(
         json.loads((cell_dir(out, *grid[0]) / "metrics.json").read_text())[
-            "train_eval_loss"])
+            "train_loss_inference_mode"])
 
 
 def test_existing_cells_without_resume_are_refused(demo, tmp_path, stub):
@@ -206,7 +208,8 @@ def test_a_diverged_cell_is_recorded_and_the_rest_go_on(demo, tmp_path, stub):
         "TrainingDiverged: the training loss became nan at epoch 1, step 2")
     _, table = read_csv(out / "compare.csv")
     assert [r["status"] for r in table] == ["done", "failed", "done", "done"]
-    assert table[1]["train_eval_loss"] == "" and table[0]["train_eval_loss"] == "1.5"
+    inference = "train_loss_inference_mode"
+    assert table[1][inference] == "" and table[0][inference] == "1.5"
     assert "failed: TrainingDiverged" in (out / "compare.md").read_text()
     assert (out / "compare.png").stat().st_size > 10_000
 
