@@ -19,6 +19,7 @@ import tensorflow as tf
 
 import kpair
 from kpair import callbacks as kcb
+from kpair import gap
 from kpair.config import TrainConfig
 from kpair.data import (
     count_split,
@@ -30,6 +31,7 @@ from kpair.data import (
 from kpair.model_builder import build_pair_model, training_model, with_precision
 from kpair.onednn import describe_cpu_kernels, onednn_enabled
 from kpair.precision import describe_precision, detect_gpus, resolve_precision
+from kpair.preflight import check_training_data
 
 BATCH_NORM_FAMILY = ("batch", "batch-renorm")
 # Config fields a run directory may be resumed with other values of.
@@ -48,18 +50,20 @@ def resolve_data(config, out=None):
 def training_data(config, data_dir):
     """What one run trains on, shared by `kpair train` and the tuner.
 
-    Returns `(batches, steps, train_sample, val_pairs)`: repeated training
-    batches with a known number of steps per epoch (Keras cannot count the
-    batches of a filtered, zipped dataset, and progress needs a total), a
-    fixed sample of training pairs (the same every epoch) for the
-    inference-mode loss, and the validation split.
+    Returns `(batches, steps, probe, val_pairs)`: repeated training batches
+    with a known number of steps per epoch (Keras cannot count the batches
+    of a filtered, zipped dataset, and progress needs a total), the
+    `kpair.gap.GapProbe` that measures the gap every epoch on one fixed
+    sample of training pairs in the run's batches, and the validation split.
     """
     train_pairs = read_split(data_dir / "train", config.image_size)
     val_pairs = read_split(data_dir / "val", config.image_size)
-    train_sample = (
-        train_pairs.shuffle(100_000, seed=config.seed, reshuffle_each_iteration=False)
-        .take(config.eval_pairs)
-        .cache()
+    sample = gap.fixed_sample(
+        train_pairs, config.batching, config.batch_size, config.eval_pairs,
+        config.seed,
+    )
+    probe = gap.GapProbe.for_run(
+        sample, config.batching, config.batch_size, config.losses
     )
     steps = config.steps_per_epoch or steps_per_epoch(
         count_split(data_dir / "train"), config.batching, config.batch_size
@@ -68,7 +72,7 @@ def training_data(config, data_dir):
         train_pairs, config.batching, config.batch_size, seed=config.seed,
         repeat=True,
     )
-    return batches, steps, train_sample, val_pairs
+    return batches, steps, probe, val_pairs
 
 
 def train(config: TrainConfig, out=None, extra_callbacks=()):
@@ -84,17 +88,22 @@ def train(config: TrainConfig, out=None, extra_callbacks=()):
         kpair.callbacks.TrainingDiverged: the loss became NaN or infinite;
             the last good checkpoint and the backup are kept.
         kpair.config.ConfigError: `out` holds a run of another config.
-        kpair.data.DataError: the data cannot be read.
+        kpair.data.DataError: the data cannot be read, or break the data
+            contract for `config` (see `kpair.preflight.check_training_data`);
+            nothing is written then.
     """
     out = out if out is not None else sys.stdout
     run_dir = Path(config.out)
     started = time.perf_counter()
+    # Data that cannot train fail here, in one line, before the run
+    # directory exists (the data are read only after it is claimed).
+    check_training_data(config)
     _claim_run_dir(run_dir, config)
     # Before any dataset is made: tf.data's seeded shuffles also read the
     # global seed, so a run must not depend on what ran before it.
     keras.utils.set_random_seed(config.seed)
     data_dir = resolve_data(config, out)
-    batches, steps, train_sample, val_pairs = training_data(config, data_dir)
+    batches, steps, probe, val_pairs = training_data(config, data_dir)
 
     if config.deterministic:
         # Same seed, same kernels: the same metrics and weights every time.
@@ -129,8 +138,8 @@ def train(config: TrainConfig, out=None, extra_callbacks=()):
     )
     callbacks = [
         kcb.StopOnNonFiniteLoss(),
-        kcb.InferenceLosses(
-            pair_model, train_sample, val_pairs, config.losses, config.epochs, out
+        kcb.EpochLosses(
+            pair_model, probe, val_pairs, config.losses, config.epochs, out
         ),
         kcb.HistoryCSV(run_dir / "history.csv"),
         kcb.LastGoodCheckpoint(run_dir / "checkpoints"),
@@ -215,17 +224,16 @@ def _final_metrics(run_dir, config, seconds):
     def value(key):
         return float(last[key]) if last.get(key, "") != "" else float("nan")
 
-    metrics = {
-        "epochs": int(last["epoch"]),
-        "train_loss": value("loss"),
-        "train_eval_loss": value("train_eval_loss"),
-        "val_loss": value("val_loss"),
-    }
-    metrics["gap_ratio"] = metrics["train_eval_loss"] / metrics["train_loss"]
-    for name, key in kcb.TYPE_KEYS.items():
-        metrics[f"train_loss_{key}"] = value(f"loss_{key}")
-        metrics[f"train_eval_loss_{key}"] = value(f"train_eval_loss_{key}")
-        metrics[f"val_loss_{key}"] = value(f"val_loss_{key}")
+    metrics = {"epochs": int(last["epoch"])}
+    for key in (gap.TRAINING_MODE, gap.INFERENCE_MODE, "val_loss", gap.RUNNING):
+        metrics[key] = value(key)
+    metrics[gap.GAP] = gap.ratio(
+        metrics[gap.INFERENCE_MODE], metrics[gap.TRAINING_MODE]
+    )
+    metrics["sample_pairs"] = int(value("sample_pairs"))
+    for key in kcb.TYPE_KEYS.values():
+        for name in (gap.TRAINING_MODE, gap.INFERENCE_MODE, "val_loss", gap.RUNNING):
+            metrics[f"{name}_{key}"] = value(f"{name}_{key}")
     metrics["seconds"] = round(seconds, 1)
     metrics["norm"], metrics["batching"] = config.norm, config.batching
     # The policy the run trained in ("auto" stays in config.json).
@@ -236,11 +244,13 @@ def _final_metrics(run_dir, config, seconds):
 
 def verdict(metrics, config):
     """A plain sentence on the training/inference gap."""
-    ratio = metrics["gap_ratio"]
+    ratio = metrics[gap.GAP]
     head = (
-        f"Training-mode loss {metrics['train_loss']:.4f}, inference-mode loss on "
-        f"the same training pairs {metrics['train_eval_loss']:.4f} "
-        f"({ratio:.2f}x), validation {metrics['val_loss']:.4f}."
+        f"On {metrics['sample_pairs']} training pairs with the final weights: "
+        f"loss {metrics[gap.TRAINING_MODE]:.4f} in training mode "
+        f"({config.batching} batches, nothing updated), "
+        f"{metrics[gap.INFERENCE_MODE]:.4f} in inference mode ({ratio:.2f}x); "
+        f"validation {metrics['val_loss']:.4f} (inference mode)."
     )
     if not ratio <= config.gap_warning:
         if config.norm in BATCH_NORM_FAMILY and config.batching == "per-type":
@@ -258,7 +268,10 @@ def verdict(metrics, config):
                 "per-domain or --batching balanced."
             )
         return f"WARNING: the model does worse in inference mode. {head} {cause}"
-    return f"Done. {head} Inference matches training."
+    return (
+        f"Done. {head} Inference mode is within {config.gap_warning}x of "
+        "training mode (--gap-warning)."
+    )
 
 
 def save_model(model, path):

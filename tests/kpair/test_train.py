@@ -47,12 +47,16 @@ def test_run_directory_has_everything(tiny_demo, tmp_path, capsys):
     # The backup stays: more epochs later continue from it.
     assert kcb.backup_epochs_done(run / "backup") == 2
     saved = json.loads((run / "metrics.json").read_text())
-    for key in ("train_loss", "train_eval_loss", "val_loss", "gap_ratio",
-                "val_loss_aa", "val_loss_bb", "val_loss_ab"):
+    for key in ("train_loss_training_mode", "train_loss_inference_mode",
+                "val_loss", "gap_ratio", "running_loss", "val_loss_aa",
+                "val_loss_bb", "val_loss_ab", "train_loss_training_mode_ab"):
         assert math.isfinite(saved[key]), key
     assert saved["gap_ratio"] == pytest.approx(
-        saved["train_eval_loss"] / saved["train_loss"]
+        saved["train_loss_inference_mode"] / saved["train_loss_training_mode"]
     )
+    # Keras's running loss keeps its own name; "loss" is gone from the files.
+    row = read_history(run / "history.csv")[-1]
+    assert "loss" not in row and float(row["running_loss"]) == saved["running_loss"]
     assert metrics["epochs"] == 2
     assert [int(r["epoch"]) for r in read_history(run / "history.csv")] == [1, 2]
     printed = capsys.readouterr().out
@@ -179,4 +183,32 @@ def _all_layers(model):
 def test_same_seed_same_data_order(tiny_demo, tmp_path):
     a = train(tiny_config(tiny_demo, tmp_path / "a", epochs=1, batching="mixed"))
     b = train(tiny_config(tiny_demo, tmp_path / "b", epochs=1, batching="mixed"))
-    np.testing.assert_allclose(a["train_loss"], b["train_loss"], rtol=1e-4)
+    np.testing.assert_allclose(a["running_loss"], b["running_loss"], rtol=1e-4)
+    assert a["train_loss_training_mode"] == pytest.approx(
+        b["train_loss_training_mode"], rel=1e-4
+    )
+
+
+def test_cli_names_the_run_directory_of_a_diverged_run(tmp_path, monkeypatch,
+                                                       capsys):
+    """Without --out the run goes to config.out's default, and the error
+    says so (it once said "kept in None")."""
+    import kpair.train
+    from kpair.cli import main
+
+    seen = []
+
+    def diverges(config, *args, **kwargs):
+        seen.append(config.out)
+        raise TrainingDiverged(2, 1, float("nan"))
+
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.setattr(kpair.train, "train", diverges)
+    assert main(["train", "--epochs", "1"]) == 1
+    lines = capsys.readouterr().err.strip().splitlines()
+    assert seen == [TrainConfig().out]
+    assert lines == [
+        "kpair: error: the training loss became nan at epoch 2, step 1. The last "
+        f"good checkpoint and the backup are kept in {TrainConfig().out}; resume "
+        "with a lower --learning-rate."
+    ]
