@@ -325,7 +325,12 @@ def adapt_file(model_path, data_dir, domain, out, split="train", batch_size=64,
     model = runs.load_model(run.model_path)
     num_domains = check_domain(model, domain, like)
     losses = run.config.losses if run.config is not None else DEFAULT_LOSSES
-    dataset = read_split(Path(data_dir) / split, runs.image_size_of(model))
+    # The split may hold the ids the model knows, and the one it gains.
+    known = runs.num_domains_of(model)
+    dataset = read_split(
+        Path(data_dir) / split, runs.image_size_of(model),
+        num_domains=None if known is None else max(known, domain + 1),
+    )
     images = domain_images(dataset, domain, max_images)
     if images is None:
         raise DataError(

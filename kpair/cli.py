@@ -38,11 +38,9 @@ def main(argv=None):
     try:
         return args.run(args) or 0
     except TrainingDiverged as error:
-        print(
-            f"kpair: error: {error}. The last good checkpoint and the backup are "
-            f"kept in {args.out}; resume with a lower --learning-rate.",
-            file=sys.stderr,
-        )
+        # `kpair train` says where its run is; any other command, if one
+        # let a divergence through, knows no single run directory.
+        print(f"kpair: error: {error}.", file=sys.stderr)
         return EXIT_FAILED
     except (ValueError, OSError) as error:
         # DataError, ConfigError and ModelFileError are ValueErrors.
@@ -149,13 +147,23 @@ def _parse_option(text):
 
 
 def _train(args):
-    from kpair.preflight import check_free_space, check_training_data
+    from kpair.callbacks import TrainingDiverged
+    from kpair.preflight import check_free_space
     from kpair.train import train
 
     config = build_config(args)
-    check_training_data(config)  # before the run directory is claimed
-    check_free_space(config)
-    train(config)
+    check_free_space(config)  # train() checks the data itself, before writing
+    try:
+        train(config)
+    except TrainingDiverged as error:
+        # config.out, not --out: the run directory also when --out was not
+        # given (the default, or a --config's).
+        print(
+            f"kpair: error: {error}. The last good checkpoint and the backup are "
+            f"kept in {config.out}; resume with a lower --learning-rate.",
+            file=sys.stderr,
+        )
+        return EXIT_FAILED
 
 
 # --- evaluate ------------------------------------------------------------

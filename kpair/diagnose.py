@@ -23,6 +23,7 @@ import layers
 from kpair.data import PAIR_TYPES, DataError, read_split
 from kpair.data.records import load_manifest
 from kpair.evaluation import evaluate_pairs
+from kpair.runs import num_domains_of
 
 # A mean shift above this many standard deviations means the moving
 # statistics no longer describe that domain.
@@ -60,14 +61,23 @@ def stateful_norm_layers(model):
 
 def domain_images(dataset, domain, limit):
     """Up to `limit` images of one domain, from either side of the pairs."""
-    images = []
+    return images_by_domain(dataset, (domain,), limit).get(domain)
+
+
+def images_by_domain(dataset, domains, limit):
+    """`{domain: images}`, up to `limit` images of each domain, in one pass.
+
+    A domain without images in `dataset` is left out.
+    """
+    found = {domain: [] for domain in domains}
     for features, _ in dataset:
         for side in ("left", "right"):
-            if int(features[f"{side}_domain"]) == domain and len(images) < limit:
+            images = found.get(int(features[f"{side}_domain"]))
+            if images is not None and len(images) < limit:
                 images.append(features[side].numpy())
-        if len(images) >= limit:
+        if all(len(images) >= limit for images in found.values()):
             break
-    return np.stack(images) if images else None
+    return {d: np.stack(images) for d, images in found.items() if images}
 
 
 def layer_shifts(model, images_by_domain):
@@ -127,14 +137,18 @@ def _shift(layer, activations, domain):
 
 def diagnose(model, split_dir, losses, image_size, images_per_domain=64,
              batch_size=48):
-    """Everything `kpair diagnose` reports, as a dict."""
+    """Everything `kpair diagnose` reports, as a dict.
+
+    Every domain of the model is probed (a model that `kpair adapt` gave a
+    third domain has three), each with up to `images_per_domain` images of
+    the split; the split must hold no domain id the model lacks.
+    """
     check_image_size(split_dir, image_size)
-    dataset = read_split(split_dir, image_size)
-    images = {}
-    for domain in (0, 1):
-        found = domain_images(dataset, domain, images_per_domain)
-        if found is not None:
-            images[domain] = found
+    num_domains = num_domains_of(model)
+    dataset = read_split(split_dir, image_size, num_domains=num_domains)
+    # A model that does not say its domains: A and B, as the data contract.
+    domains = range(num_domains if num_domains is not None else 2)
+    images = images_by_domain(dataset, domains, images_per_domain)
     rows = sorted(layer_shifts(model, images), key=lambda r: -r.shift)
     inference = evaluate_pairs(model, dataset, losses, batch_size, "inference")
     # Batch statistics the way per-type training computed them (one domain

@@ -1,7 +1,6 @@
 """`kpair predict`: predictions for the pairs listed in a CSV."""
 
 import csv
-import math
 import os
 from pathlib import Path
 
@@ -9,7 +8,7 @@ import numpy as np
 import tensorflow as tf
 
 from kpair import runs
-from kpair.data.importer import inspect_image, resolve_under_root
+from kpair.data.importer import inspect_image, parse_domain, resolve_under_root
 from kpair.data.records import DataError, decode_image
 
 COLUMNS = ("left", "right", "left_domain", "right_domain")
@@ -20,9 +19,11 @@ def predict_csv(model_path, pairs_csv, root, out_csv, batch_size=64):
 
     Images are read under `root` only (no absolute paths, `..` or symbolic
     links), checked as `kpair data import` checks them (no image over
-    `MAX_IMAGE_PIXELS`) and preprocessed exactly as in training. Every bad row is
-    reported, with its row number, in one `DataError`; nothing is written
-    then.
+    `MAX_IMAGE_PIXELS`) and preprocessed exactly as in training. Domain ids
+    must be ids of the model, `0..num_domains-1`: checked here, because the
+    normalization layers check them only when run eagerly, and predictions
+    run traced. Every bad row is reported, with its row number, in one
+    `DataError`; nothing is written then.
 
     Returns:
         The number of pairs predicted.
@@ -30,7 +31,8 @@ def predict_csv(model_path, pairs_csv, root, out_csv, batch_size=64):
     run = runs.resolve(model_path)
     model = runs.load_model(run.model_path)
     size = runs.image_size_of(model)
-    rows, fields = _read_rows(Path(pairs_csv), Path(root))
+    rows, fields = _read_rows(Path(pairs_csv), Path(root),
+                              runs.num_domains_of(model))
     if not rows:
         raise DataError(f"{pairs_csv} has a header but no pairs.")
     lefts = [str(r["_left"]) for r in rows]
@@ -67,7 +69,7 @@ def predict_csv(model_path, pairs_csv, root, out_csv, batch_size=64):
     return len(rows)
 
 
-def _read_rows(pairs_csv, root):
+def _read_rows(pairs_csv, root, num_domains=None):
     try:
         with open(pairs_csv, newline="") as f:
             reader = csv.DictReader(f)
@@ -94,14 +96,9 @@ def _read_rows(pairs_csv, root):
                 problems.append(f"row {number}: {side}: {problem}")
             row["_" + side] = path
         for key in COLUMNS[2:]:
-            try:
-                value = float(row[key])
-                if not math.isfinite(value) or value != int(value) or value < 0:
-                    raise ValueError
-                row[key] = int(value)
-            except (TypeError, ValueError):
-                problems.append(f"row {number}: {key} must be a non-negative "
-                                f"integer, got {row[key]!r}")
+            row[key], problem = parse_domain(row[key], key, num_domains)
+            if problem:
+                problems.append(f"row {number}: {problem}")
         rows.append(row)
     if problems:
         raise DataError(

@@ -28,7 +28,9 @@ from kpair.data.records import (
     DataError,
     Pair,
     _tf_reason,
+    outside_domains,
     replace_dir,
+    valid_domains,
     write_split,
 )
 
@@ -145,13 +147,26 @@ def _mode_note(image):
     return f"{image.mode}: {', '.join(notes)}" if notes else None
 
 
-def _parse_domain(text, column):
+def parse_domain(text, column, num_domains=None):
+    """`(id, None)` from a CSV field, or `(None, problem)`.
+
+    Integers, also written as `1.0` (as a float column is saved), within
+    `0..num_domains-1` of the model when it is known, else >= 0 (see
+    `kpair.data.records.outside_domains`). Shared by `kpair data import` and
+    `kpair predict`, so that a CSV one accepts the other does too.
+    """
     try:
         value = int(text.strip())
     except (ValueError, AttributeError):
-        return None, f"{column} must be an integer, got {text!r}"
-    if value < 0:
-        return None, f"{column} must be >= 0, got {value}"
+        try:
+            number = float(text.strip())
+        except (ValueError, AttributeError):
+            number = math.nan
+        if not (math.isfinite(number) and number == int(number)):
+            return None, f"{column} must be an integer, got {text!r}"
+        value = int(number)
+    if outside_domains(value, num_domains):
+        return None, f"{column} is {value}; {valid_domains(num_domains)}"
     return value, None
 
 
@@ -211,9 +226,9 @@ def _validate(rows, names, root, seed, progress):
             paths.append(path)
             if error:
                 errors.append(f"{side}: {error}")
-        left_domain, error = _parse_domain(row["left_domain"], "left_domain")
+        left_domain, error = parse_domain(row["left_domain"], "left_domain")
         errors += [error] if error else []
-        right_domain, error = _parse_domain(row["right_domain"], "right_domain")
+        right_domain, error = parse_domain(row["right_domain"], "right_domain")
         errors += [error] if error else []
         target, error = _parse_target(row["target"])
         errors += [error] if error else []

@@ -284,21 +284,38 @@ def _tf_reason(error):
     return text.split("}}")[-1].split("[Op:")[0].strip()
 
 
+def outside_domains(domains, num_domains=None):
+    """Mask of the domain ids (an int array of any shape) a model cannot take.
+
+    The one rule for domain ids wherever pairs enter kpair (shards, pair
+    CSVs): ids run from 0 to `num_domains - 1`; without `num_domains` (no
+    model to ask, as at import) any id >= 0 is valid. The normalization
+    layers check ids only when run eagerly, so a traced model given an id of
+    `num_domains` or more would silently compute with the wrong statistics.
+    """
+    domains = np.asarray(domains)
+    high = np.iinfo(np.int64).max if num_domains is None else num_domains
+    return (domains < 0) | (domains >= high)
+
+
+def valid_domains(num_domains=None):
+    """The ids `outside_domains` lets through, in words."""
+    if num_domains is None:
+        return "domain ids must be >= 0"
+    return f"the model's domains are 0..{num_domains - 1}"
+
+
 def _record_problem(target, domains, types, num_domains, sign_targets):
     """(index, reason) of the first record that breaks the contract, or None."""
     bad = ~np.isfinite(target)
     if bad.any():
         i = int(np.argmax(bad))
         return i, f"target is {target[i]}; targets must be finite numbers."
-    high = num_domains if num_domains is not None else np.iinfo(np.int64).max
-    bad = ((domains < 0) | (domains >= high)).any(axis=1)
+    bad = outside_domains(domains, num_domains).any(axis=1)
     if bad.any():
         i = int(np.argmax(bad))
-        valid = (
-            f"the model's domains are 0..{num_domains - 1}"
-            if num_domains is not None else "domain ids must be >= 0"
-        )
-        return i, f"domains ({domains[i, 0]}, {domains[i, 1]}); {valid}."
+        return i, (f"domains ({domains[i, 0]}, {domains[i, 1]}); "
+                   f"{valid_domains(num_domains)}.")
     for name, loss in (sign_targets or {}).items():
         bad = (types == PAIR_TYPES.index(name)) & (np.abs(target) != 1)
         if bad.any():

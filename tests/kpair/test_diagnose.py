@@ -1,5 +1,6 @@
 """kpair diagnose: shift figures against NumPy, verdicts, errors."""
 
+import dataclasses
 import json
 import subprocess
 import sys
@@ -7,9 +8,11 @@ import sys
 import keras
 import numpy as np
 import pytest
+import tensorflow as tf
 
 import layers
-from kpair.data import build_demo
+from kpair.cli import main
+from kpair.data import Pair, build_demo, write_split
 from kpair.diagnose import diagnose, layer_shifts, verdict
 
 # With `pytest -n`, one worker trains the shared `trained` models once.
@@ -112,3 +115,44 @@ def test_diagnose_errors_are_one_line(trained, tmp_path):
 
 def _other_size_data(tmp_path):
     return build_demo(tmp_path / "d24", image_size=24, pairs_per_type=(6, 3, 3))
+
+
+def _with_a_third_domain(src, dst):
+    """The split at `src`, and its B-B pairs again as pairs of domain 2 (B's
+    images stand in for a third camera)."""
+    pairs = []
+    for path in sorted(src.glob("*.tfrecord")):
+        for record in tf.data.TFRecordDataset(str(path)):
+            f = tf.train.Example.FromString(record.numpy()).features.feature
+            pair = Pair(
+                f["left/image"].bytes_list.value[0],
+                f["right/image"].bytes_list.value[0],
+                f["left/domain"].int64_list.value[0],
+                f["right/domain"].int64_list.value[0],
+                f["target"].float_list.value[0],
+            )
+            pairs.append(pair)
+            if (pair.left_domain, pair.right_domain) == (1, 1):
+                pairs.append(dataclasses.replace(pair, left_domain=2,
+                                                 right_domain=2))
+    write_split(pairs, dst, image_size=16)
+    return dst
+
+
+def test_diagnose_covers_every_domain_of_an_adapted_model(trained, tmp_path,
+                                                          capsys):
+    """`kpair adapt` gives a model a domain 2 (reading data that hold it);
+    `kpair diagnose` then probes domains 0, 1 and 2, not A and B only."""
+    data = tmp_path / "data"
+    _with_a_third_domain(trained / "data" / "val", data / "val")
+    grown = tmp_path / "grown.keras"
+    assert main(["adapt", str(trained / "fixed"), "--data", str(data), "--split",
+                 "val", "--domain", "2", "--like", "1", "--out", str(grown)]) == 0
+    capsys.readouterr()
+    plot = tmp_path / "diagnose.png"
+    assert main(["diagnose", str(grown), "--data", str(data), "--split", "val",
+                 "--plot", str(plot), "--json"]) == 0
+    report = json.loads(capsys.readouterr().out)
+    domains = {r["domain"] for r in report["layers"]}
+    assert domains == {0, 1, 2}, domains
+    assert plot.is_file()

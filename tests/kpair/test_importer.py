@@ -6,6 +6,7 @@ import pytest
 from PIL import Image
 
 from kpair.data import DataError, count_split, import_pairs, read_split
+from kpair.data.importer import parse_domain
 from tests.kpair.conftest import png_bytes
 
 HEADER = "left,right,left_domain,right_domain,target"
@@ -103,7 +104,7 @@ def test_every_bad_row_is_reported_and_nothing_written(tmp_path, root):
         4: "cannot decode image text.png",
         5: "left_domain must be an integer, got 'x'",
         6: "right_domain must be an integer, got '1.5'",
-        7: "left_domain must be >= 0, got -1",
+        7: "left_domain is -1; domain ids must be >= 0",
         8: "target must be a number, got 'abc'",
         9: "target must be finite, got 'nan'",
         10: "target must be finite, got '-inf'",
@@ -200,3 +201,21 @@ def test_existing_output_and_progress(tmp_path, root, capsys, monkeypatch):
     counts = import_pairs(csv, root, tmp_path / "out", progress=False, overwrite=True)
     assert sum(counts.values()) == 1
     assert capsys.readouterr().err == ""
+
+
+def test_parse_domain_is_the_one_rule_for_csv_domain_ids():
+    """`kpair data import` and `kpair predict` read domain ids alike: an
+    integer, also as `1.0`; within the model's ids when they are known."""
+    assert parse_domain(" 1 ", "left_domain") == (1, None)
+    assert parse_domain("1.0", "left_domain") == (1, None)
+    assert parse_domain("7", "left_domain") == (7, None)  # import: no model
+    assert parse_domain("1", "left_domain", num_domains=2) == (1, None)
+    for text, problem in (
+        ("2", "left_domain is 2; the model's domains are 0..1"),
+        ("-1", "left_domain is -1; the model's domains are 0..1"),
+        ("1.5", "left_domain must be an integer, got '1.5'"),
+        ("nan", "left_domain must be an integer, got 'nan'"),
+        ("", "left_domain must be an integer, got ''"),
+        (None, "left_domain must be an integer, got None"),
+    ):
+        assert parse_domain(text, "left_domain", num_domains=2) == (None, problem)

@@ -189,6 +189,42 @@ def test_predict_image(kpair_cli, tmp_path, images, tiny_run, make, needles):
     assert not out.exists()
 
 
+# Domain ids a two-domain model lacks, or that are no ids at all. The bad row
+# is row 2 (row 1 is good), so that the row number in the message means
+# something.
+PREDICT_DOMAIN_CASES = [
+    pytest.param("5,0", ["left_domain is 5", "the model's domains are 0..1"],
+                 id="domain-5-of-2"),
+    pytest.param("0,2", ["right_domain is 2", "the model's domains are 0..1"],
+                 id="domain-2-of-2"),
+    pytest.param("-1,0", ["left_domain is -1", "the model's domains are 0..1"],
+                 id="domain-negative"),
+    pytest.param("0,1.5", ["right_domain must be an integer, got '1.5'"],
+                 id="domain-not-integer"),
+    pytest.param("x,0", ["left_domain must be an integer, got 'x'"],
+                 id="domain-not-number"),
+]
+
+
+@pytest.mark.parametrize("domains, needles", PREDICT_DOMAIN_CASES)
+def test_predict_domain_ids(kpair_cli, tmp_path, images, tiny_run, domains,
+                            needles):
+    """`kpair predict` checks every domain id against the model's before a
+    prediction runs. The model runs traced (`predict_on_batch`, as users run
+    it), where the normalization layers do not check ids: an id the model
+    lacks would give wrong outputs, or an error from deep in TensorFlow."""
+    pairs = write_csv(tmp_path / "pairs.csv",
+                      ["a.png,b.png,0,1,1", f"a.png,b.png,{domains},1"])
+    out = tmp_path / "predictions.csv"
+    result = kpair_cli("predict", tiny_run / "model.keras", "--pairs", pairs,
+                       "--root", images, "--out", out)
+    assert_refused(result, "pairs.csv", "1 problem(s)",
+                   "rows counted from 1 after the header", "row 2:", *needles)
+    assert "row 1:" not in result[2][0]
+    assert not out.exists()
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["images", "pairs.csv"]
+
+
 # --- pair CSVs, through `kpair data import` ---------------------------------
 
 
@@ -410,6 +446,47 @@ def test_records(kpair_cli, tmp_path, tiny_run, command, make, needles):
                            "--mode", "batch-stats", "--batching", "per-type")
         assert sorted(p.name for p in tiny_run.iterdir()) == before
     assert_refused(result, name, *needles)
+
+
+DOMAIN_RECORD_CASES = [
+    case for case in RECORD_CASES
+    if case.id in ("domain-5-of-2", "domain-negative")
+]
+
+
+@pytest.mark.parametrize("command", ["diagnose", "adapt"])
+@pytest.mark.parametrize("make, needles", DOMAIN_RECORD_CASES)
+def test_model_commands_refuse_domain_ids(kpair_cli, tmp_path, tiny_run, command,
+                                          make, needles):
+    """Records whose domain ids the model lacks are refused, naming the shard
+    and record, before anything runs or is written (`evaluate`: in
+    `test_records`)."""
+    data = write_data(tmp_path / "data")
+    name = make(data)
+    before = sorted(p.name for p in tiny_run.iterdir())
+    out = tmp_path / "adapted.keras"
+    args = ["--out", out, "--domain", 0] if command == "adapt" else []
+    result = kpair_cli(command, tiny_run, "--data", data, "--split", "train",
+                       *args)
+    assert_refused(result, name, *needles)
+    assert sorted(p.name for p in tiny_run.iterdir()) == before  # no diagnose.png
+    assert not out.exists()
+
+
+def test_library_train_checks_the_data_before_writing(tmp_path):
+    """`kpair.train(config)` runs the pre-flight checks itself: a bad record
+    fails before the run directory exists."""
+    from kpair.train import train
+
+    data = write_data(tmp_path / "data")
+    replace_train(train_pairs(left_domain=5, right_domain=5))(data)
+    out = tmp_path / "run"
+    config = TrainConfig(data=str(data), out=str(out), epochs=1, steps_per_epoch=1,
+                         width_multiplier=0.125, image_size=16, embedding_dim=16)
+    with pytest.raises(DataError, match=r"record 2: domains \(5, 5\); the "
+                       r"model's domains are 0\.\.1"):
+        train(config)
+    assert not out.exists()
 
 
 def test_hinge_targets_pass_when_told_otherwise(tmp_path):
