@@ -99,8 +99,11 @@ class PairLoss(keras.losses.Loss):
         )
         values = ops.sum(per_type * one_hot, axis=1)
         counts = ops.sum(one_hot, axis=0)
+        # Each pair's type count by a masked sum, not a matmul: GPUs run
+        # float32 matmuls in TF32, exact for integers only up to 2048.
+        type_counts = ops.sum(one_hot * counts, axis=1)
         batch = ops.cast(ops.shape(pred)[0], "float32")
-        scale = batch / ops.maximum(ops.matmul(one_hot, counts), 1.0)
+        scale = batch / ops.maximum(type_counts, 1.0)
         return values * scale
 
     def get_config(self):

@@ -10,6 +10,21 @@ from layers import _validation
 MAX_DOMAINS = 1024
 
 
+# Masked sums, never a matmul: GPUs run float32 matmuls in TF32 (11 bits).
+# Products with the 0/1 mask are exact; the sums (and their gradients) are
+# reductions, deterministic on GPUs where scatter-adds are not.
+
+
+def _to_domains(per_sample, one_hot):
+    """`(batch, channels)` -> `(domains, channels)`: each domain's sum."""
+    return ops.sum(one_hot[:, :, None] * per_sample[:, None, :], axis=0)
+
+
+def _to_samples(table, one_hot):
+    """`(domains, channels)` -> `(batch, channels)`: each sample's row."""
+    return ops.sum(one_hot[:, :, None] * table[None, :, :], axis=1)
+
+
 @keras.saving.register_keras_serializable(package="kpair")
 class PerDomainBatchNormalization(keras.layers.Layer):
     """Batch normalization that keeps one set of statistics per domain.
@@ -22,7 +37,9 @@ class PerDomainBatchNormalization(keras.layers.Layer):
     batch move; an absent domain's statistics stay bit for bit unchanged. In
     inference, each sample is normalized with its own domain's moving
     statistics. This is domain-specific batch normalization (DSBN), routed
-    per sample rather than per call.
+    per sample rather than per call: with masked sums over the batch, not
+    matmuls, so the statistics stay exact on GPUs that run float32 matmuls
+    in TF32.
 
     Statistics are computed in float32 whatever the compute dtype, so the
     layer is safe under `mixed_float16` and `mixed_bfloat16`.
@@ -183,32 +200,34 @@ class PerDomainBatchNormalization(keras.layers.Layer):
         stats_shape[self._feature_axis] = x.shape[self._feature_axis]
 
         def per_sample(table):
-            return ops.reshape(ops.matmul(one_hot, table), stats_shape)
+            return ops.reshape(_to_samples(table, one_hot), stats_shape)
 
         if training and self.trainable:
             mean, variance, present, centered = self._domain_moments(
-                x, one_hot, reduce_axes
+                x, one_hot, reduce_axes, per_sample
             )
             self._update_moving_statistics(mean, variance, present)
         else:
-            mean, variance = self.moving_mean, self.moving_variance
+            mean = ops.convert_to_tensor(self.moving_mean)
+            variance = ops.convert_to_tensor(self.moving_variance)
             centered = x + per_sample(-mean)
         inv = ops.rsqrt(per_sample(variance) + self.epsilon)
         if self.gamma is not None:
-            inv = inv * self._affine(self.gamma, one_hot, stats_shape)
+            inv = inv * self._affine(self.gamma, per_sample, stats_shape)
         outputs = centered * inv
         if self.beta is not None:
-            outputs = outputs + self._affine(self.beta, one_hot, stats_shape)
+            outputs = outputs + self._affine(self.beta, per_sample, stats_shape)
         return ops.cast(outputs, self.compute_dtype)
 
-    def _affine(self, weight, one_hot, stats_shape):
+    def _affine(self, weight, per_sample, stats_shape):
+        weight = ops.convert_to_tensor(weight)
         if self.per_domain_affine:
-            return ops.reshape(ops.matmul(one_hot, weight), stats_shape)
+            return per_sample(weight)
         broadcast = [1] * len(stats_shape)
         broadcast[self._feature_axis] = stats_shape[self._feature_axis]
         return ops.reshape(weight, broadcast)
 
-    def _domain_moments(self, x, one_hot, reduce_axes):
+    def _domain_moments(self, x, one_hot, reduce_axes, per_sample):
         """Mean and (biased) variance of each domain's samples in the batch.
 
         Two passes (mean, then squared deviations from it) rather than
@@ -221,40 +240,33 @@ class PerDomainBatchNormalization(keras.layers.Layer):
         values_per_sample = 1
         for a in reduce_axes:
             values_per_sample *= x.shape[a]
-        # One matmul routes every sample's sum to its domain.
         counts = self._all_reduce(ops.sum(one_hot, axis=0)) * values_per_sample
         safe_counts = ops.expand_dims(ops.maximum(counts, 1.0), -1)
-        sums = ops.matmul(ops.transpose(one_hot), ops.sum(x, axis=reduce_axes))
+        sums = _to_domains(ops.sum(x, axis=reduce_axes), one_hot)
         mean = self._all_reduce(sums) / safe_counts
-        stats_shape = [-1] + [1] * (len(x.shape) - 1)
-        stats_shape[self._feature_axis] = x.shape[self._feature_axis]
         # x + (-mean), not x - mean: the same bits, but the gradient negates
         # the (domains, channels) table instead of a tensor the size of x.
-        centered = x + ops.reshape(ops.matmul(one_hot, -mean), stats_shape)
+        centered = x + per_sample(-mean)
         squares = ops.sum(ops.square(centered), axis=reduce_axes)
-        variance = self._all_reduce(
-            ops.matmul(ops.transpose(one_hot), squares)
-        ) / safe_counts
+        variance = self._all_reduce(_to_domains(squares, one_hot)) / safe_counts
         return mean, variance, counts > 0, centered
 
     def _update_moving_statistics(self, mean, variance, present):
         present = ops.expand_dims(present, -1)
-        # `where`, not a blend: an absent domain keeps its exact bits.
-        self.moving_mean.assign(
-            ops.where(
-                present,
-                self.moving_mean * self.momentum + mean * (1.0 - self.momentum),
-                self.moving_mean,
+        momentum = self.momentum
+        for variable, batch_value in (
+            (self.moving_mean, mean),
+            (self.moving_variance, variance),
+        ):
+            moving = ops.convert_to_tensor(variable)
+            # `where`, not a blend: an absent domain keeps its exact bits.
+            variable.assign(
+                ops.where(
+                    present,
+                    moving * momentum + batch_value * (1.0 - momentum),
+                    moving,
+                )
             )
-        )
-        self.moving_variance.assign(
-            ops.where(
-                present,
-                self.moving_variance * self.momentum
-                + variance * (1.0 - self.momentum),
-                self.moving_variance,
-            )
-        )
 
     def _all_reduce(self, value):
         if not self.synchronized:

@@ -10,58 +10,14 @@ import pytest
 import tensorflow as tf
 
 from layers import PerDomainBatchNormalization
-
-EPS = 1e-3
-MOMENTUM = 0.9
-
-
-def reference_step(x, domain, state, training):
-    """Float64 NumPy per-domain batch norm; updates `state` in place."""
-    x = x.astype("float64")
-    gamma, beta = state["gamma"], state["beta"]
-    if not training:
-        mean, var = state["mean"][domain], state["var"][domain]
-        scale = gamma[domain] / np.sqrt(var + EPS)
-        return (x - mean[:, None, None]) * scale[:, None, None] + beta[domain][
-            :, None, None
-        ]
-    out = np.empty_like(x)
-    for k in np.unique(domain):
-        chosen = domain == k
-        mean = x[chosen].mean(axis=(0, 1, 2))
-        var = x[chosen].var(axis=(0, 1, 2))
-        out[chosen] = (x[chosen] - mean) / np.sqrt(var + EPS) * gamma[k] + beta[k]
-        state["mean"][k] = state["mean"][k] * MOMENTUM + mean * (1 - MOMENTUM)
-        state["var"][k] = state["var"][k] * MOMENTUM + var * (1 - MOMENTUM)
-    return out
-
-
-def random_batch(rng, domain, channels=5):
-    # Domains differ in location and scale, as images of two domains do.
-    loc = np.array([0.0, 3.0, -2.0])[domain][:, None, None, None]
-    scale = np.array([1.0, 0.5, 2.0])[domain][:, None, None, None]
-    x = rng.normal(size=(len(domain), 3, 3, channels)) * scale + loc
-    return x.astype("float32")
-
-
-def make_layer(num_domains=2, channels=5, seed=0, **kwargs):
-    layer = PerDomainBatchNormalization(
-        num_domains=num_domains, momentum=MOMENTUM, epsilon=EPS, **kwargs
-    )
-    layer.build([(None, 3, 3, channels), (None,)])
-    rng = np.random.default_rng(seed)
-    layer.gamma.assign(rng.uniform(0.5, 1.5, layer.gamma.shape))
-    layer.beta.assign(rng.normal(size=layer.beta.shape))
-    return layer
-
-
-def initial_state(layer):
-    return {
-        "gamma": layer.gamma.numpy().astype("float64"),
-        "beta": layer.beta.numpy().astype("float64"),
-        "mean": layer.moving_mean.numpy().astype("float64"),
-        "var": layer.moving_variance.numpy().astype("float64"),
-    }
+from tests.layers.per_domain_reference import (
+    EPS,
+    MOMENTUM,
+    initial_state,
+    make_layer,
+    random_batch,
+    reference_step,
+)
 
 
 @pytest.mark.parametrize("training", [True, False])
@@ -106,10 +62,7 @@ def test_one_domain_matches_keras_batch_normalization(training):
 def test_two_domains_match_numpy_reference(per_domain_affine):
     rng = np.random.default_rng(2)
     layer = make_layer(num_domains=3, per_domain_affine=per_domain_affine)
-    state = initial_state(layer)
-    if not per_domain_affine:  # Shared: the same row for every domain.
-        state["gamma"] = np.tile(state["gamma"], (3, 1))
-        state["beta"] = np.tile(state["beta"], (3, 1))
+    state = initial_state(layer)  # A shared gamma/beta: one row per domain.
     batches = [
         np.array([0, 1, 1, 0, 0, 1, 0, 1]),  # mixed
         np.zeros(8, int),  # one domain

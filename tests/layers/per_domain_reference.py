@@ -1,0 +1,76 @@
+"""A float64 NumPy reference of per-domain batch norm, and its test inputs.
+
+Shared by the tests of PerDomainBatchNormalization, so that every check
+compares against the same masked moments.
+"""
+
+import numpy as np
+
+from layers import PerDomainBatchNormalization
+
+EPS = 1e-3
+MOMENTUM = 0.9
+
+
+def reference_step(x, domain, state, training):
+    """Float64 NumPy per-domain batch norm; updates `state` in place."""
+    x = x.astype("float64")
+    gamma, beta = state["gamma"], state["beta"]
+    if not training:
+        mean, var = state["mean"][domain], state["var"][domain]
+        scale = gamma[domain] / np.sqrt(var + EPS)
+        return (x - mean[:, None, None]) * scale[:, None, None] + beta[domain][
+            :, None, None
+        ]
+    out = np.empty_like(x)
+    for k in np.unique(domain):
+        chosen = domain == k
+        mean = x[chosen].mean(axis=(0, 1, 2))
+        var = x[chosen].var(axis=(0, 1, 2))
+        out[chosen] = (x[chosen] - mean) / np.sqrt(var + EPS) * gamma[k] + beta[k]
+        state["mean"][k] = state["mean"][k] * MOMENTUM + mean * (1 - MOMENTUM)
+        state["var"][k] = state["var"][k] * MOMENTUM + var * (1 - MOMENTUM)
+    return out
+
+
+def random_batch(rng, domain, channels=5, offset=0.0):
+    """`(batch, 3, 3, channels)` float32 activations of the given domains.
+
+    `offset` is added to every value: a large one (1e3, say) against a
+    spread of ~1 is what exposes statistics routed with too few bits.
+    """
+    # Domains differ in location and scale, as images of two domains do.
+    loc = np.array([0.0, 3.0, -2.0])[domain][:, None, None, None]
+    scale = np.array([1.0, 0.5, 2.0])[domain][:, None, None, None]
+    x = rng.normal(size=(len(domain), 3, 3, channels)) * scale + loc + offset
+    return x.astype("float32")
+
+
+def make_layer(num_domains=2, channels=5, seed=0, **kwargs):
+    """A built layer with random (not trivial) gamma and beta."""
+    layer = PerDomainBatchNormalization(
+        num_domains=num_domains, momentum=MOMENTUM, epsilon=EPS, **kwargs
+    )
+    layer.build([(None, 3, 3, channels), (None,)])
+    rng = np.random.default_rng(seed)
+    layer.gamma.assign(rng.uniform(0.5, 1.5, layer.gamma.shape))
+    layer.beta.assign(rng.normal(size=layer.beta.shape))
+    return layer
+
+
+def initial_state(layer):
+    """The reference's state from the layer's weights, per domain, float64.
+
+    A shared (`per_domain_affine=False`) gamma/beta is repeated per domain.
+    """
+    gamma = layer.gamma.numpy().astype("float64")
+    beta = layer.beta.numpy().astype("float64")
+    if gamma.ndim == 1:
+        gamma = np.tile(gamma, (layer.num_domains, 1))
+        beta = np.tile(beta, (layer.num_domains, 1))
+    return {
+        "gamma": gamma,
+        "beta": beta,
+        "mean": layer.moving_mean.numpy().astype("float64"),
+        "var": layer.moving_variance.numpy().astype("float64"),
+    }
