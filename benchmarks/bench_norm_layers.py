@@ -7,23 +7,27 @@ respect to the input and the weights, moving-statistics update) on a
 (64, 32, 32, 64) tensor. Contenders alternate inside each repeat so that
 machine noise hits them alike; the table shows medians over repeats and the
 ratio to `keras.layers.BatchNormalization` measured in the same run.
+kpair is imported first, as users' code does, so TensorFlow runs oneDNN's
+CPU kernels; the title names the CPU, whether it has native bfloat16
+(avx512_bf16, amx_bf16) and the CPU kernels that ran.
 """
 
 import argparse
-import os
-import platform
+import importlib
 import statistics
 import time
 
-os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
+# kpair first, as in users' code: it loads TensorFlow with oneDNN's CPU
+# kernels (kpair.onednn) and its start-up log lines silenced.
+importlib.import_module("kpair")
 
 import keras  # noqa: E402
 import numpy as np  # noqa: E402
 import tensorflow as tf  # noqa: E402
+from bench_training import machine  # noqa: E402  (beside this script)
 
 import layers  # noqa: E402
-
-tf.get_logger().setLevel("ERROR")
+from kpair.onednn import describe_cpu_kernels  # noqa: E402
 
 SHAPE = (64, 32, 32, 64)
 
@@ -81,8 +85,8 @@ def main():
     results = {p: run(p, args.repeats, args.iters) for p in policies}
     lines = [
         f"Norm layers, forward+backward on {SHAPE}, median of {args.repeats} "
-        f"repeats x {args.iters} steps; {time.strftime('%Y-%m-%d')}, "
-        f"{platform.processor() or platform.machine()}, {os.cpu_count()} cores, "
+        f"repeats x {args.iters} steps; {time.strftime('%Y-%m-%d %H:%M')}, "
+        f"{machine()}, {describe_cpu_kernels()}, "
         f"TF {tf.__version__}, Keras {keras.__version__}",
         "",
         "| norm | float32 ms | ratio | mixed_bfloat16 ms | ratio |",
