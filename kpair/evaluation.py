@@ -69,14 +69,15 @@ def training_mode_predictions(runner, model, batches, with_inference=False):
     """
     variables = model.non_trainable_variables
     saved = [v.numpy() for v in variables]
+    in_training, in_inference = traced_call(runner, True), traced_call(runner, False)
     training, inference, rows = [], [], []
     try:
         for features, y in batches:
-            training.append(_flat(runner(features, training=True)))
+            training.append(_flat(in_training(features)))
             for variable, value in zip(variables, saved):
                 variable.assign(value)
             if with_inference:
-                inference.append(_flat(runner(features, training=False)))
+                inference.append(_flat(in_inference(features)))
             rows.append(y.numpy())
     finally:
         for variable, value in zip(variables, saved):
@@ -89,6 +90,24 @@ def training_mode_predictions(runner, model, batches, with_inference=False):
         np.concatenate(inference) if with_inference else None,
         np.concatenate(rows),
     )
+
+
+def traced_call(model, training):
+    """`model(features, training=training)`, traced once per model and mode.
+
+    On TensorFlow a `tf.function` kept on the model (a Keras eager call of a
+    per-type ResNet-18 costs seconds per batch); other backends call it
+    eagerly.
+    """
+    if keras.backend.backend() != "tensorflow":
+        return lambda features: model(features, training=training)
+    cache = model.__dict__.setdefault("_kpair_traced_calls", {})
+    if training not in cache:
+        cache[training] = tf.function(
+            lambda features: model(features, training=training),
+            reduce_retracing=True,
+        )
+    return cache[training]
 
 
 def _flat(prediction):

@@ -71,7 +71,7 @@ def predict_csv(model_path, pairs_csv, root, out_csv, batch_size=64):
 
 def _read_rows(pairs_csv, root, num_domains=None):
     try:
-        with open(pairs_csv, newline="") as f:
+        with open(pairs_csv, newline="", encoding="utf-8-sig") as f:
             reader = csv.DictReader(f)
             fields = list(reader.fieldnames or [])
             raw = list(reader)

@@ -56,8 +56,13 @@ def training_data(config, data_dir):
     `kpair.gap.GapProbe` that measures the gap every epoch on one fixed
     sample of training pairs in the run's batches, and the validation split.
     """
-    train_pairs = read_split(data_dir / "train", config.image_size)
-    val_pairs = read_split(data_dir / "val", config.image_size)
+    # Domain ids are checked where the data enter, for the tuner too.
+    train_pairs = read_split(
+        data_dir / "train", config.image_size, num_domains=config.num_domains
+    )
+    val_pairs = read_split(
+        data_dir / "val", config.image_size, num_domains=config.num_domains
+    )
     sample = gap.fixed_sample(
         train_pairs, config.batching, config.batch_size, config.eval_pairs,
         config.seed,

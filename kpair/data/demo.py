@@ -4,7 +4,10 @@ Domain A: scikit-learn's 8x8 handwritten digits (`load_digits`), upscaled,
 drawn faintly (ink at `A_INK` of full intensity) on black, as a dim scanner
 would. Domain B: other digits of the same set blended over random
 patches of the two photographs scikit-learn ships (`load_sample_images`) the
-MNIST-M way (Ganin & Lempitsky 2015): `out = |patch - digit_mask * 255|`.
+MNIST-M way (Ganin & Lempitsky 2015): `out = |patch - digit_mask * 255|`,
+then seen through a second camera (`_camera_b`): a warm colour cast
+(`B_GAIN` per channel), brighter exposure (`B_EXPOSURE`), a slight lens
+blur and sensor noise.
 
 Targets follow the post's losses and are learnable by a linear head on
 concatenated per-image embeddings (an ordering is, "same or different" is not):
@@ -17,11 +20,13 @@ The digit images are split into disjoint train/val/test sets (70/15/15) before
 any pair is drawn, and within each split domain A and domain B use different
 images. Nothing is downloaded; the same seed gives the same bytes.
 
-Why faint ink: the two domains then differ in brightness and contrast the
-way images of two cameras do, so per-layer statistics of the domains differ
-and one-domain batches trip batch norm as in the post. With full-contrast
-digits both domains have nearly the same pixel statistics (mean 0.33 vs
-0.43, std 0.34 vs 0.32) and batch norm shows no training/inference gap.
+Why two cameras: the domains then differ in brightness, contrast and
+colour the way images of two cameras do, so per-layer statistics of the
+domains differ and one-domain batches trip batch norm as in the post. With
+full-contrast digits both domains have nearly the same pixel statistics and
+batch norm shows no training/inference gap; the colour cast, exposure, blur
+and noise of camera B widen the gap that one-domain batches open, so that
+the post's bug shows with a margin (`benchmarks/reproduce_post.py`).
 """
 
 import io
@@ -44,9 +49,15 @@ from kpair.data.records import (
 
 DEFAULT_PAIRS_PER_TYPE = (1500, 300, 300)
 # Bump when the construction changes, so that stale caches are not reused.
-VERSION = "demo-v2"
+VERSION = "demo-v3"
 # Intensity of domain A's ink (see the module docstring).
 A_INK = 0.25
+# Camera B: gain per RGB channel (a warm cast), added exposure (of 255),
+# blur radius (pixels of a 32-pixel image) and sensor noise (std, of 255).
+B_GAIN = (1.25, 1.0, 0.7)
+B_EXPOSURE = 25.0
+B_BLUR = 0.6
+B_NOISE = 6.0
 INFO_NAME = "demo.json"
 _SPLIT_FRACTIONS = (0.70, 0.15, 0.15)
 
@@ -73,6 +84,11 @@ def _render_a(mask):
 
 
 def _render_b(mask, photos, rng):
+    return _camera_b(_mnist_m(mask, photos, rng), rng)
+
+
+def _mnist_m(mask, photos, rng):
+    """The digit blended over a random photo patch: |patch - mask * 255|."""
     photo = photos[rng.integers(len(photos))]
     size = mask.shape[0]
     top = rng.integers(photo.shape[0] - size + 1)
@@ -80,6 +96,18 @@ def _render_b(mask, photos, rng):
     patch = photo[top : top + size, left : left + size].astype(np.float32)
     out = np.abs(patch - mask[..., None] * 255.0)
     return np.round(out).astype(np.uint8)
+
+
+def _camera_b(image, rng):
+    """Camera B's look: colour cast, exposure, lens blur, sensor noise."""
+    from PIL import ImageFilter
+
+    cast = image.astype(np.float32) * np.asarray(B_GAIN, np.float32) + B_EXPOSURE
+    blurred = Image.fromarray(np.clip(cast, 0, 255).astype(np.uint8)).filter(
+        ImageFilter.GaussianBlur(B_BLUR * image.shape[0] / 32)
+    )
+    noisy = np.asarray(blurred, np.float32) + rng.normal(0.0, B_NOISE, cast.shape)
+    return np.clip(np.round(noisy), 0, 255).astype(np.uint8)
 
 
 def _split_indices(num, rng):
@@ -209,7 +237,7 @@ def ensure_demo(
 ):
     """Returns the cached demo data set, building it on first use.
 
-    The default settings live in `<cache>/demo-v2-<image_size>`; other seeds
+    The default settings live in `<cache>/demo-v3-<image_size>`; other seeds
     or sizes get their own directory. A directory counts as built when every
     split has its manifest (written last, after a rename).
     """

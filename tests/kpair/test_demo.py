@@ -102,7 +102,7 @@ def test_domain_b_is_mnist_m_blend():
     photo = rng.integers(0, 256, (20, 30, 3), dtype=np.uint8)
     mask = np.zeros((8, 8), np.float32)
     mask[2:6, 3] = 1.0
-    out = demo_module._render_b(mask, [photo], np.random.default_rng(5))
+    out = demo_module._mnist_m(mask, [photo], np.random.default_rng(5))
     assert out.shape == (8, 8, 3) and out.dtype == np.uint8
     # Where the digit is absent the patch shows through; where it is, the
     # pixel is |patch - 255| = 255 - patch.
@@ -124,7 +124,7 @@ def test_ensure_demo_builds_once_into_kpair_cache(tmp_path, monkeypatch):
     monkeypatch.setenv("KPAIR_CACHE", str(tmp_path / "cache"))
     path = ensure_demo(**SMALL)
     assert path.parent == tmp_path / "cache"
-    assert path.name.startswith("demo-v2-16")
+    assert path.name.startswith(f"{demo_module.VERSION}-16")
     assert all((path / s / "manifest.json").is_file() for s in SPLITS)
 
     def fail(*args, **kwargs):
@@ -158,3 +158,24 @@ def test_domains_differ_in_brightness_and_contrast(tmp_path):
     a, b = np.stack(a), np.stack(b)
     assert b.mean() > 3 * a.mean()
     assert b.std() > 2 * a.std()
+    # Camera B's warm cast: red well above blue; camera A is gray.
+    a_rgb, b_rgb = a.mean(axis=(0, 1, 2)), b.mean(axis=(0, 1, 2))
+    assert b_rgb[0] > 1.4 * b_rgb[2]
+    np.testing.assert_allclose(a_rgb, a_rgb[0], rtol=1e-6)
+    # Sensor noise: neighbouring pixels of B are rarely equal, while A's
+    # black background is exactly flat.
+    assert (np.diff(b, axis=2) == 0).mean() < 0.1
+    assert (np.diff(a, axis=2) == 0).mean() > 0.2
+
+
+def test_camera_b_casts_exposes_blurs_and_adds_noise():
+    flat = np.full((32, 32, 3), 100, np.uint8)
+    out = demo_module._camera_b(flat, np.random.default_rng(0)).astype(float)
+    expected = 100 * np.asarray(demo_module.B_GAIN) + demo_module.B_EXPOSURE
+    np.testing.assert_allclose(out.mean(axis=(0, 1)), expected, atol=1.0)
+    assert 4.0 < out.std(axis=(0, 1)).mean() < 8.0  # B_NOISE, after rounding
+    # A sharp edge is softened by the lens blur.
+    edge = np.zeros((32, 32, 3), np.uint8)
+    edge[:, 16:] = 200
+    row = demo_module._camera_b(edge, np.random.default_rng(0))[:, :, 1].mean(0)
+    assert 0.2 * 225 < row[15] < row[16] < 0.9 * 225
