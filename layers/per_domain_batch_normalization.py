@@ -199,8 +199,12 @@ class PerDomainBatchNormalization(keras.layers.Layer):
         stats_shape = [-1] + [1] * (ndim - 1)
         stats_shape[self._feature_axis] = x.shape[self._feature_axis]
 
-        def per_sample(table):
-            return ops.reshape(_to_samples(table, one_hot), stats_shape)
+        def per_sample(*tables):
+            """Each sample's rows of `(domains, channels)` tables, shaped to
+            broadcast onto x: routed together, one masked sum for all."""
+            rows = _to_samples(ops.concatenate(tables, axis=-1), one_hot)
+            parts = ops.split(rows, len(tables), axis=-1)
+            return [ops.reshape(part, stats_shape) for part in parts]
 
         if training and self.trainable:
             mean, variance, present, centered = self._domain_moments(
@@ -210,22 +214,35 @@ class PerDomainBatchNormalization(keras.layers.Layer):
         else:
             mean = ops.convert_to_tensor(self.moving_mean)
             variance = ops.convert_to_tensor(self.moving_variance)
-            centered = x + per_sample(-mean)
-        inv = ops.rsqrt(per_sample(variance) + self.epsilon)
+            centered = None
+        # Scale and offset per domain first, then one routing to the samples:
+        # the same bits as routing each table (the routing is exact), fewer
+        # ops in the graph.
+        scale = ops.rsqrt(variance + self.epsilon)
         if self.gamma is not None:
-            inv = inv * self._affine(self.gamma, per_sample, stats_shape)
-        outputs = centered * inv
+            scale = scale * ops.convert_to_tensor(self.gamma)
+        tables = [scale]
+        if self.beta is not None and self.per_domain_affine:
+            tables.append(ops.convert_to_tensor(self.beta))
+        if centered is None:
+            tables.append(-mean)
+        routed = per_sample(*tables)
+        if centered is None:
+            centered = x + routed.pop()
+        outputs = centered * routed[0]
         if self.beta is not None:
-            outputs = outputs + self._affine(self.beta, per_sample, stats_shape)
+            if self.per_domain_affine:
+                outputs = outputs + routed[1]
+            else:
+                outputs = outputs + ops.reshape(
+                    ops.convert_to_tensor(self.beta), self._broadcast_shape(ndim)
+                )
         return ops.cast(outputs, self.compute_dtype)
 
-    def _affine(self, weight, per_sample, stats_shape):
-        weight = ops.convert_to_tensor(weight)
-        if self.per_domain_affine:
-            return per_sample(weight)
-        broadcast = [1] * len(stats_shape)
-        broadcast[self._feature_axis] = stats_shape[self._feature_axis]
-        return ops.reshape(weight, broadcast)
+    def _broadcast_shape(self, ndim):
+        shape = [1] * ndim
+        shape[self._feature_axis] = -1
+        return shape
 
     def _domain_moments(self, x, one_hot, reduce_axes, per_sample):
         """Mean and (biased) variance of each domain's samples in the batch.
@@ -246,7 +263,8 @@ class PerDomainBatchNormalization(keras.layers.Layer):
         mean = self._all_reduce(sums) / safe_counts
         # x + (-mean), not x - mean: the same bits, but the gradient negates
         # the (domains, channels) table instead of a tensor the size of x.
-        centered = x + per_sample(-mean)
+        (negated_mean,) = per_sample(-mean)
+        centered = x + negated_mean
         squares = ops.sum(ops.square(centered), axis=reduce_axes)
         variance = self._all_reduce(_to_domains(squares, one_hot)) / safe_counts
         return mean, variance, counts > 0, centered

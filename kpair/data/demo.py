@@ -135,7 +135,7 @@ def _draw_pairs(pool_left, pool_right, labels, count, hinge, rng):
     return pairs
 
 
-def _check_args(image_size, pairs_per_type):
+def _check_args(image_size, pairs_per_type, ba_fraction=0.0):
     if not isinstance(image_size, int) or image_size < 8:
         raise ValueError(
             f"`image_size` must be an int >= 8. Received: image_size={image_size!r}"
@@ -145,9 +145,15 @@ def _check_args(image_size, pairs_per_type):
             "`pairs_per_type` must be three positive ints (train, val, test). "
             f"Received: pairs_per_type={pairs_per_type!r}"
         )
+    if not 0.0 <= ba_fraction <= 1.0:
+        raise ValueError(
+            "`ba_fraction` must be in [0, 1]. "
+            f"Received: ba_fraction={ba_fraction!r}"
+        )
 
 
-def build_demo(out_dir, seed=0, image_size=32, pairs_per_type=DEFAULT_PAIRS_PER_TYPE):
+def build_demo(out_dir, seed=0, image_size=32, pairs_per_type=DEFAULT_PAIRS_PER_TYPE,
+               ba_fraction=0.0):
     """Builds the demo data set: `out_dir/{train,val,test}` plus `demo.json`.
 
     Args:
@@ -156,6 +162,9 @@ def build_demo(out_dir, seed=0, image_size=32, pairs_per_type=DEFAULT_PAIRS_PER_
         seed: seed for the image split, patches and pairs.
         image_size: side of the square RGB images.
         pairs_per_type: pairs of each type (A-A, B-B, A-B) in train, val, test.
+        ba_fraction: share of the A-B pairs stored the other way round, as
+            B-A pairs (left image from B, right from A, the target of that
+            order). 0 keeps every pair A-B, and the data set as it always was.
 
     Returns:
         `Path(out_dir)`.
@@ -163,9 +172,11 @@ def build_demo(out_dir, seed=0, image_size=32, pairs_per_type=DEFAULT_PAIRS_PER_
     # Imported here: sklearn is only needed when the demo is built.
     from sklearn.datasets import load_digits, load_sample_images
 
-    _check_args(image_size, pairs_per_type)
+    _check_args(image_size, pairs_per_type, ba_fraction)
     out_dir = Path(out_dir)
     rng = np.random.default_rng(seed)
+    # Its own stream: the orientation draws leave every other draw as it is.
+    flip_rng = np.random.default_rng([seed, 1])
     digits = load_digits()
     labels = digits.target.astype(int)
     photos = [np.asarray(p) for p in load_sample_images().images]
@@ -197,6 +208,10 @@ def build_demo(out_dir, seed=0, image_size=32, pairs_per_type=DEFAULT_PAIRS_PER_
                 ):
                     target = 1.0 if labels[left] > labels[right] else -1.0
                     pairs.append((left, right, domain, 1, target))
+            for i in range(2 * count, 3 * count):
+                if ba_fraction and flip_rng.random() < ba_fraction:
+                    left, right, left_domain, right_domain, target = pairs[i]
+                    pairs[i] = (right, left, right_domain, left_domain, -target)
             # Store the types interleaved, so that a plain sequential read is
             # already mixed.
             order = rng.permutation(len(pairs))
@@ -213,6 +228,7 @@ def build_demo(out_dir, seed=0, image_size=32, pairs_per_type=DEFAULT_PAIRS_PER_
             "seed": seed,
             "image_size": image_size,
             "pairs_per_type": [int(n) for n in pairs_per_type],
+            "ba_fraction": float(ba_fraction),
             "digit_indices": {
                 name: {d: indices[name][d].tolist() for d in ("A", "B")}
                 for name in SPLITS
@@ -233,7 +249,8 @@ def default_cache_dir():
 
 
 def ensure_demo(
-    cache_dir=None, seed=0, image_size=32, pairs_per_type=DEFAULT_PAIRS_PER_TYPE
+    cache_dir=None, seed=0, image_size=32, pairs_per_type=DEFAULT_PAIRS_PER_TYPE,
+    ba_fraction=0.0,
 ):
     """Returns the cached demo data set, building it on first use.
 
@@ -241,17 +258,20 @@ def ensure_demo(
     or sizes get their own directory. A directory counts as built when every
     split has its manifest (written last, after a rename).
     """
-    _check_args(image_size, pairs_per_type)
+    _check_args(image_size, pairs_per_type, ba_fraction)
     root = Path(cache_dir) if cache_dir is not None else default_cache_dir()
     name = f"{VERSION}-{image_size}"
     if seed != 0 or tuple(pairs_per_type) != DEFAULT_PAIRS_PER_TYPE:
         name += f"-seed{seed}-" + "-".join(str(int(n)) for n in pairs_per_type)
+    if ba_fraction:
+        name += f"-ba{ba_fraction:g}"
     path = root / name
     if _is_built(path):
         return path
     try:
         build_demo(
-            path, seed=seed, image_size=image_size, pairs_per_type=pairs_per_type
+            path, seed=seed, image_size=image_size, pairs_per_type=pairs_per_type,
+            ba_fraction=ba_fraction,
         )
     except OSError:
         # Another process may have finished the same build first.

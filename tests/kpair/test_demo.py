@@ -71,14 +71,16 @@ def test_demo_pair_types_and_domains(small_demo):
     assert features["left"].shape == (16, 16, 3)
 
 
-def test_demo_targets_follow_the_rule(tmp_path, monkeypatch):
+@pytest.mark.parametrize("ba_fraction", [0.0, 0.5])
+def test_demo_targets_follow_the_rule(tmp_path, monkeypatch, ba_fraction):
     # Render domain B as the inverted domain-A image, so that every stored
     # image maps back to its digit; pairing and targets run unchanged.
     render_a = demo_module._render_a
     monkeypatch.setattr(
         demo_module, "_render_b", lambda mask, photos, rng: 255 - render_a(mask)
     )
-    path = build_demo(tmp_path / "d", seed=1, image_size=16, pairs_per_type=(60, 5, 5))
+    path = build_demo(tmp_path / "d", seed=1, image_size=16, pairs_per_type=(60, 5, 5),
+                      ba_fraction=ba_fraction)
     info = json.loads((path / "demo.json").read_text())
     labels = load_digits().target
     masks = demo_module._digit_masks(load_digits().images, 16)
@@ -88,7 +90,14 @@ def test_demo_targets_follow_the_rule(tmp_path, monkeypatch):
             label_of[demo_module._png(render_a(masks[index]))] = labels[index]
         for index in info["digit_indices"][split]["B"]:
             label_of[demo_module._png(255 - render_a(masks[index]))] = labels[index]
-    for left, right, left_domain, right_domain, target in _records(path / "train"):
+    records = _records(path / "train")
+    orientations = {(r[2], r[3]) for r in records if r[2] != r[3]}
+    # B-A pairs (left from B) only when asked for: about half of 60 here.
+    assert orientations == ({(0, 1), (1, 0)} if ba_fraction else {(0, 1)})
+    for left, right, left_domain, right_domain, target in records:
+        assert left_domain in (0, 1) and right_domain in (0, 1)
+        # Each image is stored in its own domain, whichever side it is on.
+        assert left in label_of and right in label_of
         dl, dr = label_of[left], label_of[right]
         if (left_domain, right_domain) == (0, 0):
             assert target == pytest.approx((dl - dr) / 9.0)
@@ -135,11 +144,24 @@ def test_ensure_demo_builds_once_into_kpair_cache(tmp_path, monkeypatch):
     assert ensure_demo(cache_dir=tmp_path / "cache", **SMALL) == path
 
 
+def test_ba_fraction_flips_only_the_orientation(tmp_path):
+    """The B-A pairs are the A-B pairs of the default, the other way round."""
+    plain = _records(build_demo(tmp_path / "plain", **SMALL) / "train")
+    mixed = _records(build_demo(tmp_path / "ba", ba_fraction=0.5, **SMALL) / "train")
+    flipped = [(r[1], r[0], r[3], r[2], -r[4]) for r in plain]
+    assert len(mixed) == len(plain)
+    assert sum(m != p for m, p in zip(mixed, plain)) > 0
+    for m, p, f in zip(mixed, plain, flipped):
+        assert m in (p, f)
+
+
 def test_demo_rejects_bad_arguments(tmp_path):
     with pytest.raises(ValueError, match="Received: image_size=4"):
         build_demo(tmp_path / "d", image_size=4)
     with pytest.raises(ValueError, match="Received: pairs_per_type="):
         build_demo(tmp_path / "d", pairs_per_type=(1, 0, 1))
+    with pytest.raises(ValueError, match="Received: ba_fraction=1.5"):
+        build_demo(tmp_path / "d", ba_fraction=1.5)
     assert not (tmp_path / "d").exists()
 
 
