@@ -8,6 +8,7 @@ trains on when given more epochs.
 """
 
 import json
+import math
 import os
 import sys
 import time
@@ -235,7 +236,8 @@ def _final_metrics(run_dir, config, seconds):
     metrics[gap.GAP] = gap.ratio(
         metrics[gap.INFERENCE_MODE], metrics[gap.TRAINING_MODE]
     )
-    metrics["sample_pairs"] = int(value("sample_pairs"))
+    pairs = value("sample_pairs")
+    metrics["sample_pairs"] = int(pairs) if math.isfinite(pairs) else None
     for key in kcb.TYPE_KEYS.values():
         for name in (gap.TRAINING_MODE, gap.INFERENCE_MODE, "val_loss", gap.RUNNING):
             metrics[f"{name}_{key}"] = value(f"{name}_{key}")

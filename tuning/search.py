@@ -442,7 +442,8 @@ def _report(search, hypermodel, out_dir, out):
     saved = _save_best(search, hypermodel, trial, best, best_dir, out)
     print(
         f"Best: trial {best['trial']}, norm={best['norm']}, val_loss "
-        f"{best['val_loss']:.4f} (inference mode), gap {best['gap_ratio']:.2f}x."
+        f"{best['val_loss']:.4f} (inference mode), gap {best['gap_ratio']:.2f}x "
+        "(inference over training mode, same training pairs and weights)."
         + (f" Saved to {best_dir}/model.keras." if saved else ""),
         file=out,
     )
