@@ -348,6 +348,9 @@ def _add_data(sub):
     demo.add_argument("--out", required=True)
     demo.add_argument("--image-size", type=int, default=32)
     demo.add_argument("--seed", type=int, default=0)
+    demo.add_argument("--ba-fraction", type=float, default=0.0,
+                      help="share of the A-B pairs stored the other way round, "
+                      "as B-A pairs (default 0)")
     demo.set_defaults(run=_data_demo)
 
 
@@ -361,7 +364,8 @@ def _data_import(args):
 def _data_demo(args):
     from kpair.data import build_demo
 
-    path = build_demo(args.out, seed=args.seed, image_size=args.image_size)
+    path = build_demo(args.out, seed=args.seed, image_size=args.image_size,
+                      ba_fraction=args.ba_fraction)
     print(f"Wrote the demo data set to {path}")
 
 

@@ -201,3 +201,20 @@ def test_camera_b_casts_exposes_blurs_and_adds_noise():
     edge[:, 16:] = 200
     row = demo_module._camera_b(edge, np.random.default_rng(0))[:, :, 1].mean(0)
     assert 0.2 * 225 < row[15] < row[16] < 0.9 * 225
+
+
+def test_cli_data_demo_ba_fraction(tmp_path, capsys):
+    from kpair.cli import main
+
+    assert main(["data", "demo", "--out", str(tmp_path / "bad"),
+                 "--ba-fraction", "2"]) == 2
+    assert "ba_fraction=2" in capsys.readouterr().err
+    assert not (tmp_path / "bad").exists()
+    out = tmp_path / "d"
+    assert main(["data", "demo", "--out", str(out), "--image-size", "16",
+                 "--ba-fraction", "1"]) == 0
+    info = json.loads((out / "demo.json").read_text())
+    assert info["ba_fraction"] == 1.0
+    # Every A-B pair is stored B-A.
+    assert {(r[2], r[3]) for r in _records(out / "train")} == {
+        (0, 0), (1, 1), (1, 0)}
