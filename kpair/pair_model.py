@@ -130,6 +130,8 @@ def build_per_type_model(pair_model):
     trainer = keras.Model(inputs, outputs, name="per_type_trainer")
     # compile() adds loss scaling from the model's own policy.
     trainer.dtype_policy = pair_model.dtype_policy
+    # The model the trainer trains (its layers are the trainer's own).
+    trainer.pair_model = pair_model
     return trainer
 
 

@@ -220,7 +220,7 @@ def _pair_model_of(model):
     """The pair model inside a training model (itself, or per-type's)."""
     if isinstance(model, PairModel):
         return model
-    return model.get_layer("pair_model")
+    return model.pair_model
 
 
 def _subset(name, values, valid):

@@ -116,7 +116,7 @@ def test_build_is_the_kpair_train_model(base_config):
     model = PairHyperModel(base_config).build(hp)
     assert model.name == "per_type_trainer"  # kpair's per-type wrapper
     assert model.compiled and model.optimizer.built
-    backbone = model.get_layer("pair_model").backbone
+    backbone = model.pair_model.backbone
     kinds = {type(layer).__name__ for layer in backbone.layers}
     assert "GroupNormalization" in kinds and "BatchNormalization" not in kinds
 

@@ -19,7 +19,7 @@ class InspectingHyperModel(PairHyperModel):
     seen = []
 
     def fit(self, hp, model, *args, **kwargs):
-        backbone = model.get_layer("pair_model").backbone if (
+        backbone = model.pair_model.backbone if (
             model.name == "per_type_trainer") else model.backbone
         convs = [
             layer for layer in backbone.layers
