@@ -26,18 +26,18 @@ not.
 
 import argparse
 import os
-import platform
 import sys
 import time
 from pathlib import Path
 
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
 
+from bench_training import machine  # noqa: E402  (beside this script)
+
 import kpair  # noqa: E402,F401  (first: oneDNN, as users' code gets it)
 from kpair.config import PRECISIONS, TrainConfig  # noqa: E402
 from kpair.data import ensure_demo  # noqa: E402
 from kpair.evaluation import evaluate_run  # noqa: E402
-from kpair.precision import read_cpu_flags  # noqa: E402
 from kpair.train import train  # noqa: E402
 
 RUNS = (
@@ -50,22 +50,6 @@ HEADER = (
     "inference mode | gap | goal | holds | train loss, batch stats on mixed "
     "batches | val loss |"
 )
-
-
-def machine():
-    """The CPU's name, cores and native bfloat16 support, for a table's title."""
-    name = platform.processor() or platform.machine()
-    try:
-        with open("/proc/cpuinfo") as f:
-            name = next(
-                (line.split(":", 1)[1].strip() for line in f
-                 if line.startswith("model name")), name,
-            )
-    except OSError:
-        pass
-    native = [f for f in ("avx512_bf16", "amx_bf16") if f in read_cpu_flags()]
-    bf16 = "/".join(native) if native else "no native bfloat16 (AVX2 only)"
-    return f"{name}, {os.cpu_count()} cores, {bf16}"
 
 
 def title(args):

@@ -74,3 +74,22 @@ def initial_state(layer):
         "mean": layer.moving_mean.numpy().astype("float64"),
         "var": layer.moving_variance.numpy().astype("float64"),
     }
+
+
+def one_domain_pair(rng, steps=4):
+    """Our layer (domain 1 of 2) and keras's BatchNormalization, the same
+    affine weights, after `steps` training steps on the same one-domain
+    batches. Returns `(ours, stock, domain)`."""
+    import keras
+
+    ours = make_layer(num_domains=2)
+    stock = keras.layers.BatchNormalization(momentum=MOMENTUM, epsilon=EPS)
+    stock.build((None, 3, 3, 5))
+    stock.gamma.assign(ours.gamma.numpy()[1])
+    stock.beta.assign(ours.beta.numpy()[1])
+    domain = np.ones(8, "int32")
+    for _ in range(steps):
+        x = random_batch(rng, domain)
+        ours([x, domain], training=True)
+        stock(x, training=True)
+    return ours, stock, domain

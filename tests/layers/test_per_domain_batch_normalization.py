@@ -15,6 +15,7 @@ from tests.layers.per_domain_reference import (
     MOMENTUM,
     initial_state,
     make_layer,
+    one_domain_pair,
     random_batch,
     reference_step,
 )
@@ -23,16 +24,7 @@ from tests.layers.per_domain_reference import (
 @pytest.mark.parametrize("training", [True, False])
 def test_one_domain_matches_keras_batch_normalization(training):
     rng = np.random.default_rng(1)
-    ours = make_layer(num_domains=2)
-    stock = keras.layers.BatchNormalization(momentum=MOMENTUM, epsilon=EPS)
-    stock.build((None, 3, 3, 5))
-    stock.gamma.assign(ours.gamma.numpy()[1])
-    stock.beta.assign(ours.beta.numpy()[1])
-    domain = np.ones(8, "int32")
-    for _ in range(4):  # Moving statistics after several steps.
-        x = random_batch(rng, domain)
-        ours([x, domain], training=True)
-        stock(x, training=True)
+    ours, stock, domain = one_domain_pair(rng)  # after several steps
     np.testing.assert_allclose(
         ours.moving_mean.numpy()[1], stock.moving_mean.numpy(), atol=1e-5
     )

@@ -18,9 +18,9 @@ import kpair.losses
 import layers.per_domain_batch_normalization as per_domain_module
 from tests.layers.per_domain_reference import (
     EPS,
-    MOMENTUM,
     initial_state,
     make_layer,
+    one_domain_pair,
     random_batch,
     reference_step,
 )
@@ -226,16 +226,7 @@ def test_traced_call_matches_float64_reference_under_tf32(tf32):
 @pytest.mark.parametrize("training", [True, False])
 def test_one_domain_matches_keras_batch_normalization_under_tf32(tf32, training):
     rng = np.random.default_rng(5)
-    ours = make_layer(num_domains=2)
-    stock = keras.layers.BatchNormalization(momentum=MOMENTUM, epsilon=EPS)
-    stock.build((None, 3, 3, 5))
-    stock.gamma.assign(ours.gamma.numpy()[1])
-    stock.beta.assign(ours.beta.numpy()[1])
-    domain = np.ones(8, "int32")
-    for _ in range(4):  # Moving statistics after several steps.
-        x = random_batch(rng, domain)
-        ours([x, domain], training=True)
-        stock(x, training=True)
+    ours, stock, domain = one_domain_pair(rng)  # after several steps
     for got, expected in ((ours.moving_mean, stock.moving_mean),
                           (ours.moving_variance, stock.moving_variance)):
         np.testing.assert_allclose(got.numpy()[1], expected.numpy(), atol=1e-5)
