@@ -54,7 +54,9 @@ def test_per_type_model_calls_the_backbone_once_per_image_set():
     assert len(seen) == 6
     for domains in seen:
         assert len(set(domains)) == 1, seen
-    assert [d[0] for d in seen] == [0, 0, 1, 1, 0, 1]
+    # Two calls of A (A-A), two of B (B-B), one of each for A-B; the graph
+    # may run them in any order.
+    assert sorted(d[0] for d in seen) == [0, 0, 0, 1, 1, 1]
 
 
 def test_per_type_model_shares_weights_and_matches_pair_model():
