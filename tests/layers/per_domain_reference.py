@@ -93,3 +93,14 @@ def one_domain_pair(rng, steps=4):
         ours([x, domain], training=True)
         stock(x, training=True)
     return ours, stock, domain
+
+
+# Domain ids of consecutive training batches over three domains: mixed,
+# one-domain, and mixed with a domain absent.
+DOMAIN_BATCHES = (
+    np.array([0, 1, 1, 0, 0, 1, 0, 1]),  # mixed
+    np.zeros(8, int),  # one domain
+    np.array([2, 2, 1, 2, 1, 1, 2, 1]),  # mixed, domain 0 absent
+    np.ones(8, int),  # one domain
+    np.array([0, 2, 0, 2, 0, 2, 1, 1]),
+)

@@ -11,6 +11,7 @@ import tensorflow as tf
 
 from layers import PerDomainBatchNormalization
 from tests.layers.per_domain_reference import (
+    DOMAIN_BATCHES,
     EPS,
     MOMENTUM,
     initial_state,
@@ -55,14 +56,7 @@ def test_two_domains_match_numpy_reference(per_domain_affine):
     rng = np.random.default_rng(2)
     layer = make_layer(num_domains=3, per_domain_affine=per_domain_affine)
     state = initial_state(layer)  # A shared gamma/beta: one row per domain.
-    batches = [
-        np.array([0, 1, 1, 0, 0, 1, 0, 1]),  # mixed
-        np.zeros(8, int),  # one domain
-        np.array([2, 2, 1, 2, 1, 1, 2, 1]),  # mixed, domain 0 absent
-        np.ones(8, int),  # one domain
-        np.array([0, 2, 0, 2, 0, 2, 1, 1]),
-    ]
-    for domain in batches:
+    for domain in DOMAIN_BATCHES:
         x = random_batch(rng, domain)
         expected = reference_step(x, domain, state, training=True)
         got = layer([x, domain.astype("int32")], training=True)

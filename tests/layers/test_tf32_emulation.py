@@ -17,6 +17,7 @@ from keras import ops
 import kpair.losses
 import layers.per_domain_batch_normalization as per_domain_module
 from tests.layers.per_domain_reference import (
+    DOMAIN_BATCHES,
     EPS,
     initial_state,
     make_layer,
@@ -175,14 +176,7 @@ def test_matches_float64_reference_under_tf32(tf32, per_domain_affine, offset):
     rtol = STATS_RTOL if offset else 0.0
     layer = make_layer(num_domains=3, per_domain_affine=per_domain_affine)
     state = initial_state(layer)
-    batches = [
-        np.array([0, 1, 1, 0, 0, 1, 0, 1]),  # mixed
-        np.zeros(8, int),  # one domain
-        np.array([2, 2, 1, 2, 1, 1, 2, 1]),  # mixed, domain 0 absent
-        np.ones(8, int),  # one domain
-        np.array([0, 2, 0, 2, 0, 2, 1, 1]),
-    ]
-    for domain in batches:
+    for domain in DOMAIN_BATCHES:
         x = random_batch(rng, domain, offset=offset)
         atol = output_atol(
             x, state["gamma"][domain], batch_variances(x, domain), rtol
