@@ -21,7 +21,15 @@ import numpy as np
 import tensorflow as tf
 
 import layers
-from kpair.diagnose import domain_images, stateful_norm_layers
+from kpair.diagnose import domain_images
+from kpair.errors import ConfigError, KpairError
+from kpair.norm_layers import (
+    norm_input_probe,
+    norms_by_owner,
+    owner_inputs,
+    stateful_norm_layers,
+)
+from kpair.pair_types import PAIR_TYPES, domain_name
 
 PER_DOMAIN = layers.PerDomainBatchNormalization
 
@@ -53,7 +61,7 @@ def adapt_model(model, images, domain, like=None, batch_size=64):
     batch_size = _positive_int("batch_size", batch_size)
     if num_domains is not None and domain == num_domains:
         model = add_domain(model, like)
-    for owner, owner_norms in _by_owner(stateful_norm_layers(model)):
+    for owner, owner_norms in norms_by_owner(stateful_norm_layers(model)):
         moments = _moments_function(owner, owner_norms)
         # In network order: each pass sees the layers before `index` adapted.
         for index, layer in enumerate(owner_norms):
@@ -71,30 +79,30 @@ def check_domain(model, domain, like=None):
     """
     norms = [layer for _, layer in stateful_norm_layers(model)]
     if not norms:
-        raise ValueError(
+        raise KpairError(
             f"Model {model.name!r} has no normalization layer with moving "
             "statistics (group norm, or none): there is nothing to adapt."
         )
     if isinstance(domain, bool) or not isinstance(domain, (int, np.integer)):
-        raise ValueError(f"`domain` must be an integer. Received: domain={domain!r}")
+        raise ConfigError(f"`domain` must be an integer. Received: domain={domain!r}")
     if domain < 0:
-        raise ValueError(
+        raise ConfigError(
             f"`domain` must be a non-negative domain id. Received: domain={domain}"
         )
     counts = {layer.num_domains for layer in norms if isinstance(layer, PER_DOMAIN)}
     if len(counts) > 1:
-        raise ValueError(
+        raise KpairError(
             "Cannot adapt a model whose per-domain layers disagree on the "
             f"number of domains. Received: num_domains={sorted(counts)}"
         )
     num_domains = counts.pop() if counts else None
     if num_domains is not None and domain > num_domains:
-        raise ValueError(
+        raise ConfigError(
             f"The model has domains 0..{num_domains - 1}; a new domain must "
             f"take the next id, {num_domains}. Received: domain={domain}"
         )
     if like is not None and (num_domains is None or domain < num_domains):
-        raise ValueError(
+        raise ConfigError(
             "`like` applies only when adding a domain to a per-domain model. "
             f"Received: like={like!r}, domain={domain}"
         )
@@ -102,7 +110,7 @@ def check_domain(model, domain, like=None):
         isinstance(like, (int, np.integer)) and not isinstance(like, bool)
         and 0 <= like < num_domains
     ):
-        raise ValueError(
+        raise ConfigError(
             f"`like` must be an existing domain id in [0, {num_domains}). "
             f"Received: like={like!r}"
         )
@@ -120,7 +128,7 @@ def add_domain(model, like=None):
     """
     num_domains = check_domain(model, 0)
     if num_domains is None:
-        raise ValueError(
+        raise KpairError(
             f"Cannot add a domain to model {model.name!r}: it has no "
             "PerDomainBatchNormalization layer, so it keeps no statistics per "
             "domain."
@@ -131,7 +139,7 @@ def add_domain(model, like=None):
     _raise_num_domains(config, num_domains)
     grown = keras.saving.deserialize_keras_object(config, safe_mode=True)
     if check_domain(grown, 0) != num_domains + 1:
-        raise ValueError(
+        raise KpairError(
             f"Cannot add a domain to model {model.name!r}: no `num_domains` "
             "in its config reaches its per-domain layers."
         )
@@ -170,14 +178,6 @@ def _copy_weights(source, target, num_domains, like):
         new.assign(value)
 
 
-def _by_owner(norms):
-    """`(owner, [layers])` in network order: one probe per model that owns norms."""
-    groups = {}
-    for owner, layer in norms:
-        groups.setdefault(id(owner), (owner, []))[1].append(layer)
-    return list(groups.values())
-
-
 def _moments_function(owner, norms):
     """A traced function: per-batch moments of the input of every norm layer.
 
@@ -188,15 +188,12 @@ def _moments_function(owner, norms):
     never the activations. Float64, because batch sums over millions of
     values lose digits in float32.
     """
-    probe = keras.Model(owner.inputs, [_input_of(layer) for layer in norms])
+    probe = norm_input_probe(owner, norms)
     specs = [tf.TensorSpec(t.shape, t.dtype) for t in owner.inputs]
 
     @tf.function(input_signature=specs)
     def moments(*inputs):
-        outputs = probe(list(inputs) if len(inputs) > 1 else inputs[0],
-                        training=False)
-        if not isinstance(outputs, (list, tuple)):
-            outputs = [outputs]
+        outputs = probe(inputs)
         return [_batch_moments(x, layer.axis) for layer, x in zip(norms, outputs)]
 
     return moments
@@ -221,29 +218,12 @@ def _population_moments(moments, index, owner, images, domain, batch_size):
     """
     pooled = None
     for start in range(0, len(images), batch_size):
-        inputs = _owner_inputs(owner, images[start : start + batch_size], domain)
+        inputs = owner_inputs(owner, images[start : start + batch_size], domain,
+                              "adapt")
         batch = [np.asarray(v, "float64") for v in moments(*inputs)[index]]
         pooled = batch if pooled is None else _pool(pooled, batch)
     count, mean, squares = pooled
     return mean, squares / count
-
-
-def _input_of(layer):
-    tensor = layer.input
-    return tensor[0] if isinstance(tensor, (list, tuple)) else tensor
-
-
-def _owner_inputs(owner, images, domain):
-    images = np.asarray(images, owner.inputs[0].dtype)
-    if len(owner.inputs) == 2:  # a backbone: (image, domain)
-        return [images, np.full(len(images), domain, owner.inputs[1].dtype)]
-    if len(owner.inputs) == 1:
-        return [images]
-    raise ValueError(
-        f"Cannot adapt {owner.name!r}: its normalization layers must sit in a "
-        "model with inputs (image, domain), such as kpair's backbone. "
-        f"Received: inputs={[t.name for t in owner.inputs]}"
-    )
 
 
 def _pool(a, b):
@@ -293,7 +273,7 @@ def _check_images(images):
 
 def _positive_int(name, value):
     if isinstance(value, bool) or not isinstance(value, int) or value <= 0:
-        raise ValueError(
+        raise ConfigError(
             f"`{name}` must be a positive integer. Received: {name}={value!r}"
         )
     return value
@@ -315,26 +295,26 @@ def adapt_file(model_path, data_dir, domain, out, split="train", batch_size=64,
     from kpair import runs
     from kpair.data import DataError, read_split
     from kpair.evaluation import evaluate_pairs
-    from kpair.losses import DEFAULT_LOSSES
-    from kpair.train import save_model
+    from kpair.files import write_model
 
     run = runs.resolve(model_path)
     out = _check_out(out, run.model_path)
     max_images = _positive_int("max_images", max_images)
     batch_size = _positive_int("batch_size", batch_size)
-    model = runs.load_model(run.model_path)
+    opened = runs.open_for_evaluation(run, data_dir)
+    model, losses = opened.model, opened.losses
     num_domains = check_domain(model, domain, like)
-    losses = run.config.losses if run.config is not None else DEFAULT_LOSSES
     # The split may hold the ids the model knows, and the one it gains.
-    known = runs.num_domains_of(model)
+    known = opened.num_domains
+    split_dir = opened.data_dir / split
     dataset = read_split(
-        Path(data_dir) / split, runs.image_size_of(model),
+        split_dir, opened.image_size,
         num_domains=None if known is None else max(known, domain + 1),
-    )
+    ).dataset
     images = domain_images(dataset, domain, max_images)
     if images is None:
         raise DataError(
-            f"{Path(data_dir) / split} has no image of domain {domain}: nothing "
+            f"{split_dir} has no image of domain {domain}: nothing "
             "to estimate its statistics from."
         )
     pairs = dataset.filter(
@@ -345,7 +325,7 @@ def adapt_file(model_path, data_dir, domain, out, split="train", batch_size=64,
     model = adapt_model(model, images, domain, like, batch_size)
     after = evaluate_pairs(model, pairs, losses, batch_size)
     out.parent.mkdir(parents=True, exist_ok=True)
-    save_model(model, out)
+    write_model(model, out)
     norms = [layer for _, layer in stateful_norm_layers(model)]
     return {
         "domain": domain,
@@ -366,11 +346,11 @@ def adapt_file(model_path, data_dir, domain, out, split="train", batch_size=64,
 def _check_out(out, model_path):
     out = Path(out)
     if out.suffix != ".keras":
-        raise ValueError(
+        raise ConfigError(
             f"`out` must be a .keras file path. Received: out={str(out)!r}"
         )
     if out.exists() and out.resolve() == Path(model_path).resolve():
-        raise ValueError(
+        raise ConfigError(
             "`out` must differ from the model being adapted: adapting keeps "
             f"the original. Received: out={str(out)!r}"
         )
@@ -380,7 +360,7 @@ def _check_out(out, model_path):
 def format_report(report):
     """`kpair adapt`'s output: what changed, and the losses before and after."""
     domain = report["domain"]
-    name = _domain_name(domain)
+    name = domain_name(domain)
     lines = [
         f"Adapted {report['layers']} normalization layers "
         f"({', '.join(report['kinds'])}) to domain {name} from "
@@ -389,7 +369,7 @@ def format_report(report):
     if report["added"]:
         lines.append(
             f"Added domain {name} (affine parameters copied from domain "
-            f"{_domain_name(report['like'])}): the model now takes domain ids "
+            f"{domain_name(report['like'])}): the model now takes domain ids "
             f"0..{report['num_domains'] - 1}."
         )
     elif report["num_domains"] is not None:
@@ -409,7 +389,7 @@ def format_report(report):
     )
     lines.append(f"{'pair type':<10} {'before':>8} {'after':>8}")
     before = report["before"] or {}
-    for kind in ("A-A", "B-B", "A-B", "total"):
+    for kind in (*PAIR_TYPES, "total"):
         after = report["after"][kind]
         if np.isnan(after):
             continue
@@ -417,7 +397,3 @@ def format_report(report):
         lines.append(f"{kind:<10} {was} {after:>8.4f}")
     lines.append(f"Wrote {report['out']}")
     return "\n".join(lines)
-
-
-def _domain_name(domain):
-    return {0: "A", 1: "B"}.get(domain, str(domain))

@@ -3,8 +3,10 @@
 import keras
 
 import layers
+from kpair.errors import ConfigError
+from kpair.model_config import model_config
+from kpair.stems import STEMS
 
-STEMS = ("small", "imagenet")
 # Basic blocks per stage and base widths (He et al. 2016, ResNet-18).
 BLOCKS_PER_STAGE = (2, 2, 2, 2)
 STAGE_WIDTHS = (64, 128, 256, 512)
@@ -87,38 +89,12 @@ class ResNet18Backbone(keras.Model):
         dtype=None,
         **kwargs,
     ):
-        _check_positive_int("image_size", image_size, MAX_IMAGE_SIZE)
-        _check_positive_int("embedding_dim", embedding_dim, MAX_EMBEDDING_DIM)
-        _check_positive_int("num_domains", num_domains)
-        if stem not in STEMS:
-            raise ValueError(
-                f"Unknown stem. Expected one of {list(STEMS)}. Received: stem={stem!r}"
-            )
-        if (
-            isinstance(width_multiplier, bool)
-            or not isinstance(width_multiplier, (int, float))
-            or not 0 < width_multiplier <= 16
-        ):
-            raise ValueError(
-                "`width_multiplier` must be a number in (0, 16]. "
-                f"Received: width_multiplier={width_multiplier!r}"
-            )
-        if not isinstance(norm, str):
-            raise ValueError(
-                f"`norm` must be a registry name, one of {list(layers.names())}. "
-                f"Received: norm={norm!r}"
-            )
-        if norm_options is not None and not isinstance(norm_options, dict):
-            raise ValueError(
-                "`norm_options` must be a dict of the norm's options "
-                f"(`layers.options({norm!r})`) or None. "
-                f"Received: norm_options={norm_options!r}"
-            )
+        _validate_arguments(
+            norm, norm_options, image_size, stem, width_multiplier, embedding_dim,
+            num_domains,
+        )
         norm_options = dict(norm_options or {})
-        resolved = dict(norm_options)
-        if "num_domains" in layers.options(norm):
-            resolved.setdefault("num_domains", num_domains)
-        factory = layers.get(norm, **resolved)
+        factory = _norm_factory(norm, norm_options, num_domains)
         widths = [max(1, round(w * width_multiplier)) for w in STAGE_WIDTHS]
         # Every layer gets the policy explicitly (as keras-hub backbones do):
         # a saved model then computes in its own precision, whatever the
@@ -129,17 +105,7 @@ class ResNet18Backbone(keras.Model):
         # === Functional Model ===
         image = keras.Input((image_size, image_size, 3), name="image")
         domain = keras.Input((), dtype="int32", name="domain")
-        if stem == "imagenet":
-            x = layer.conv(widths[0], 7, 2, "stem_conv")(image)
-            x = layer.norm(factory, x, domain, widths[0], "stem_norm")
-            x = layer(keras.layers.ReLU, name="stem_relu")(x)
-            x = layer(
-                keras.layers.MaxPooling2D, 3, 2, padding="same", name="stem_pool"
-            )(x)
-        else:
-            x = layer.conv(widths[0], 3, 1, "stem_conv")(image)
-            x = layer.norm(factory, x, domain, widths[0], "stem_norm")
-            x = layer(keras.layers.ReLU, name="stem_relu")(x)
+        x = _stem(layer, image, domain, factory, widths[0], stem)
         for stage, (blocks, width) in enumerate(zip(BLOCKS_PER_STAGE, widths)):
             for block in range(blocks):
                 stride = 2 if stage > 0 and block == 0 else 1
@@ -160,22 +126,76 @@ class ResNet18Backbone(keras.Model):
         self.num_domains = num_domains
 
     def get_config(self):
-        return {
-            "name": self.name,
-            "trainable": self.trainable,
-            "norm": self.norm,
-            "norm_options": dict(self.norm_options),
-            "image_size": self.image_size,
-            "stem": self.stem,
-            "width_multiplier": self.width_multiplier,
-            "embedding_dim": self.embedding_dim,
-            "num_domains": self.num_domains,
-            "dtype": keras.dtype_policies.serialize(self.dtype_policy),
-        }
+        return model_config(
+            self,
+            norm=self.norm,
+            norm_options=dict(self.norm_options),
+            image_size=self.image_size,
+            stem=self.stem,
+            width_multiplier=self.width_multiplier,
+            embedding_dim=self.embedding_dim,
+            num_domains=self.num_domains,
+        )
 
     @classmethod
     def from_config(cls, config):
         return cls(**config)
+
+
+def _validate_arguments(
+    norm, norm_options, image_size, stem, width_multiplier, embedding_dim,
+    num_domains,
+):
+    """Type and range checks of `ResNet18Backbone`'s arguments, before any
+    layer exists: a `.keras` file's config reaches the constructor unchecked."""
+    _check_positive_int("image_size", image_size, MAX_IMAGE_SIZE)
+    _check_positive_int("embedding_dim", embedding_dim, MAX_EMBEDDING_DIM)
+    _check_positive_int("num_domains", num_domains)
+    if stem not in STEMS:
+        raise ConfigError(
+            f"Unknown stem. Expected one of {list(STEMS)}. Received: stem={stem!r}"
+        )
+    if (
+        isinstance(width_multiplier, bool)
+        or not isinstance(width_multiplier, (int, float))
+        or not 0 < width_multiplier <= 16
+    ):
+        raise ConfigError(
+            "`width_multiplier` must be a number in (0, 16]. "
+            f"Received: width_multiplier={width_multiplier!r}"
+        )
+    if not isinstance(norm, str):
+        raise ConfigError(
+            f"`norm` must be a registry name, one of {list(layers.names())}. "
+            f"Received: norm={norm!r}"
+        )
+    if norm_options is not None and not isinstance(norm_options, dict):
+        raise ConfigError(
+            "`norm_options` must be a dict of the norm's options "
+            f"(`layers.options({norm!r})`) or None. "
+            f"Received: norm_options={norm_options!r}"
+        )
+
+
+def _norm_factory(norm, norm_options, num_domains):
+    # `num_domains` reaches only the norms that take it, and never overrides
+    # the one `norm_options` sets.
+    resolved = dict(norm_options)
+    if "num_domains" in layers.options(norm):
+        resolved.setdefault("num_domains", num_domains)
+    return layers.get(norm, **resolved)
+
+
+def _stem(layer, image, domain, factory, width, stem):
+    kernel, stride = (7, 2) if stem == "imagenet" else (3, 1)
+    x = layer.conv(width, kernel, stride, "stem_conv")(image)
+    x = layer.norm(factory, x, domain, width, "stem_norm")
+    x = layer(keras.layers.ReLU, name="stem_relu")(x)
+    if stem == "imagenet":
+        x = layer(
+            keras.layers.MaxPooling2D, 3, 2, padding="same", name="stem_pool"
+        )(x)
+    return x
 
 
 def _policy(dtype):
@@ -229,10 +249,10 @@ def _basic_block(layer, x, domain, factory, width, stride, name):
 
 def _check_positive_int(name, value, maximum=None):
     if isinstance(value, bool) or not isinstance(value, int) or value <= 0:
-        raise ValueError(
+        raise ConfigError(
             f"`{name}` must be a positive integer. Received: {name}={value!r}"
         )
     if maximum is not None and value > maximum:
-        raise ValueError(
+        raise ConfigError(
             f"`{name}` must be at most {maximum}. Received: {name}={value!r}"
         )

@@ -9,30 +9,16 @@ on a non-finite loss.
 import csv
 import json
 import math
-import os
-import shutil
 import sys
 import time
 from pathlib import Path
 
 import keras
 
-from kpair import gap, losses
-from kpair.data import PAIR_TYPES
+from kpair import files, gap
+from kpair.errors import BackupError, TrainingDiverged
 from kpair.evaluation import evaluate_pairs
-
-# Short keys of the pair types in logs and CSV columns.
-TYPE_KEYS = dict(zip(PAIR_TYPES, losses.TYPE_KEYS))
-
-
-class TrainingDiverged(RuntimeError):
-    """The training loss stopped being finite."""
-
-    def __init__(self, epoch, step, loss):
-        self.epoch, self.step, self.loss = epoch, step, loss
-        super().__init__(
-            f"the training loss became {loss} at epoch {epoch}, step {step}"
-        )
+from kpair.pair_types import PAIR_TYPES, TYPE_KEYS
 
 
 class EpochLosses(keras.callbacks.Callback):
@@ -63,13 +49,13 @@ class EpochLosses(keras.callbacks.Callback):
 
     def on_epoch_end(self, epoch, logs=None):
         logs = logs if logs is not None else {}
-        for key in ("loss", *(f"loss_{k}" for k in TYPE_KEYS.values())):
+        for key in ("loss", *(f"loss_{k}" for k in TYPE_KEYS)):
             if key in logs:
                 logs[gap.RUNNING + key[len("loss"):]] = logs.pop(key)
         logs.update(self.probe.measure(self.pair_model, runner=self.model))
         val = evaluate_pairs(self.pair_model, self.val_data, self.losses)
         logs["val_loss"] = val["total"]
-        for name, key in TYPE_KEYS.items():
+        for name, key in zip(PAIR_TYPES, TYPE_KEYS):
             logs[f"val_loss_{key}"] = val[name]
         seconds = time.perf_counter() - (self._started or time.perf_counter())
         print(
@@ -162,12 +148,7 @@ class HistoryCSV(keras.callbacks.Callback):
         row.update({k: _plain(v) for k, v in sorted((logs or {}).items())})
         rows.append(row)
         fields = list(dict.fromkeys(k for r in rows for k in r))
-        tmp = self.path.with_name(self.path.name + ".tmp")
-        with open(tmp, "w", newline="") as f:
-            writer = csv.DictWriter(f, fieldnames=fields)
-            writer.writeheader()
-            writer.writerows(rows)
-        os.replace(tmp, self.path)
+        files.write_csv(self.path, fields, rows)
 
 
 class LastGoodCheckpoint(keras.callbacks.Callback):
@@ -179,13 +160,7 @@ class LastGoodCheckpoint(keras.callbacks.Callback):
 
     def on_epoch_end(self, epoch, logs=None):
         self.path.parent.mkdir(parents=True, exist_ok=True)
-        tmp = self.path.with_name("partial.weights.h5")
-        self.model.save_weights(tmp, overwrite=True)
-        os.replace(tmp, self.path)
-
-
-class BackupError(ValueError):
-    """No usable backup to resume from, though one was written."""
+        files.write_weights(self.model, self.path)
 
 
 # File names of keras.callbacks.BackupAndRestore(double_checkpoint=True).
@@ -248,9 +223,7 @@ def restore_point(backup_dir, out=None):
         flush=True,
     )
     for good, damaged in zip(previous, latest):
-        tmp = damaged.with_name(damaged.name + ".tmp")
-        shutil.copyfile(good, tmp)
-        os.replace(tmp, damaged)
+        files.copy_file(good, damaged)
     return backup_epochs_done(backup_dir)
 
 

@@ -33,7 +33,7 @@ def main(argv=None):
     import_tensorflow_quietly()
     # Keras's advice to script writers is noise at a command line.
     warnings.filterwarnings("ignore", module="keras")
-    from kpair.callbacks import TrainingDiverged
+    from kpair.errors import KpairError, TrainingDiverged
 
     try:
         return args.run(args) or 0
@@ -42,8 +42,9 @@ def main(argv=None):
         # let a divergence through, knows no single run directory.
         print(f"kpair: error: {error}.", file=sys.stderr)
         return EXIT_FAILED
-    except (ValueError, OSError) as error:
-        # DataError, ConfigError and ModelFileError are ValueErrors.
+    except (KpairError, OSError) as error:
+        # Only input a user can fix: any other exception is a bug, and its
+        # traceback is what a bug report needs.
         print(f"kpair: error: {_one_line(error)}", file=sys.stderr)
         return EXIT_BAD_INPUT
     except KeyboardInterrupt:
@@ -137,9 +138,11 @@ def build_config(args):
 
 
 def _parse_option(text):
+    from kpair.errors import ConfigError
+
     key, sep, value = text.partition("=")
     if not sep or not key:
-        raise ValueError(f"--norm-option takes KEY=VALUE. Received: {text!r}")
+        raise ConfigError(f"--norm-option takes KEY=VALUE. Received: {text!r}")
     try:
         return key, json.loads(value)
     except json.JSONDecodeError:
@@ -147,7 +150,7 @@ def _parse_option(text):
 
 
 def _train(args):
-    from kpair.callbacks import TrainingDiverged
+    from kpair.errors import TrainingDiverged
     from kpair.preflight import check_free_space
     from kpair.train import train
 
@@ -196,6 +199,7 @@ def _add_evaluate(sub):
 
 def _evaluate(args):
     from kpair.evaluation import evaluate_run
+    from kpair.pair_types import PAIR_TYPES
 
     result = evaluate_run(
         args.model, data=args.data, split=args.split, mode=args.mode,
@@ -206,7 +210,7 @@ def _evaluate(args):
         return
     print(f"{args.split} split, {result['mode']} mode, {result['pairs']} pairs")
     print(f"{'pair type':<10} {'loss':>8}")
-    for name in ("A-A", "B-B", "A-B", "total"):
+    for name in (*PAIR_TYPES, "total"):
         print(f"{name:<10} {result[name]:>8.4f}")
 
 
@@ -230,18 +234,13 @@ def _add_diagnose(sub):
 
 
 def _diagnose(args):
-    from kpair import runs
     from kpair.diagnose import diagnose, format_table, heat_map
-    from kpair.evaluation import data_dir_for
-    from kpair.losses import DEFAULT_LOSSES
+    from kpair.runs import open_for_evaluation
 
-    run = runs.resolve(args.model)
-    model = runs.load_model(run.model_path)
-    size = runs.image_size_of(model)
-    data_dir = data_dir_for(run, args.data, size)
-    losses = run.config.losses if run.config else DEFAULT_LOSSES
-    report = diagnose(model, data_dir / args.split, losses, size)
-    plot = Path(args.plot) if args.plot else run.model_path.with_name(
+    opened = open_for_evaluation(args.model, args.data)
+    report = diagnose(opened.model, opened.data_dir / args.split, opened.losses,
+                      opened.image_size)
+    plot = Path(args.plot) if args.plot else opened.model_path.with_name(
         "diagnose.png")
     if report["layers"]:
         heat_map(report, plot)
@@ -379,10 +378,12 @@ def _add_tune(sub):
 
 
 def _tune(args):
+    from kpair.errors import KpairError
+
     try:
         from tuning.cli import run_tune
     except ImportError:
-        raise ValueError("kpair tune is not available in this version.") from None
+        raise KpairError("kpair tune is not available in this version.") from None
     return run_tune(args.rest)
 
 

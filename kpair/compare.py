@@ -12,10 +12,8 @@ skips the finished ones, and a cell that diverges is recorded as failed
 while the others go on.
 """
 
-import csv
 import json
 import math
-import os
 import sys
 from pathlib import Path
 
@@ -23,10 +21,11 @@ import keras
 import tensorflow as tf
 
 import layers
-from kpair import gap, tables
+from kpair import files, gap, tables
 from kpair.callbacks import TrainingDiverged
 from kpair.config import ConfigError, TrainConfig
 from kpair.data import BATCHINGS
+from kpair.run_dir import claim
 from kpair.train import train
 
 CELLS = "cells"
@@ -129,19 +128,13 @@ def _check_out_dir(out_dir, configs, resume):
             "another --out."
         )
     for config in configs:
-        saved = _saved_config(config)
-        if saved is None or saved == config:
-            continue
-        changed = sorted(
-            k for k, v in config.to_dict().items() if saved.to_dict()[k] != v
+        # More epochs continue a cell, as `kpair train` allows.
+        claim(
+            Path(config.out) / "config.json", config.to_dict(),
+            "a run with another configuration",
+            "Resume with the same settings, or use another --out.",
+            load=lambda path: TrainConfig.load(path).to_dict(), resumable={"epochs"},
         )
-        # More epochs continue a run, as `kpair train` allows.
-        if changed != ["epochs"]:
-            raise ConfigError(
-                f"{config.out} holds a run with another configuration (differs "
-                f"in {changed}). Resume with the same settings, or use another "
-                "--out."
-            )
 
 
 def _saved_config(config):
@@ -180,27 +173,18 @@ def _row(config, metrics, reason=""):
 # --- table and plot ----------------------------------------------------------
 
 _SHOWN = ("norm", "batching", *METRICS, "status")
+# Numbers other than losses; losses take _cells' float default, "{:.4f}".
+_SPECS = {gap.GAP: "{:.2f}x", "seconds": "{:.1f}"}
 
 
 def _cells(rows):
     """The shown columns as strings: a failed row's status carries its reason."""
-    header = [gap.HEADINGS.get(c, c) for c in _SHOWN]
-    table = []
-    for row in rows:
-        shown = {**row, "status": f"failed: {row['reason']}" if row["reason"]
-                 else row["status"]}
-        table.append([_format(c, shown[c]) for c in _SHOWN])
-    return header, table
-
-
-def _format(column, value):
-    if not isinstance(value, float):
-        return str(value)
-    if math.isnan(value):
-        return ""
-    if column == gap.GAP:
-        return f"{value:.2f}x"
-    return f"{value:.1f}" if column == "seconds" else f"{value:.4f}"
+    shown = [
+        {**row, "status": f"failed: {row['reason']}" if row["reason"]
+         else row["status"]}
+        for row in rows
+    ]
+    return tables.cells(_SHOWN, shown, _SPECS, "{:.4f}", gap.HEADINGS)
 
 
 def format_table(rows):
@@ -210,21 +194,12 @@ def format_table(rows):
 
 def write_markdown(rows, path):
     """The table as Markdown, with a line saying what each loss is."""
-    header, table = _cells(rows)
-    lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
-    lines += ["| " + " | ".join(c.replace("|", "\\|") for c in r) + " |" for r in table]
-    _atomic(path, "\n".join([*lines, "", LEGEND]) + "\n")
+    tables.write_markdown(path, *_cells(rows), note=LEGEND)
 
 
 def write_csv(rows, path):
     """The table as CSV: every column, full-precision numbers, NaN as empty."""
-    tmp = Path(path).with_name(Path(path).name + ".tmp")
-    with open(tmp, "w", newline="") as f:
-        writer = csv.DictWriter(f, fieldnames=COLUMNS)
-        writer.writeheader()
-        for row in rows:
-            writer.writerow({k: "" if _is_nan(v) else v for k, v in row.items()})
-    os.replace(tmp, path)
+    tables.write_csv(path, COLUMNS, rows)
 
 
 def plot(rows, norms, batchings, path):
@@ -259,7 +234,7 @@ def plot(rows, norms, batchings, path):
         ax.grid(axis="y", alpha=0.3)
         ax.legend(handles=_legend(batchings), loc="best", fontsize=8)
         fig.tight_layout()
-        tables.save_figure(fig, path)
+        files.write_figure(fig, path)
     finally:
         plt.close(fig)
 
@@ -286,13 +261,3 @@ def _legend(batchings):
     return [Patch(color=f"C{j}", label=b) for j, b in enumerate(batchings)] + [
         Line2D([], [], color="black", linewidth=2, label="training-mode loss")
     ]
-
-
-def _is_nan(value):
-    return isinstance(value, float) and math.isnan(value)
-
-
-def _atomic(path, text):
-    tmp = Path(path).with_name(Path(path).name + ".tmp")
-    tmp.write_text(text)
-    os.replace(tmp, path)

@@ -7,17 +7,12 @@ from pathlib import Path
 
 import layers
 from kpair.data.batching import BATCHINGS
+from kpair.errors import ConfigError
+from kpair.loss_names import check_losses
+from kpair.precision import PRECISIONS
+from kpair.stems import STEMS
 
-# "auto" stays "auto" in a saved config; each run resolves it for its own
-# machine when the model is built (kpair.precision) and records the result.
-PRECISIONS = ("float32", "mixed_float16", "mixed_bfloat16", "auto")
-STEMS = ("small", "imagenet")
-LOSS_NAMES = ("l2", "hinge", "l1", "logistic")
 OPTIMIZERS = ("adam", "sgd")
-
-
-class ConfigError(ValueError):
-    """A configuration value or key that kpair cannot use."""
 
 
 @dataclasses.dataclass(frozen=True)
@@ -73,7 +68,13 @@ class TrainConfig:
     def __post_init__(self):
         # Normalize JSON-loaded values (lists) to the frozen field types.
         object.__setattr__(self, "losses", tuple(self.losses))
-        object.__setattr__(self, "norm_options", dict(self.norm_options or {}))
+        options = self.norm_options or {}
+        if not isinstance(options, dict):
+            raise ConfigError(
+                "norm_options must be a mapping of option names to values. "
+                f"Received: norm_options={options!r}"
+            )
+        object.__setattr__(self, "norm_options", dict(options))
         self._validate()
 
     def _validate(self):
@@ -113,15 +114,14 @@ class TrainConfig:
                 f"types, so batch_size must be at least 3. "
                 f"Received: batch_size={self.batch_size}"
             )
-        if len(self.losses) != 3:
-            raise ConfigError(
-                "`losses` names one loss per pair type (A-A, B-B, A-B). "
-                f"Received: losses={list(self.losses)}"
-            )
-        for loss in self.losses:
-            _choice("losses", loss, LOSS_NAMES)
+        check_losses(self.losses, name="losses")
         # Fails here, with the accepted options listed, not deep in a model.
-        layers.get(self.norm, **self.resolved_norm_options())
+        try:
+            layers.get(self.norm, **self.resolved_norm_options())
+        except ValueError as error:
+            # layers/ cannot import kpair: its plain ValueError becomes the
+            # ConfigError that the CLI reports as bad input.
+            raise ConfigError(str(error)) from None
 
     def resolved_norm_options(self):
         """norm_options plus num_domains where the norm takes it."""

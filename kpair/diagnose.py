@@ -16,13 +16,20 @@ and the largest). Nothing in the model changes.
 import dataclasses
 from pathlib import Path
 
-import keras
 import numpy as np
 
 import layers
-from kpair.data import PAIR_TYPES, DataError, read_split
+from kpair import files
+from kpair.data import DataError, read_split
 from kpair.data.records import load_manifest
 from kpair.evaluation import evaluate_pairs
+from kpair.norm_layers import (
+    norm_input_probe,
+    norms_by_owner,
+    owner_inputs,
+    stateful_norm_layers,
+)
+from kpair.pair_types import PAIR_TYPES, domain_name
 from kpair.runs import num_domains_of
 
 # A mean shift above this many standard deviations means the moving
@@ -32,11 +39,6 @@ SHIFT_ALARM = 0.5
 LOG_VAR_ALARM = 0.7
 # The inference-mode loss counts as "far above" batch statistics' above this.
 LOSS_RATIO_ALARM = 1.3
-STATEFUL_NORMS = (
-    keras.layers.BatchNormalization,
-    layers.PerDomainBatchNormalization,
-    layers.EvalModeBatchNormalization,
-)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -46,17 +48,6 @@ class LayerShift:
     shift: float  # mean over channels of the standardized mean shift
     max_shift: float
     log_var_ratio: float  # mean over channels of |log(var_batch / moving_var)|
-
-
-def stateful_norm_layers(model):
-    """(owner model, layer) for every norm layer with moving statistics."""
-    found = []
-    for layer in model.layers:
-        if isinstance(layer, STATEFUL_NORMS):
-            found.append((model, layer))
-        elif isinstance(layer, keras.Model):
-            found.extend(stateful_norm_layers(layer))
-    return found
 
 
 def domain_images(dataset, domain, limit):
@@ -83,39 +74,13 @@ def images_by_domain(dataset, domains, limit):
 def layer_shifts(model, images_by_domain):
     """`LayerShift` rows for every stateful norm layer and domain."""
     rows = []
-    norms = stateful_norm_layers(model)
-    owners = {}
-    for owner, layer in norms:
-        owners.setdefault(id(owner), (owner, []))[1].append(layer)
-    for owner, owner_layers in owners.values():
-        probe = keras.Model(owner.inputs, [_input_of(layer) for layer in owner_layers])
+    for owner, owner_layers in norms_by_owner(stateful_norm_layers(model)):
+        probe = norm_input_probe(owner, owner_layers)
         for domain, images in images_by_domain.items():
-            inputs = _owner_inputs(owner, images, domain)
-            activations = probe(inputs, training=False)
-            if not isinstance(activations, (list, tuple)):
-                activations = [activations]
+            activations = probe(owner_inputs(owner, images, domain, "probe"))
             for layer, act in zip(owner_layers, activations):
                 rows.append(_shift(layer, np.asarray(act, "float64"), domain))
     return rows
-
-
-def _input_of(layer):
-    tensor = layer.input
-    return tensor[0] if isinstance(tensor, (list, tuple)) else tensor
-
-
-def _owner_inputs(owner, images, domain):
-    domains = np.full(len(images), domain, "int32")
-    names = [t.name for t in owner.inputs]
-    if len(names) == 2:  # a backbone: (image, domain)
-        return [images, domains]
-    if len(names) == 1:  # a plain image model
-        return images
-    raise ValueError(
-        f"Cannot probe {owner.name!r}: its normalization layers must sit in a "
-        "model with inputs (image, domain), such as kpair's backbone. "
-        f"Received: inputs={names}"
-    )
 
 
 def _shift(layer, activations, domain):
@@ -145,17 +110,17 @@ def diagnose(model, split_dir, losses, image_size, images_per_domain=64,
     """
     check_image_size(split_dir, image_size)
     num_domains = num_domains_of(model)
-    dataset = read_split(split_dir, image_size, num_domains=num_domains)
+    pairs = read_split(split_dir, image_size, num_domains=num_domains)
     # A model that does not say its domains: A and B, as the data contract.
     domains = range(num_domains if num_domains is not None else 2)
-    images = images_by_domain(dataset, domains, images_per_domain)
+    images = images_by_domain(pairs.dataset, domains, images_per_domain)
     rows = sorted(layer_shifts(model, images), key=lambda r: -r.shift)
-    inference = evaluate_pairs(model, dataset, losses, batch_size, "inference")
+    inference = evaluate_pairs(model, pairs, losses, batch_size, "inference")
     # Batch statistics the way per-type training computed them (one domain
     # per backbone call), and on shuffled mixed batches (the post's check).
-    per_type = evaluate_pairs(model, dataset, losses, batch_size, "batch-stats",
+    per_type = evaluate_pairs(model, pairs, losses, batch_size, "batch-stats",
                               batching="per-type")
-    mixed = evaluate_pairs(model, dataset, losses, batch_size, "batch-stats")
+    mixed = evaluate_pairs(model, pairs, losses, batch_size, "batch-stats")
     report = {
         "layers": [dataclasses.asdict(r) for r in rows],
         "inference_loss": inference,
@@ -216,7 +181,7 @@ def verdict(report):
             "(--norm-option momentum=0.9)."
         )
     if shifted and ratio > LOSS_RATIO_ALARM:
-        domain = _domain_name(worst["domain"])
+        domain = domain_name(worst["domain"])
         return (
             f"{losses} The moving statistics do not describe the domains: in "
             f"{worst['layer']}, domain {domain} activations sit "
@@ -255,18 +220,14 @@ def heat_map(report, path):
     # A fixed scale from 0: a consistent model must not look alarming.
     top = max(1.0, float(np.nanmax(grid)))
     image = ax.imshow(grid, aspect="auto", cmap="magma", vmin=0.0, vmax=top)
-    ax.set_xticks(range(len(domains)), [_domain_name(d) for d in domains])
+    ax.set_xticks(range(len(domains)), [domain_name(d) for d in domains])
     ax.set_yticks(range(len(names)), [n.split("/")[-1] for n in names], fontsize=7)
     ax.set_title("Mean shift from the moving mean (std devs)")
     fig.colorbar(image, ax=ax)
     fig.tight_layout()
-    fig.savefig(path, dpi=120)
+    files.write_figure(fig, path, dpi=120)
     plt.close(fig)
     return Path(path)
-
-
-def _domain_name(domain):
-    return {0: "A", 1: "B"}.get(domain, str(domain))
 
 
 def format_table(report):
@@ -275,7 +236,7 @@ def format_table(report):
     ]
     for r in report["layers"]:
         lines.append(
-            f"{r['layer'].split('/')[-1]:<40} {_domain_name(r['domain']):>6} "
+            f"{r['layer'].split('/')[-1]:<40} {domain_name(r['domain']):>6} "
             f"{r['shift']:>7.3f} {r['max_shift']:>7.3f} {r['log_var_ratio']:>9.3f}"
         )
     lines.append("")

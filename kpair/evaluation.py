@@ -10,13 +10,12 @@ Two modes, the two sides of the post:
   as the post trained, so that each backbone call sees one domain.
 """
 
-from pathlib import Path
-
 import keras
 import numpy as np
 import tensorflow as tf
 
 from kpair.data import make_batches
+from kpair.data.records import pairs_dataset
 from kpair.losses import pair_losses_numpy
 from kpair.pair_model import build_per_type_model
 
@@ -24,15 +23,19 @@ MODES = ("inference", "batch-stats")
 BATCH_STATS_BATCHINGS = ("mixed", "per-type")
 
 
-def predictions(model, dataset, batch_size=256, mode="inference", seed=0,
+def predictions(model, pairs, batch_size=256, mode="inference", seed=0,
                 batching="mixed"):
-    """Predictions and `(target, pair_type)` rows for an unbatched dataset."""
+    """Predictions and `(target, pair_type)` rows for a `Split`'s pairs.
+
+    `pairs` is a `Split` or any unbatched `(features, y)` dataset (see
+    `make_batches`).
+    """
     if mode not in MODES:
         raise ValueError(
             f"Unknown mode. Expected one of {list(MODES)}. Received: mode={mode!r}"
         )
     if mode == "inference":
-        batches = dataset.batch(batch_size).prefetch(tf.data.AUTOTUNE)
+        batches = pairs_dataset(pairs).batch(batch_size).prefetch(tf.data.AUTOTUNE)
         strategy = getattr(model, "distribute_strategy", None)
         if strategy is not None and strategy.num_replicas_in_sync > 1:
             # Under a strategy, predict_on_batch runs the whole batch on every
@@ -45,7 +48,7 @@ def predictions(model, dataset, batch_size=256, mode="inference", seed=0,
             f"{list(BATCH_STATS_BATCHINGS)}. Received: batching={batching!r}"
         )
     batches = make_batches(
-        dataset, batching, batch_size, seed=seed, shuffle=True,
+        pairs, batching, batch_size, seed=seed, shuffle=True,
         drop_remainder=False,
     )
     runner = model if batching == "mixed" else build_per_type_model(model)
@@ -124,10 +127,13 @@ def _collect(batches, predict):
     return np.concatenate(preds), np.concatenate(rows)
 
 
-def evaluate_pairs(model, dataset, losses, batch_size=256, mode="inference", seed=0,
+def evaluate_pairs(model, pairs, losses, batch_size=256, mode="inference", seed=0,
                    batching="mixed"):
-    """Losses per pair type and their sum, as `{"A-A": .., "total": ..}`."""
-    preds, rows = predictions(model, dataset, batch_size, mode, seed, batching)
+    """Losses per pair type and their sum, as `{"A-A": .., "total": ..}`.
+
+    `pairs`: a `Split`, or any unbatched `(features, y)` dataset.
+    """
+    preds, rows = predictions(model, pairs, batch_size, mode, seed, batching)
     result = pair_losses_numpy(rows, preds[:, None], losses)
     result["pairs"] = int(len(rows))
     return result
@@ -143,41 +149,25 @@ def evaluate_run(run_or_model, data=None, split="val", mode="inference",
     from kpair import runs
     from kpair.data import DataError, read_split
     from kpair.data.batching import check_pair_types
-    from kpair.data.records import split_source
-    from kpair.losses import DEFAULT_LOSSES, sign_targets
+    from kpair.losses import sign_targets
 
-    run = runs.resolve(run_or_model)
-    model = runs.load_model(run.model_path)
-    size = runs.image_size_of(model)
-    config = run.config
-    data_dir = data_dir_for(run, data, size)
-    losses = config.losses if config is not None else DEFAULT_LOSSES
+    opened = runs.open_for_evaluation(run_or_model, data)
+    data_dir, losses = opened.data_dir, opened.losses
     # Targets are checked against the losses of a run, not a model file's
     # default guess at them.
-    dataset = read_split(
-        data_dir / split, size, num_domains=runs.num_domains_of(model),
-        sign_targets=sign_targets(losses) if config is not None else None,
+    pairs = read_split(
+        data_dir / split, opened.image_size, num_domains=opened.num_domains,
+        sign_targets=sign_targets(losses) if opened.config is not None else None,
     )
-    counts = split_source(dataset).counts
+    counts = pairs.counts
     if not sum(counts.values()):
         raise DataError(f"Split {data_dir / split} holds no pairs: nothing to "
                         "evaluate.")
     if mode == "batch-stats":
         check_pair_types(counts, batching, where=f"split {data_dir / split}")
-    result = evaluate_pairs(model, dataset, losses, batch_size, mode,
+    result = evaluate_pairs(opened.model, pairs, losses, batch_size, mode,
                             batching=batching)
-    result.update(mode=mode, split=split, model=str(run.model_path))
+    result.update(mode=mode, split=split, model=str(opened.model_path))
     if mode == "batch-stats":
         result["batching"] = batching
     return result
-
-
-def data_dir_for(run, data, image_size):
-    """`data` if given, else the run's own data, else the demo data set."""
-    from kpair.data import ensure_demo
-
-    if data is not None:
-        return Path(data)
-    if run.config is not None and run.config.data is not None:
-        return Path(run.config.data)
-    return ensure_demo(image_size=image_size[0])

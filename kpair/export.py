@@ -3,6 +3,7 @@
 from pathlib import Path
 
 from kpair import runs
+from kpair.errors import ConfigError
 from kpair.model_builder import with_precision
 
 
@@ -20,6 +21,6 @@ def export_saved_model(model_path, out_dir, precision="float32"):
         model = with_precision(model, precision)
     out_dir = Path(out_dir)
     if out_dir.exists() and any(out_dir.iterdir()):
-        raise ValueError(f"--out {out_dir} exists and is not empty.")
+        raise ConfigError(f"--out {out_dir} exists and is not empty.")
     model.export(str(out_dir), format="tf_saved_model", verbose=False)
     return out_dir

@@ -18,11 +18,11 @@ import dataclasses
 
 import tensorflow as tf
 
-from kpair.data import PAIR_TYPES, make_batches
-from kpair.data.records import split_source
+from kpair.data import make_batches
 from kpair.evaluation import training_mode_predictions
-from kpair.losses import TYPE_KEYS, pair_losses_numpy
+from kpair.losses import pair_losses_numpy
 from kpair.pair_model import build_per_type_model
+from kpair.pair_types import PAIR_TYPES, TYPE_KEYS
 
 # Keys of the figures in logs, history.csv, metrics.json and TensorBoard.
 TRAINING_MODE = "train_loss_training_mode"
@@ -66,14 +66,13 @@ def sample_sizes(counts, batching, batch_size, eval_pairs):
 def fixed_sample(train_pairs, batching, batch_size, eval_pairs, seed):
     """The fixed sample of training pairs: the same pairs every epoch.
 
-    Drawn once with `seed` from each pair type of `train_pairs` (a dataset
+    Drawn once with `seed` from each pair type of `train_pairs` (a `Split`
     from `read_split`), decoded once and cached.
     """
-    counts = split_source(train_pairs).counts
-    sizes = sample_sizes(counts, batching, batch_size, eval_pairs)
+    sizes = sample_sizes(train_pairs.counts, batching, batch_size, eval_pairs)
     parts = []
     for index, name in enumerate(PAIR_TYPES):
-        part = train_pairs.filter(
+        part = train_pairs.dataset.filter(
             lambda f, y, i=index: tf.cast(y[1], tf.int32) == i
         ).shuffle(100_000, seed=seed + index, reshuffle_each_iteration=False)
         parts.append(part.take(sizes[name]))

@@ -4,35 +4,15 @@ import keras
 import numpy as np
 from keras import ops
 
-PAIR_TYPE_NAMES = ("A-A", "B-B", "A-B")
-TYPE_KEYS = ("aa", "bb", "ab")
-LOSS_NAMES = ("l2", "hinge", "l1", "logistic")
-DEFAULT_LOSSES = ("l2", "hinge", "hinge")
-# Losses of the sign of a prediction: their targets are -1 or +1.
-SIGN_LOSSES = ("hinge", "logistic")
-
-
-def _check_losses(losses):
-    losses = tuple(losses)
-    if len(losses) != len(PAIR_TYPE_NAMES):
-        raise ValueError(
-            "`losses` names one loss per pair type (A-A, B-B, A-B). "
-            f"Received: losses={list(losses)}"
-        )
-    for name in losses:
-        if name not in LOSS_NAMES:
-            raise ValueError(
-                f"Unknown loss. Expected one of {list(LOSS_NAMES)}. "
-                f"Received: loss={name!r}"
-            )
-    return losses
+from kpair.loss_names import DEFAULT_LOSSES, SIGN_LOSSES, check_losses
+from kpair.pair_types import PAIR_TYPES, TYPE_KEYS
 
 
 def sign_targets(losses):
     """`{pair type: loss}` of the types whose loss needs targets -1 or 1."""
     return {
         name: loss
-        for name, loss in zip(PAIR_TYPE_NAMES, _check_losses(losses))
+        for name, loss in zip(PAIR_TYPES, check_losses(losses))
         if loss in SIGN_LOSSES
     }
 
@@ -87,13 +67,13 @@ class PairLoss(keras.losses.Loss):
 
     def __init__(self, losses=DEFAULT_LOSSES, name="pair_loss", **kwargs):
         super().__init__(name=name, **kwargs)
-        self.losses = _check_losses(losses)
+        self.losses = check_losses(losses)
 
     def call(self, y_true, y_pred):
         y_true = ops.cast(y_true, "float32")
         pred = ops.reshape(ops.cast(y_pred, "float32"), (-1,))
         target, kind = y_true[:, 0], ops.cast(y_true[:, 1], "int32")
-        one_hot = ops.one_hot(kind, len(PAIR_TYPE_NAMES), dtype="float32")
+        one_hot = ops.one_hot(kind, len(PAIR_TYPES), dtype="float32")
         per_type = ops.stack(
             [_elementwise(name, target, pred) for name in self.losses], axis=1
         )
@@ -136,14 +116,14 @@ class PairTypeLoss(keras.metrics.Metric):
 
     def __init__(self, pair_type, loss_name="l2", name=None, **kwargs):
         if isinstance(pair_type, bool) or pair_type not in range(
-            len(PAIR_TYPE_NAMES)
+            len(PAIR_TYPES)
         ):
             raise ValueError(
                 f"`pair_type` must be 0, 1 or 2. Received: pair_type={pair_type!r}"
             )
         super().__init__(name=name or f"loss_{TYPE_KEYS[pair_type]}", **kwargs)
         self.pair_type = pair_type
-        self.loss_name = _check_losses((loss_name,) * 3)[0]
+        self.loss_name = check_losses((loss_name,) * len(PAIR_TYPES))[0]
         self.total = self.add_variable((), "zeros", name="total", dtype="float32")
         self.count = self.add_variable((), "zeros", name="count", dtype="float32")
 
@@ -174,7 +154,7 @@ class PairTypeLoss(keras.metrics.Metric):
 
 def per_type_metrics(losses=DEFAULT_LOSSES):
     """One `PairTypeLoss` per pair type: `loss_aa`, `loss_bb`, `loss_ab`."""
-    return [PairTypeLoss(t, loss) for t, loss in enumerate(_check_losses(losses))]
+    return [PairTypeLoss(t, loss) for t, loss in enumerate(check_losses(losses))]
 
 
 def pair_losses_numpy(y_true, y_pred, losses=DEFAULT_LOSSES):
@@ -183,11 +163,11 @@ def pair_losses_numpy(y_true, y_pred, losses=DEFAULT_LOSSES):
     Returns `{"A-A": .., "B-B": .., "A-B": .., "total": ..}`; a type with no
     pairs is NaN and left out of the total.
     """
-    losses = _check_losses(losses)
+    losses = check_losses(losses)
     y_true = np.asarray(y_true, "float64")
     pred = np.asarray(y_pred, "float64").reshape(-1)
     result, total = {}, 0.0
-    for index, (name, loss) in enumerate(zip(PAIR_TYPE_NAMES, losses)):
+    for index, (name, loss) in enumerate(zip(PAIR_TYPES, losses)):
         chosen = y_true[:, 1] == index
         if not chosen.any():
             result[name] = float("nan")

@@ -3,7 +3,8 @@
 import keras
 from keras import ops
 
-from kpair.data import PER_TYPE_PREFIXES
+from kpair.model_config import model_config
+from kpair.pair_types import TYPE_KEYS
 
 INPUT_NAMES = ("left", "right", "left_domain", "right_domain")
 
@@ -77,12 +78,7 @@ class PairModel(keras.Model):
         self.backbone = backbone
 
     def get_config(self):
-        return {
-            "name": self.name,
-            "trainable": self.trainable,
-            "backbone": keras.layers.serialize(self.backbone),
-            "dtype": keras.dtype_policies.serialize(self.dtype_policy),
-        }
+        return model_config(self, backbone=keras.layers.serialize(self.backbone))
 
     @classmethod
     def from_config(cls, config):
@@ -109,7 +105,7 @@ def build_per_type_model(pair_model):
     """
     shape = pair_model.backbone.inputs[0].shape[1:]
     inputs, predictions = {}, []
-    for prefix in PER_TYPE_PREFIXES:
+    for prefix in TYPE_KEYS:
         group = {}
         for name in INPUT_NAMES:
             is_domain = name.endswith("domain")

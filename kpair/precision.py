@@ -14,8 +14,14 @@ run records the one it trained in (`metrics.json`).
 import functools
 from pathlib import Path
 
+from kpair.errors import ConfigError
+
 AUTO = "auto"
 POLICIES = ("float32", "mixed_float16", "mixed_bfloat16")
+# What a config's `precision` may say. "auto" stays "auto" in a saved config;
+# each run resolves it for its own machine when the model is built and
+# records the result.
+PRECISIONS = (*POLICIES, AUTO)
 CPU_BFLOAT16_FLAGS = ("avx512_bf16", "amx_bf16")
 MIN_FLOAT16_CAPABILITY = (7, 0)
 
@@ -44,7 +50,7 @@ def explain_precision(name, gpus=None, cpu_flags=None):
     if name in POLICIES:
         return name, "requested"
     if name != AUTO:
-        raise ValueError(
+        raise ConfigError(
             f"Unknown precision. Expected one of {[AUTO, *POLICIES]}. "
             f"Received: precision={name!r}"
         )

@@ -1,13 +1,12 @@
 """`kpair predict`: predictions for the pairs listed in a CSV."""
 
 import csv
-import os
 from pathlib import Path
 
 import numpy as np
 import tensorflow as tf
 
-from kpair import runs
+from kpair import files, runs
 from kpair.data.importer import inspect_image, parse_domain, resolve_under_root
 from kpair.data.records import DataError, decode_image
 
@@ -28,11 +27,9 @@ def predict_csv(model_path, pairs_csv, root, out_csv, batch_size=64):
     Returns:
         The number of pairs predicted.
     """
-    run = runs.resolve(model_path)
-    model = runs.load_model(run.model_path)
-    size = runs.image_size_of(model)
-    rows, fields = _read_rows(Path(pairs_csv), Path(root),
-                              runs.num_domains_of(model))
+    opened = runs.open_for_evaluation(model_path, with_data=False)
+    model, size = opened.model, opened.image_size
+    rows, fields = _read_rows(Path(pairs_csv), Path(root), opened.num_domains)
     if not rows:
         raise DataError(f"{pairs_csv} has a header but no pairs.")
     lefts = [str(r["_left"]) for r in rows]
@@ -56,16 +53,10 @@ def predict_csv(model_path, pairs_csv, root, out_csv, batch_size=64):
     preds = np.concatenate(
         [np.asarray(model.predict_on_batch(b)).reshape(-1) for b in dataset]
     )
-    out_csv = Path(out_csv)
-    tmp = out_csv.with_name(out_csv.name + ".partial")
-    with open(tmp, "w", newline="") as f:
-        writer = csv.DictWriter(f, fieldnames=[*fields, "prediction"])
-        writer.writeheader()
-        for row, pred in zip(rows, preds):
-            writer.writerow(
-                {**{k: row[k] for k in fields}, "prediction": f"{float(pred):.8g}"}
-            )
-    os.replace(tmp, out_csv)
+    files.write_csv(out_csv, [*fields, "prediction"], [
+        {**{k: row[k] for k in fields}, "prediction": f"{float(pred):.8g}"}
+        for row, pred in zip(rows, preds)
+    ])
     return len(rows)
 
 

@@ -9,21 +9,17 @@ trains on when given more epochs.
 
 import json
 import math
-import os
 import sys
 import time
 from pathlib import Path
 
 import keras
-import numpy as np
 import tensorflow as tf
 
-import kpair
 from kpair import callbacks as kcb
-from kpair import gap
+from kpair import files, gap
 from kpair.config import TrainConfig
 from kpair.data import (
-    count_split,
     ensure_demo,
     make_batches,
     read_split,
@@ -31,11 +27,14 @@ from kpair.data import (
 )
 from kpair.model_builder import build_pair_model, training_model, with_precision
 from kpair.onednn import describe_cpu_kernels, onednn_enabled
+from kpair.pair_types import TYPE_KEYS
 from kpair.precision import describe_precision, detect_gpus, resolve_precision
 from kpair.preflight import check_training_data
+from kpair.run_dir import claim, run_record
 
 BATCH_NORM_FAMILY = ("batch", "batch-renorm")
-# Config fields a run directory may be resumed with other values of.
+# Config fields a run directory may be resumed with other values of: train
+# longer, or on with a lower learning rate after a NaN.
 RESUMABLE_CHANGES = {"epochs", "learning_rate"}
 
 
@@ -55,7 +54,8 @@ def training_data(config, data_dir):
     with a known number of steps per epoch (Keras cannot count the batches
     of a filtered, zipped dataset, and progress needs a total), the
     `kpair.gap.GapProbe` that measures the gap every epoch on one fixed
-    sample of training pairs in the run's batches, and the validation split.
+    sample of training pairs in the run's batches, and the validation
+    `Split`.
     """
     # Domain ids are checked where the data enter, for the tuner too.
     train_pairs = read_split(
@@ -72,7 +72,7 @@ def training_data(config, data_dir):
         sample, config.batching, config.batch_size, config.losses
     )
     steps = config.steps_per_epoch or steps_per_epoch(
-        count_split(data_dir / "train"), config.batching, config.batch_size
+        train_pairs.counts, config.batching, config.batch_size
     )
     batches = make_batches(
         train_pairs, config.batching, config.batch_size, seed=config.seed,
@@ -81,7 +81,7 @@ def training_data(config, data_dir):
     return batches, steps, probe, val_pairs
 
 
-def train(config: TrainConfig, out=None, extra_callbacks=()):
+def train(config, out=None, extra_callbacks=()):
     """Trains the pair model of `config` and writes its run directory.
 
     A run directory that holds a backup of an unfinished run with the same
@@ -91,7 +91,7 @@ def train(config: TrainConfig, out=None, extra_callbacks=()):
         The metrics dict written to `metrics.json`.
 
     Raises:
-        kpair.callbacks.TrainingDiverged: the loss became NaN or infinite;
+        kpair.errors.TrainingDiverged: the loss became NaN or infinite;
             the last good checkpoint and the backup are kept.
         kpair.config.ConfigError: `out` holds a run of another config.
         kpair.data.DataError: the data cannot be read, or break the data
@@ -120,6 +120,46 @@ def train(config: TrainConfig, out=None, extra_callbacks=()):
         print(f"{run_dir} is a finished run of this configuration; nothing "
               "to do.", file=out)
         return finished
+    pair_model, model, batches = _start_or_resume(
+        config, batches, steps, epochs_done, data_dir, out
+    )
+    callbacks = _callbacks(config, pair_model, probe, val_pairs, out, extra_callbacks)
+    model.fit(
+        batches, epochs=config.epochs, steps_per_epoch=steps, callbacks=callbacks,
+        shuffle=False,  # make_batches shuffled already
+        verbose=0,
+    )
+    seconds = time.perf_counter() - started
+    return _write_outputs(run_dir, config, pair_model, seconds, out)
+
+
+def _claim_run_dir(run_dir, config):
+    """Writes config.json, refusing a directory that holds another run."""
+    run_dir.mkdir(parents=True, exist_ok=True)
+    path = run_dir / "config.json"
+    claim(
+        path, config.to_dict(), "a run with another configuration",
+        "Use another --out, or remove it.", load=_readable_config,
+        resumable=RESUMABLE_CHANGES,
+    )
+    files.write_json(path, run_record(config))
+
+
+def _readable_config(path):
+    """The saved config as a dict; None if unreadable: the run is claimed anew."""
+    try:
+        return TrainConfig.load(path).to_dict()
+    except ValueError:
+        return None
+
+
+def _start_or_resume(config, batches, steps, epochs_done, data_dir, out):
+    """Builds the model and says what trains; a resumed run skips done batches.
+
+    Returns `(pair_model, model, batches)`: the pair model, the model that
+    trains it and the batches from where the run goes on.
+    """
+    run_dir = Path(config.out)
     if config.precision == "auto":
         print(describe_precision(config.precision), file=out, flush=True)
     if not detect_gpus():
@@ -142,7 +182,13 @@ def train(config: TrainConfig, out=None, extra_callbacks=()):
         file=out,
         flush=True,
     )
-    callbacks = [
+    return pair_model, model, batches
+
+
+def _callbacks(config, pair_model, probe, val_pairs, out, extra_callbacks=()):
+    """The callbacks of a run, in the order their epoch ends must run."""
+    run_dir = Path(config.out)
+    return [
         kcb.StopOnNonFiniteLoss(),
         kcb.EpochLosses(
             pair_model, probe, val_pairs, config.losses, config.epochs, out
@@ -159,50 +205,16 @@ def train(config: TrainConfig, out=None, extra_callbacks=()):
         # run resumed after a NaN trains on with the lower rate it was given.
         kcb.SetLearningRate(config.learning_rate),
     ]
-    history = model.fit(
-        batches,
-        epochs=config.epochs,
-        steps_per_epoch=steps,
-        callbacks=callbacks,
-        shuffle=False,  # make_batches shuffled already
-        verbose=0,
-    )
-    del history
-    metrics = _final_metrics(run_dir, config, time.perf_counter() - started)
-    save_model(with_precision(pair_model, "float32"), run_dir / "model.keras")
-    _write_json(run_dir / "metrics.json", metrics)
+
+
+def _write_outputs(run_dir, config, pair_model, seconds, out):
+    """Writes model.keras and metrics.json, prints the verdict; the metrics."""
+    metrics = _final_metrics(run_dir, config, seconds)
+    model = with_precision(pair_model, "float32")
+    files.write_model(model, run_dir / "model.keras")
+    files.write_json(run_dir / "metrics.json", metrics)
     print(verdict(metrics, config), file=out, flush=True)
     return metrics
-
-
-def _claim_run_dir(run_dir, config):
-    """Writes config.json, refusing a directory that holds another run."""
-    run_dir.mkdir(parents=True, exist_ok=True)
-    path = run_dir / "config.json"
-    record = {
-        **config.to_dict(),
-        "kpair_version": kpair.__version__,
-        "saved_compute_dtype": "float32",
-    }
-    if path.exists():
-        try:
-            existing = TrainConfig.load(path)
-        except ValueError:
-            existing = None
-        if existing is not None and existing != config:
-            changed = sorted(
-                k for k, v in config.to_dict().items() if existing.to_dict()[k] != v
-            )
-            # A continuation: train longer, or on with a lower learning
-            # rate after a NaN.
-            if not set(changed) <= RESUMABLE_CHANGES:
-                from kpair.config import ConfigError
-
-                raise ConfigError(
-                    f"{run_dir} holds a run with another configuration "
-                    f"(differs in {changed}). Use another --out, or remove it."
-                )
-    _write_json(path, record)
 
 
 def _finished_metrics(run_dir, config, epochs_done):
@@ -238,7 +250,7 @@ def _final_metrics(run_dir, config, seconds):
     )
     pairs = value("sample_pairs")
     metrics["sample_pairs"] = int(pairs) if math.isfinite(pairs) else None
-    for key in kcb.TYPE_KEYS.values():
+    for key in TYPE_KEYS:
         for name in (gap.TRAINING_MODE, gap.INFERENCE_MODE, "val_loss", gap.RUNNING):
             metrics[f"{name}_{key}"] = value(f"{name}_{key}")
     metrics["seconds"] = round(seconds, 1)
@@ -280,24 +292,3 @@ def verdict(metrics, config):
         "training mode (--gap-warning)."
     )
 
-
-def save_model(model, path):
-    """Saves a `.keras` file aside, then renames it: never half-written."""
-    path = Path(path)
-    tmp = path.with_name(f".{path.stem}.partial.keras")
-    model.save(tmp)
-    os.replace(tmp, path)
-
-
-def _write_json(path, data):
-    tmp = Path(path).with_name(Path(path).name + ".tmp")
-    tmp.write_text(json.dumps(data, indent=2, default=_json_default) + "\n")
-    os.replace(tmp, path)
-
-
-def _json_default(value):
-    if isinstance(value, (np.floating, np.integer)):
-        return value.item()
-    if isinstance(value, tf.Tensor):
-        return value.numpy().item()
-    raise TypeError(f"not JSON serializable: {value!r}")

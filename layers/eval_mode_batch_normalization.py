@@ -3,7 +3,7 @@
 import keras
 from keras import constraints, initializers, ops, regularizers
 
-from layers import _validation
+from layers import _normalization_weights, _validation
 
 # A step counter is int32; this keeps `warmup_steps` meaningful and bounded.
 MAX_WARMUP_STEPS = 2**31 - 1
@@ -105,41 +105,9 @@ class EvalModeBatchNormalization(keras.layers.Layer):
         self._feature_axis = _validation.feature_axis(self.axis, len(input_shape))
         channels = input_shape[self._feature_axis]
         shape = (channels,)
-        self.gamma = None
-        self.beta = None
-        if self.scale:
-            self.gamma = self.add_weight(
-                shape=shape,
-                name="gamma",
-                initializer=self.gamma_initializer,
-                regularizer=self.gamma_regularizer,
-                constraint=self.gamma_constraint,
-                autocast=False,
-            )
-        if self.center:
-            self.beta = self.add_weight(
-                shape=shape,
-                name="beta",
-                initializer=self.beta_initializer,
-                regularizer=self.beta_regularizer,
-                constraint=self.beta_constraint,
-                autocast=False,
-            )
-        self.moving_mean = self.add_weight(
-            shape=shape,
-            name="moving_mean",
-            initializer=self.moving_mean_initializer,
-            trainable=False,
-            autocast=False,
-            aggregation="mean",
-        )
-        self.moving_variance = self.add_weight(
-            shape=shape,
-            name="moving_variance",
-            initializer=self.moving_variance_initializer,
-            trainable=False,
-            autocast=False,
-            aggregation="mean",
+        self.gamma, self.beta = _normalization_weights.affine_weights(self, shape)
+        self.moving_mean, self.moving_variance = (
+            _normalization_weights.moving_statistics(self, shape)
         )
         # Training calls seen so far; decides when warm-up ends and is saved
         # with the model so that a resumed run does not warm up again.

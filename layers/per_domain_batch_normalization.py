@@ -3,7 +3,7 @@
 import keras
 from keras import constraints, initializers, ops, regularizers
 
-from layers import _validation
+from layers import _normalization_weights, _validation
 
 # Domain ids index variables of shape (num_domains, channels); a bound keeps a
 # hostile config from allocating gigabytes when a `.keras` file is loaded.
@@ -147,44 +147,11 @@ class PerDomainBatchNormalization(keras.layers.Layer):
             )
         stats_shape = (self.num_domains, channels)
         affine_shape = stats_shape if self.per_domain_affine else (channels,)
-        self.gamma = None
-        self.beta = None
-        if self.scale:
-            self.gamma = self.add_weight(
-                shape=affine_shape,
-                name="gamma",
-                initializer=self.gamma_initializer,
-                regularizer=self.gamma_regularizer,
-                constraint=self.gamma_constraint,
-                trainable=True,
-                autocast=False,
-            )
-        if self.center:
-            self.beta = self.add_weight(
-                shape=affine_shape,
-                name="beta",
-                initializer=self.beta_initializer,
-                regularizer=self.beta_regularizer,
-                constraint=self.beta_constraint,
-                trainable=True,
-                autocast=False,
-            )
-        # Moving statistics are float32 (autocast=False) under every policy.
-        self.moving_mean = self.add_weight(
-            shape=stats_shape,
-            name="moving_mean",
-            initializer=self.moving_mean_initializer,
-            trainable=False,
-            autocast=False,
-            aggregation="mean",
+        self.gamma, self.beta = _normalization_weights.affine_weights(
+            self, affine_shape
         )
-        self.moving_variance = self.add_weight(
-            shape=stats_shape,
-            name="moving_variance",
-            initializer=self.moving_variance_initializer,
-            trainable=False,
-            autocast=False,
-            aggregation="mean",
+        self.moving_mean, self.moving_variance = (
+            _normalization_weights.moving_statistics(self, stats_shape)
         )
 
     def call(self, inputs, training=None):

@@ -8,7 +8,7 @@ branches on a norm's name.
 
 import dataclasses
 import types
-from typing import Any, Callable
+from typing import Callable
 
 import keras
 
@@ -30,13 +30,20 @@ def _group_count(groups, channels):
     return max(g for g in range(1, min(groups, channels) + 1) if channels % g == 0)
 
 
+def _channels_from_input(layer_class, **fixed):
+    """`make` of a layer that takes its channel count from its input."""
+
+    def make(channels, name, **options):
+        return layer_class(name=name, **fixed, **options)
+
+    return make
+
+
 _ENTRIES = {
     "batch": _Entry(
         takes_domain=False,
         defaults={"momentum": 0.99, "epsilon": 1e-3, "synchronized": False},
-        make=lambda channels, name, **o: keras.layers.BatchNormalization(
-            name=name, **o
-        ),
+        make=_channels_from_input(keras.layers.BatchNormalization),
         summary="keras.layers.BatchNormalization",
     ),
     "per-domain": _Entry(
@@ -48,9 +55,7 @@ _ENTRIES = {
             "per_domain_affine": True,
             "synchronized": False,
         },
-        make=lambda channels, name, **o: PerDomainBatchNormalization(
-            name=name, **o
-        ),
+        make=_channels_from_input(PerDomainBatchNormalization),
         summary="separate statistics per domain, routed per sample (DSBN)",
     ),
     "group": _Entry(
@@ -64,9 +69,7 @@ _ENTRIES = {
     "eval-mode": _Entry(
         takes_domain=False,
         defaults={"momentum": 0.99, "epsilon": 1e-3, "warmup_steps": 0},
-        make=lambda channels, name, **o: EvalModeBatchNormalization(
-            name=name, **o
-        ),
+        make=_channels_from_input(EvalModeBatchNormalization),
         summary="moving statistics in training too, after optional warm-up",
     ),
     "batch-renorm": _Entry(
@@ -77,9 +80,7 @@ _ENTRIES = {
             "renorm_momentum": 0.99,
             "renorm_clipping": None,
         },
-        make=lambda channels, name, **o: keras.layers.BatchNormalization(
-            renorm=True, name=name, **o
-        ),
+        make=_channels_from_input(keras.layers.BatchNormalization, renorm=True),
         summary="keras.layers.BatchNormalization(renorm=True) (Ioffe 2017)",
     ),
 }
@@ -107,7 +108,7 @@ class NormFactory:
         self.options = types.MappingProxyType(dict(options))
         self.takes_domain = _ENTRIES[name].takes_domain
 
-    def __call__(self, channels, name=None, dtype=None) -> keras.layers.Layer:
+    def __call__(self, channels, name=None, dtype=None):
         return _ENTRIES[self.name].make(channels, name, dtype=dtype, **self.options)
 
     def __repr__(self):
@@ -115,23 +116,23 @@ class NormFactory:
         return f"NormFactory({self.name!r}, {options})"
 
 
-def names() -> tuple:
-    """The canonical norm names, in registry order."""
+def names():
+    """A tuple of the canonical norm names, in registry order."""
     return tuple(_ENTRIES)
 
 
-def options(name) -> dict:
-    """The options `name` accepts, with their defaults."""
+def options(name):
+    """A dict of the options `name` accepts, with their defaults."""
     return dict(_entry(name).defaults)
 
 
-def summary(name) -> str:
+def summary(name):
     """One line saying what the norm is."""
     return _entry(name).summary
 
 
-def get(name, **options: Any) -> NormFactory:
-    """The factory of norm `name`, with `options` overriding its defaults.
+def get(name, **options):
+    """The `NormFactory` of norm `name`, `options` overriding its defaults.
 
     Raises:
         ValueError: for an unknown name (the message lists the valid ones)

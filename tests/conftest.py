@@ -1,3 +1,7 @@
+"""Fixtures every test directory shares: a clean Keras session, a cache that
+is not $HOME, the tiny demo data set, the tiny training configuration and the
+base config of a search."""
+
 import os
 
 # Before TensorFlow is imported anywhere: keep its start-up noise out of logs.
@@ -9,6 +13,16 @@ os.environ.setdefault("TF_ENABLE_ONEDNN_OPTS", "1")
 import keras  # noqa: E402
 import pytest  # noqa: E402
 
+from kpair.config import TrainConfig  # noqa: E402
+from kpair.data import build_demo  # noqa: E402
+
+# The tiny model (flax's `_ResNet1`) trained for a step or two: a run costs
+# seconds, not minutes.
+TINY = dict(
+    width_multiplier=0.125, image_size=16, embedding_dim=16, batch_size=12,
+    eval_pairs=24, epochs=1, steps_per_epoch=2,
+)
+
 
 @pytest.fixture(autouse=True)
 def _float32_policy_and_clean_session():
@@ -17,3 +31,41 @@ def _float32_policy_and_clean_session():
     yield
     keras.config.set_dtype_policy("float32")
     keras.backend.clear_session()
+
+
+@pytest.fixture(autouse=True)
+def _kpair_cache(tmp_path_factory, monkeypatch):
+    """No test writes into the user's cache."""
+    monkeypatch.setenv("KPAIR_CACHE", str(tmp_path_factory.mktemp("kpair-cache")))
+
+
+@pytest.fixture(scope="session")
+def demo_data(tmp_path_factory):
+    """The demo data set at 16 pixels, 40/12/12 training pairs per type.
+
+    Shared by every test of the session: read it, never write into it."""
+    return build_demo(
+        tmp_path_factory.mktemp("demo") / "data", image_size=16,
+        pairs_per_type=(40, 12, 12),
+    )
+
+
+@pytest.fixture(scope="session")
+def tiny_config():
+    """Factory: `tiny_config(data=None, out=None, **changes)` is the
+    `TrainConfig` of `TINY`, with `changes` over it (paths may be `Path`s)."""
+
+    def make(data=None, out=None, **changes):
+        paths = {"data": data, "out": out}
+        paths = {k: str(v) for k, v in paths.items() if v is not None}
+        return TrainConfig(**{**TINY, **paths, **changes})
+
+    return make
+
+
+@pytest.fixture
+def base_config(demo_data, tiny_config):
+    """The base config of a search (tuning's tests and the tuner kill tests):
+    one step a trial, on mixed batches."""
+    return tiny_config(demo_data, norm="per-domain", batching="mixed",
+                       steps_per_epoch=1)

@@ -1,13 +1,14 @@
 """`kpair tune`: builds the search's base config from flags, runs the search.
 
-`kpair.cli` hands the arguments after `tune` to `run_tune`; a ValueError
+`kpair.cli` hands the arguments after `tune` to `run_tune`; a KpairError
 (bad flags, bad data, a search directory of another search) comes back to it
 and ends as one line with exit code 2.
 """
 
 import argparse
 
-from kpair.config import PRECISIONS
+from kpair.errors import ConfigError
+from kpair.precision import PRECISIONS
 
 DEFAULT_OUT = "runs/tune"
 DEFAULT_MAX_TRIALS = 10
@@ -89,7 +90,7 @@ def run_tune(argv):
     if args.tuner != "hyperband" and max_trials is None:
         max_trials = DEFAULT_MAX_TRIALS
     if args.tuner == "hyperband" and max_trials is not None:
-        raise ValueError(
+        raise ConfigError(
             "--max-trials does not apply to --tuner hyperband: its number of "
             "trials follows from --epochs."
         )

@@ -55,7 +55,7 @@ class PairHyperModel(keras_tuner.HyperModel):
     and the epoch's final weights, `train_loss_training_mode` (the run's
     batches, nothing updated), `train_loss_inference_mode` and
     `gap_ratio`, their ratio. Keras's running loss is `running_loss`. A
-    non-finite training loss raises `kpair.callbacks.TrainingDiverged`.
+    non-finite training loss raises `kpair.errors.TrainingDiverged`.
 
     Args:
         base_config: `kpair.config.TrainConfig` with the fixed arguments.

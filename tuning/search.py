@@ -18,6 +18,7 @@ oracle and, once every trial is done, writes the table, the plot and the
 best model; workers run trials. All of them must share `out_dir`.
 """
 
+import functools
 import json
 import os
 import socket
@@ -30,10 +31,12 @@ import keras_tuner
 from keras_tuner.engine.trial import TrialStatus
 
 import kpair
+from kpair import files
 from kpair.config import ConfigError
 from kpair.data import count_split
 from kpair.model_builder import build_pair_model, float32_copy, training_model
-from kpair.train import resolve_data, save_model
+from kpair.run_dir import claim, run_record
+from kpair.train import resolve_data
 from tuning import summary
 from tuning.hypermodel import PairHyperModel
 
@@ -46,6 +49,8 @@ ATTEMPTS_FILE = "attempts.txt"
 MAX_ATTEMPTS = 2
 # Failed trials never stop a search: each is recorded, and the next starts.
 _NEVER = 2**31 - 1
+# keras-tuner's own format for its state files: compact, no final newline.
+_write_state = functools.partial(files.write_json, indent=None, end="")
 
 
 def run_search(
@@ -89,6 +94,25 @@ def run_search(
         kpair.data.DataError: the data cannot be read.
     """
     out = out if out is not None else sys.stdout
+    _check_tuner(tuner, max_trials)
+    if epochs is not None:
+        base_config = base_config.replace(epochs=epochs)
+    out_dir = Path(out_dir)
+    role = _role()
+    hypermodel = PairHyperModel(base_config, norms=norms, batchings=batchings, out=out)
+    _prepare(role, hypermodel, tuner, out_dir, out)
+    search = _make_tuner(
+        tuner, hypermodel, max_trials, base_config, out_dir, distribution_strategy
+    )
+    search.search()
+    if role == "worker":
+        print(f"Worker {os.environ['KERASTUNER_TUNER_ID']} finished.", file=out)
+        return {"role": role, "trials": [], "best": None}
+    return {"role": role, **_report(search, hypermodel, out_dir, out)}
+
+
+def _check_tuner(tuner, max_trials):
+    """Refuses an unknown tuner, or a number of trials it cannot take."""
     if tuner not in TUNERS:
         raise ConfigError(
             f"Unknown tuner. Expected one of {list(TUNERS)}. Received: tuner={tuner!r}"
@@ -106,29 +130,6 @@ def run_search(
             "`max_trials` must be a positive integer. "
             f"Received: max_trials={max_trials!r}"
         )
-    if epochs is not None:
-        base_config = base_config.replace(epochs=epochs)
-    out_dir = Path(out_dir)
-    role = _role()
-    hypermodel = PairHyperModel(base_config, norms=norms, batchings=batchings, out=out)
-    if role == "worker":
-        _wait_for_chief(out)
-    if role != "chief":
-        # Fail now on unreadable data, not once per trial.
-        data_dir = resolve_data(base_config, out)
-        count_split(data_dir / "train")
-        count_split(data_dir / "val")
-    if role != "worker":
-        _claim(out_dir, _settings(hypermodel, tuner))
-        _check_state(out_dir / PROJECT)
-    search = _make_tuner(
-        tuner, hypermodel, max_trials, base_config, out_dir, distribution_strategy
-    )
-    search.search()
-    if role == "worker":
-        print(f"Worker {os.environ['KERASTUNER_TUNER_ID']} finished.", file=out)
-        return {"role": role, "trials": [], "best": None}
-    return {"role": role, **_report(search, hypermodel, out_dir, out)}
 
 
 def _role():
@@ -147,6 +148,24 @@ def _role():
             "tuner1, ...) on each worker."
         )
     return "chief" if "chief" in os.environ["KERASTUNER_TUNER_ID"] else "worker"
+
+
+def _prepare(role, hypermodel, tuner, out_dir, out):
+    """What a process checks before it searches, by its role.
+
+    Trials read the data, so the chief (which runs none) does not; workers
+    do not own `out_dir`, so they neither claim nor check it.
+    """
+    if role == "worker":
+        _wait_for_chief(out)
+    if role != "chief":
+        # Fail now on unreadable data, not once per trial.
+        data_dir = resolve_data(hypermodel.base_config, out)
+        count_split(data_dir / "train")
+        count_split(data_dir / "val")
+    if role != "worker":
+        _claim(out_dir, _settings(hypermodel, tuner))
+        _check_state(out_dir / PROJECT)
 
 
 def _wait_for_chief(out, poll_seconds=1.0):
@@ -194,28 +213,14 @@ def _settings(hypermodel, tuner):
 def _claim(out_dir, settings):
     """Writes search.json, or checks that a resumed search has its settings."""
     path = out_dir / SETTINGS_FILE
-    if path.exists():
-        try:
-            saved = json.loads(path.read_text())
-        except (OSError, json.JSONDecodeError) as error:
-            raise ConfigError(f"Cannot read {path}: {error}") from None
-        saved.pop("kpair_version", None)
-        current = {k: v for k, v in settings.items() if k != "kpair_version"}
-        if saved != current:
-            changed = sorted(
-                k for k in current if saved.get(k) != current[k]
-            )
-            if "base_config" in changed:
-                old, new = saved.get("base_config", {}), current["base_config"]
-                changed.remove("base_config")
-                changed += sorted(k for k in new if old.get(k) != new[k])
-            raise ConfigError(
-                f"{out_dir} holds a search with other settings (differs in "
-                f"{changed}). Use another --out, or the same settings to resume."
-            )
-        return
-    out_dir.mkdir(parents=True, exist_ok=True)
-    _write_json(path, settings, indent=2)
+    saved = claim(
+        path, settings, "a search with other settings",
+        "Use another --out, or the same settings to resume.",
+        expand=("base_config",),
+    )
+    if saved is None:
+        out_dir.mkdir(parents=True, exist_ok=True)
+        files.write_json(path, settings, end="")
 
 
 def _check_state(project_dir):
@@ -229,6 +234,8 @@ def _check_state(project_dir):
     for path in sorted(project_dir.glob("*.json")) + sorted(
         project_dir.glob("trial_*/trial.json")
     ):
+        if files.is_partial(path):
+            continue  # a write a kill cut short; the file it was to replace is whole
         try:
             json.loads(path.read_text())
         except (OSError, ValueError) as error:
@@ -236,13 +243,6 @@ def _check_state(project_dir):
                 f"The search state file {path} is unreadable ({error}); the "
                 "search cannot resume from it. Start it in another --out."
             ) from None
-
-
-def _write_json(path, data, indent=None):
-    path = Path(path)
-    tmp = path.with_name(f".{path.name}.tmp")
-    tmp.write_text(json.dumps(data, indent=indent))
-    os.replace(tmp, path)
 
 
 # --- the tuner -----------------------------------------------------------------
@@ -262,11 +262,11 @@ class _KpairOracle:
     """
 
     def save(self):
-        _write_json(self._get_oracle_fname(), self.get_state())
+        _write_state(self._get_oracle_fname(), self.get_state())
 
     def _save_trial(self, trial):
         trial_dir = self._get_trial_dir(trial.trial_id)
-        _write_json(os.path.join(trial_dir, "trial.json"), trial.get_state())
+        _write_state(os.path.join(trial_dir, "trial.json"), trial.get_state())
 
     @keras_tuner.synchronized
     def create_trial(self, tuner_id):
@@ -339,10 +339,7 @@ def read_attempts(trial_dir):
 
 
 def _write_failure(trial_dir, reason):
-    failure = Path(trial_dir) / summary.FAILURE_FILE
-    tmp = failure.with_name(failure.name + ".tmp")
-    tmp.write_text(reason + "\n")
-    os.replace(tmp, failure)
+    files.write_text(Path(trial_dir) / summary.FAILURE_FILE, reason + "\n")
 
 
 class _KpairTrials:
@@ -359,7 +356,7 @@ class _KpairTrials:
         (trial_dir / summary.FAILURE_FILE).unlink(missing_ok=True)
         # Counted before training: a process that dies mid-trial cannot
         # count afterwards (see _KpairOracle.create_trial).
-        _write_json(trial_dir / ATTEMPTS_FILE, read_attempts(trial_dir) + 1)
+        _write_state(trial_dir / ATTEMPTS_FILE, read_attempts(trial_dir) + 1)
         try:
             return super().run_trial(trial, *args, **kwargs)
         except keras_tuner.errors.FatalError:
@@ -382,7 +379,7 @@ class _KpairTrials:
     def save(self):
         if not self._is_worker():
             self.oracle.save()
-        _write_json(self._get_tuner_fname(), self.get_state())
+        _write_state(self._get_tuner_fname(), self.get_state())
 
 
 class _Tuner(_KpairTrials, keras_tuner.Tuner):
@@ -468,13 +465,8 @@ def _save_best(search, hypermodel, trial, row, best_dir, out):
     model.optimizer.build(model.trainable_variables)  # as in build(hp)
     model.load_weights(weights)
     best_dir.mkdir(parents=True, exist_ok=True)
-    record = {
-        **config.to_dict(),
-        "kpair_version": kpair.__version__,
-        "saved_compute_dtype": "float32",
-    }
-    _write_json(best_dir / "config.json", record, indent=2)
+    files.write_json(best_dir / "config.json", run_record(config), end="")
     metrics = {k: v for k, v in row.items() if k != "hyperparameters"}
-    _write_json(best_dir / "metrics.json", metrics, indent=2)
-    save_model(float32_copy(pair_model, config), best_dir / "model.keras")
+    files.write_json(best_dir / "metrics.json", metrics, end="")
+    files.write_model(float32_copy(pair_model, config), best_dir / "model.keras")
     return True

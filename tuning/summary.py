@@ -6,17 +6,23 @@ in its directory: in chief/worker mode a trial's message does not travel
 over gRPC, its directory on the shared file system does.
 """
 
-import csv
 import math
-import os
 from pathlib import Path
 
-from kpair import gap, tables
+from kpair import files, gap, tables
 
 # A failed trial's one-line reason, written into its trial directory.
 FAILURE_FILE = "failure.txt"
 # Metrics of a trial, as reported for its best epoch (`seconds`: the trial).
 METRICS = ("val_loss", gap.GAP, gap.TRAINING_MODE, gap.INFERENCE_MODE, "seconds")
+# The metrics' formats; other floats (hyperparameters) take "{:.3g}".
+_SPECS = {
+    "val_loss": "{:.4f}",
+    gap.TRAINING_MODE: "{:.4f}",
+    gap.INFERENCE_MODE: "{:.4f}",
+    gap.GAP: "{:.2f}",
+    "seconds": "{:.1f}",
+}
 
 
 def trial_rows(oracle, project_dir):
@@ -79,60 +85,29 @@ def columns(rows):
     return ["trial", "status", "norm", *names, *METRICS, "reason"]
 
 
+def _flat(rows):
+    """Rows with their hyperparameters as columns of their own."""
+    return [{**row, **row["hyperparameters"]} for row in rows]
+
+
 def _cells(rows):
-    """Rows as lists of strings, in `columns(rows)` order."""
-    header = columns(rows)
-    table = []
-    for row in rows:
-        flat = {**row, **row["hyperparameters"]}
-        table.append([_format(name, flat.get(name, "")) for name in header])
-    return header, table
-
-
-def _format(name, value):
-    if isinstance(value, bool) or not isinstance(value, (int, float)):
-        return str(value)
-    if isinstance(value, float) and math.isnan(value):
-        return ""
-    if name in ("val_loss", gap.TRAINING_MODE, gap.INFERENCE_MODE):
-        return f"{value:.4f}"
-    if name == gap.GAP:
-        return f"{value:.2f}"
-    if name == "seconds":
-        return f"{value:.1f}"
-    return f"{value:.3g}" if isinstance(value, float) else str(value)
+    """Headings and rows of strings, in `columns(rows)` order."""
+    return tables.cells(columns(rows), _flat(rows), _SPECS, "{:.3g}", gap.HEADINGS)
 
 
 def format_table(rows):
     """The table as aligned plain text, for a terminal."""
-    header, table = _cells(rows)
-    header = [gap.HEADINGS.get(h, h) for h in header]
-    return tables.aligned(header, table)
+    return tables.aligned(*_cells(rows))
 
 
 def write_csv(rows, path):
     """The table as CSV, with full-precision numbers."""
-    header = columns(rows)
-    _atomic(path, lambda f: _csv(f, header, rows), newline="")
-
-
-def _csv(f, header, rows):
-    writer = csv.writer(f)
-    writer.writerow(header)
-    for row in rows:
-        flat = {**row, **row["hyperparameters"]}
-        writer.writerow(
-            ["" if _is_nan(flat.get(n, "")) else flat.get(n, "") for n in header]
-        )
+    tables.write_csv(path, columns(rows), _flat(rows))
 
 
 def write_markdown(rows, path):
     """The table as a Markdown table."""
-    header, table = _cells(rows)
-    header = [gap.HEADINGS.get(h, h) for h in header]
-    lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
-    lines += ["| " + " | ".join(c.replace("|", "\\|") for c in r) + " |" for r in table]
-    _atomic(path, lambda f: f.write("\n".join(lines) + "\n"))
+    tables.write_markdown(path, *_cells(rows))
 
 
 def plot_val_loss_by_norm(rows, norms, path):
@@ -180,18 +155,6 @@ def plot_val_loss_by_norm(rows, norms, path):
         ax.set_title("Validation loss of each trial, by normalization")
         ax.grid(axis="y", alpha=0.3)
         fig.tight_layout()
-        tables.save_figure(fig, path)
+        files.write_figure(fig, path)
     finally:
         plt.close(fig)
-
-
-def _is_nan(value):
-    return isinstance(value, float) and math.isnan(value)
-
-
-def _atomic(path, write, newline=None):
-    path = Path(path)
-    tmp = path.with_name(path.name + ".tmp")
-    with open(tmp, "w", newline=newline) as f:
-        write(f)
-    os.replace(tmp, path)

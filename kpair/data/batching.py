@@ -14,17 +14,11 @@ type runs out.
 
 import tensorflow as tf
 
-from kpair.data.records import (
-    PAIR_TYPES,
-    DataError,
-    decode_pair,
-    pair_type,
-    raw_records,
-    split_source,
-)
+from kpair.data.records import Split, decode_pair, pairs_dataset, raw_records
+from kpair.errors import ConfigError, DataError
+from kpair.pair_types import PAIR_TYPES, TYPE_KEYS, pair_type
 
 BATCHINGS = ("per-type", "mixed", "balanced")
-PER_TYPE_PREFIXES = ("aa", "bb", "ab")
 
 # Records held by a shuffle buffer. Serialized pairs are small, decoded ones
 # are not; either way the cap bounds memory for large data sets.
@@ -33,13 +27,13 @@ _SHUFFLE_BUFFER = 10_000
 
 def _check_batching(batching, batch_size):
     if batching not in BATCHINGS:
-        raise ValueError(
+        raise ConfigError(
             "Unknown batching. Expected one of "
             f"{', '.join(repr(b) for b in BATCHINGS)}. Received: batching={batching!r}"
         )
     minimum = 1 if batching == "mixed" else len(PAIR_TYPES)
     if not isinstance(batch_size, int) or batch_size < minimum:
-        raise ValueError(
+        raise ConfigError(
             f"`batch_size` must be an int >= {minimum} for batching={batching!r} "
             f"(it holds batch_size // 3 pairs of each type). "
             f"Received: batch_size={batch_size!r}"
@@ -73,16 +67,19 @@ def steps_per_epoch(dataset_counts, batching, batch_size):
     counts = [int(dataset_counts.get(name, 0)) for name in PAIR_TYPES]
     if batching == "mixed":
         return sum(counts) // batch_size
-    return min(counts) // (batch_size // 3)
+    return min(counts) // (batch_size // len(PAIR_TYPES))
 
 
 def _count_types(dataset):
     """Pair-type counts of an arbitrary `(features, y)` dataset (one pass)."""
     types = dataset.map(lambda features, y: tf.cast(y[1], tf.int32))
     total = types.batch(4096).reduce(
-        tf.zeros([3], tf.int64),
+        tf.zeros([len(PAIR_TYPES)], tf.int64),
         lambda acc, t: (
-            acc + tf.math.bincount(t, minlength=3, maxlength=3, dtype=tf.int64)
+            acc + tf.math.bincount(
+                t, minlength=len(PAIR_TYPES), maxlength=len(PAIR_TYPES),
+                dtype=tf.int64,
+            )
         ),
     )
     return dict(zip(PAIR_TYPES, (int(v) for v in total.numpy())))
@@ -91,9 +88,9 @@ def _count_types(dataset):
 def _type_streams(dataset, source, shuffle, seed):
     """One unbatched `(features, y)` dataset per pair type, each shuffled.
 
-    When `dataset` came straight from `read_split`, records are shuffled and
-    filtered before decoding: each image is decoded once, not once per
-    stream, and shuffle buffers hold bytes instead of float images.
+    Given the `Split` that `dataset` is read from (`source`), records are
+    shuffled and filtered before decoding: each image is decoded once, not
+    once per stream, and shuffle buffers hold bytes instead of float images.
     """
     streams = []
     for index in range(len(PAIR_TYPES)):
@@ -146,7 +143,7 @@ def _mixed(dataset, source, batch_size, shuffle, seed, drop_remainder):
 def _per_type(batches):
     def _flatten(*parts):
         features = {}
-        for prefix, (part_features, _) in zip(PER_TYPE_PREFIXES, parts):
+        for prefix, (part_features, _) in zip(TYPE_KEYS, parts):
             for key, value in part_features.items():
                 features[f"{prefix}_{key}"] = value
         y = tf.concat([part_y for _, part_y in parts], axis=0)
@@ -186,7 +183,7 @@ def _balanced(batches, shuffle, seed, repeat):
 
 
 def make_batches(
-    dataset,
+    pairs,
     batching,
     batch_size,
     seed=0,
@@ -195,18 +192,20 @@ def make_batches(
     counts=None,
     drop_remainder=True,
 ):
-    """Batches an unbatched `(features, y)` dataset from `read_split`.
+    """Batches the pairs of a `Split`, or of any unbatched `(features, y)` dataset.
 
     Args:
-        dataset: unbatched dataset as returned by `read_split`.
+        pairs: a `Split` (from `read_split`), or an unbatched dataset of
+            `(features, y)` like a split's `dataset` (a sample, a filtered
+            split). Only a `Split` is batched from its serialized records.
         batching: one of `BATCHINGS`.
         batch_size: pairs per step. `per-type` and `balanced` use
             `batch_size // 3` pairs of each type (3 * (batch_size // 3) in all).
         seed: shuffling seed.
         shuffle: shuffle pairs (and rows within balanced batches).
         repeat: repeat forever; otherwise one epoch.
-        counts: optional pair-type counts of `dataset` (`count_split`); known
-            already for datasets from `read_split`, counted otherwise.
+        counts: optional pair-type counts of `pairs` (`count_split`); known
+            already for a `Split`, counted otherwise.
         drop_remainder: `mixed` only: drop the last partial batch. `per-type`
             and `balanced` batches are always full, since each must hold the
             same number of pairs of every type.
@@ -219,11 +218,12 @@ def make_batches(
         concatenated in that order.
 
     Raises:
-        ValueError: unknown `batching` or bad `batch_size`.
+        ConfigError: unknown `batching` or bad `batch_size`.
         DataError: a pair type needed by `per-type` or `balanced` is absent.
     """
     _check_batching(batching, batch_size)
-    source = split_source(dataset)
+    source = pairs if isinstance(pairs, Split) else None
+    dataset = pairs_dataset(pairs)
     if batching == "mixed":
         ds = _mixed(dataset, source, batch_size, shuffle, seed, drop_remainder)
     else:

@@ -32,8 +32,6 @@ the post's bug shows with a margin (`benchmarks/reproduce_post.py`).
 import io
 import json
 import os
-import shutil
-import uuid
 from pathlib import Path
 
 import numpy as np
@@ -43,9 +41,10 @@ from kpair.data.records import (
     MANIFEST_NAME,
     SPLITS,
     Pair,
-    replace_dir,
     write_split,
 )
+from kpair.errors import ConfigError
+from kpair.files import directory_aside
 
 DEFAULT_PAIRS_PER_TYPE = (1500, 300, 300)
 # Bump when the construction changes, so that stale caches are not reused.
@@ -137,16 +136,16 @@ def _draw_pairs(pool_left, pool_right, labels, count, hinge, rng):
 
 def _check_args(image_size, pairs_per_type, ba_fraction=0.0):
     if not isinstance(image_size, int) or image_size < 8:
-        raise ValueError(
+        raise ConfigError(
             f"`image_size` must be an int >= 8. Received: image_size={image_size!r}"
         )
     if len(pairs_per_type) != 3 or any(int(n) < 1 for n in pairs_per_type):
-        raise ValueError(
+        raise ConfigError(
             "`pairs_per_type` must be three positive ints (train, val, test). "
             f"Received: pairs_per_type={pairs_per_type!r}"
         )
     if not 0.0 <= ba_fraction <= 1.0:
-        raise ValueError(
+        raise ConfigError(
             "`ba_fraction` must be in [0, 1]. "
             f"Received: ba_fraction={ba_fraction!r}"
         )
@@ -169,77 +168,94 @@ def build_demo(out_dir, seed=0, image_size=32, pairs_per_type=DEFAULT_PAIRS_PER_
     Returns:
         `Path(out_dir)`.
     """
-    # Imported here: sklearn is only needed when the demo is built.
-    from sklearn.datasets import load_digits, load_sample_images
-
     _check_args(image_size, pairs_per_type, ba_fraction)
     out_dir = Path(out_dir)
     rng = np.random.default_rng(seed)
     # Its own stream: the orientation draws leave every other draw as it is.
     flip_rng = np.random.default_rng([seed, 1])
+    labels, photos, masks = _sources(image_size)
+    indices = _split_indices(len(labels), rng)
+    encoded = _render_images(indices, masks, photos, rng)
+
+    with directory_aside(out_dir) as tmp_dir:
+        for name, count in zip(SPLITS, pairs_per_type):
+            pairs = _split_pairs(
+                indices[name], labels, count, ba_fraction, rng, flip_rng
+            )
+            write_split(
+                (Pair(encoded[left], encoded[right], *rest)
+                 for left, right, *rest in pairs),
+                tmp_dir / name,
+                image_size=image_size,
+            )
+        info = _info(seed, image_size, pairs_per_type, ba_fraction, indices)
+        (tmp_dir / INFO_NAME).write_text(json.dumps(info) + "\n")
+    return out_dir
+
+
+def _sources(image_size):
+    """`(labels, photos, masks)`: scikit-learn's digit labels, its photographs,
+    and its digits as masks of `image_size` (`_digit_masks`)."""
+    # Imported here: sklearn is only needed when the demo is built.
+    from sklearn.datasets import load_digits, load_sample_images
+
     digits = load_digits()
     labels = digits.target.astype(int)
     photos = [np.asarray(p) for p in load_sample_images().images]
-    masks = _digit_masks(digits.images, image_size)
-    indices = _split_indices(len(labels), rng)
+    return labels, photos, _digit_masks(digits.images, image_size)
 
-    # Each digit image is rendered once, in its one domain: the data set is a
-    # fixed set of images, and pairs are drawn from it.
+
+def _render_images(indices, masks, photos, rng):
+    """Digit index -> PNG bytes of that image in its domain.
+
+    Each digit image is rendered once, in its one domain: the data set is a
+    fixed set of images, and pairs are drawn from it.
+    """
     encoded = {}
     for name in SPLITS:
         for index in indices[name]["A"]:
             encoded[int(index)] = _png(_render_a(masks[index]))
         for index in indices[name]["B"]:
             encoded[int(index)] = _png(_render_b(masks[index], photos, rng))
+    return encoded
 
-    out_dir.parent.mkdir(parents=True, exist_ok=True)
-    tmp_dir = out_dir.parent / f".{out_dir.name}.tmp-{uuid.uuid4().hex[:8]}"
-    tmp_dir.mkdir()
-    try:
-        for name, count in zip(SPLITS, pairs_per_type):
-            a, b = indices[name]["A"], indices[name]["B"]
-            pairs = []
-            for left, right in _draw_pairs(a, a, labels, count, False, rng):
-                target = (labels[left] - labels[right]) / 9.0
-                pairs.append((left, right, 0, 0, target))
-            for pool_left, pool_right, domain in ((b, b, 1), (a, b, 0)):
-                for left, right in _draw_pairs(
-                    pool_left, pool_right, labels, count, True, rng
-                ):
-                    target = 1.0 if labels[left] > labels[right] else -1.0
-                    pairs.append((left, right, domain, 1, target))
-            for i in range(2 * count, 3 * count):
-                if ba_fraction and flip_rng.random() < ba_fraction:
-                    left, right, left_domain, right_domain, target = pairs[i]
-                    pairs[i] = (right, left, right_domain, left_domain, -target)
-            # Store the types interleaved, so that a plain sequential read is
-            # already mixed.
-            order = rng.permutation(len(pairs))
-            write_split(
-                (
-                    Pair(encoded[pairs[i][0]], encoded[pairs[i][1]], *pairs[i][2:])
-                    for i in order
-                ),
-                tmp_dir / name,
-                image_size=image_size,
-            )
-        info = {
-            "version": VERSION,
-            "seed": seed,
-            "image_size": image_size,
-            "pairs_per_type": [int(n) for n in pairs_per_type],
-            "ba_fraction": float(ba_fraction),
-            "digit_indices": {
-                name: {d: indices[name][d].tolist() for d in ("A", "B")}
-                for name in SPLITS
-            },
-        }
-        (tmp_dir / INFO_NAME).write_text(json.dumps(info) + "\n")
-        replace_dir(tmp_dir, out_dir)
-    except BaseException:
-        shutil.rmtree(tmp_dir, ignore_errors=True)
-        raise
-    return out_dir
+
+def _split_pairs(split_indices, labels, count, ba_fraction, rng, flip_rng):
+    """`count` pairs of each type of one split, in the order they are stored:
+    `(left index, right index, left domain, right domain, target)`."""
+    a, b = split_indices["A"], split_indices["B"]
+    pairs = []
+    for left, right in _draw_pairs(a, a, labels, count, False, rng):
+        target = (labels[left] - labels[right]) / 9.0
+        pairs.append((left, right, 0, 0, target))
+    for pool_left, pool_right, domain in ((b, b, 1), (a, b, 0)):
+        for left, right in _draw_pairs(pool_left, pool_right, labels, count, True, rng):
+            target = 1.0 if labels[left] > labels[right] else -1.0
+            pairs.append((left, right, domain, 1, target))
+    for i in range(2 * count, 3 * count):
+        if ba_fraction and flip_rng.random() < ba_fraction:
+            left, right, left_domain, right_domain, target = pairs[i]
+            pairs[i] = (right, left, right_domain, left_domain, -target)
+    # Store the types interleaved, so that a plain sequential read is
+    # already mixed.
+    order = rng.permutation(len(pairs))
+    return [pairs[i] for i in order]
+
+
+def _info(seed, image_size, pairs_per_type, ba_fraction, indices):
+    """What `demo.json` records: how the data set was built, and from which
+    digit images each split and domain were rendered."""
+    return {
+        "version": VERSION,
+        "seed": seed,
+        "image_size": image_size,
+        "pairs_per_type": [int(n) for n in pairs_per_type],
+        "ba_fraction": float(ba_fraction),
+        "digit_indices": {
+            name: {d: indices[name][d].tolist() for d in ("A", "B")}
+            for name in SPLITS
+        },
+    }
 
 
 def default_cache_dir():

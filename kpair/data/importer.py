@@ -13,10 +13,9 @@ added, keeps every pair in its split.
 import csv
 import hashlib
 import io
+import itertools
 import math
-import shutil
 import sys
-import uuid
 import warnings
 from pathlib import Path, PurePosixPath, PureWindowsPath
 
@@ -29,10 +28,10 @@ from kpair.data.records import (
     Pair,
     _tf_reason,
     outside_domains,
-    replace_dir,
     valid_domains,
     write_split,
 )
+from kpair.files import directory_aside
 
 REQUIRED_COLUMNS = ("left", "right", "left_domain", "right_domain", "target")
 OPTIONAL_COLUMNS = ("split",)
@@ -297,6 +296,18 @@ def import_pairs(
             written then.
     """
     pairs_csv, root, out_dir = Path(pairs_csv), Path(root), Path(out_dir)
+    _check_locations(pairs_csv, root, out_dir, overwrite)
+    names, rows = _read_rows(pairs_csv)
+    parsed, problems, notes = _validate(rows, names, root, seed, progress)
+    if problems:
+        raise _problems_error(pairs_csv, problems)
+    counts = _write_splits(parsed, out_dir, records_per_shard, progress)
+    if notes:
+        _warn_not_rgb(notes)
+    return counts
+
+
+def _check_locations(pairs_csv, root, out_dir, overwrite):
     if not pairs_csv.is_file():
         raise DataError(f"Pairs CSV not found: {pairs_csv}")
     if not root.is_dir():
@@ -306,6 +317,10 @@ def import_pairs(
             f"Output directory {out_dir} already exists; pass overwrite=True "
             "to replace it."
         )
+
+
+def _read_rows(pairs_csv):
+    """`(column names, rows)` of a CSV with a valid header and some data."""
     with open(pairs_csv, newline="", encoding="utf-8-sig") as f:
         reader = csv.reader(f)
         header = next(reader, None)
@@ -315,28 +330,31 @@ def import_pairs(
         rows = list(reader)
     if all(_is_blank(r) for r in rows):
         raise DataError(f"{pairs_csv} has a header but no data rows.")
-    parsed, problems, notes = _validate(rows, names, root, seed, progress)
-    if problems:
-        listed = problems[:_MAX_LISTED]
-        more = len(problems) - len(listed)
-        raise DataError(
-            f"{pairs_csv}: {len(problems)} problem(s); nothing was written. "
-            "Rows are numbered from 1, not counting the header.\n"
-            + "\n".join(listed)
-            + (f"\n... and {more} more" if more else "")
-        )
+    return names, rows
 
-    out_dir.parent.mkdir(parents=True, exist_ok=True)
-    tmp_dir = out_dir.parent / f".{out_dir.name}.tmp-{uuid.uuid4().hex[:8]}"
+
+def _problems_error(pairs_csv, problems):
+    listed = problems[:_MAX_LISTED]
+    more = len(problems) - len(listed)
+    return DataError(
+        f"{pairs_csv}: {len(problems)} problem(s); nothing was written. "
+        "Rows are numbered from 1, not counting the header.\n"
+        + "\n".join(listed)
+        + (f"\n... and {more} more" if more else "")
+    )
+
+
+def _write_splits(parsed, out_dir, records_per_shard, progress):
+    """Pairs written per split, into `out_dir` as a whole (`directory_aside`):
+    an interrupted import leaves no half data set."""
     bar = _Progress("writing", len(parsed), progress)
-    written = [0]
+    written = itertools.count(1)
 
     def _pairs(split):
         for row_split, left, right, left_domain, right_domain, target in parsed:
             if row_split != split:
                 continue
-            written[0] += 1
-            bar.update(written[0])
+            bar.update(next(written))
             yield Pair(
                 _stored_bytes(left),
                 _stored_bytes(right),
@@ -345,21 +363,19 @@ def import_pairs(
                 target,
             )
 
-    try:
+    with directory_aside(out_dir) as tmp_dir:
         counts = {
             split: write_split(_pairs(split), tmp_dir / split, records_per_shard)
             for split in SPLITS
         }
-        replace_dir(tmp_dir, out_dir)
-    except BaseException:
-        shutil.rmtree(tmp_dir, ignore_errors=True)
-        raise
-    if notes:
-        listed = "; ".join(f"{rel} ({note})" for rel, note in list(notes.items())[:3])
-        more = f"; and {len(notes) - 3} more" if len(notes) > 3 else ""
-        print(
-            f"kpair: warning: {len(notes)} image(s) are not RGB and are read as "
-            f"RGB: {listed}{more}",
-            file=sys.stderr,
-        )
     return counts
+
+
+def _warn_not_rgb(notes):
+    listed = "; ".join(f"{rel} ({note})" for rel, note in list(notes.items())[:3])
+    more = f"; and {len(notes) - 3} more" if len(notes) > 3 else ""
+    print(
+        f"kpair: warning: {len(notes)} image(s) are not RGB and are read as "
+        f"RGB: {listed}{more}",
+        file=sys.stderr,
+    )

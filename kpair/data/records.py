@@ -14,19 +14,18 @@ instead of hours into training with a bare ``DataLossError``.
 import dataclasses
 import hashlib
 import json
-import os
-import shutil
-import uuid
-import weakref
 from pathlib import Path
 
 import numpy as np
 import tensorflow as tf
 
+from kpair.errors import DataError
+from kpair.files import directory_aside
+from kpair.pair_types import PAIR_TYPES, pair_type
+
 FORMAT = "kpair-pairs/1"
 MANIFEST_NAME = "manifest.json"
 SHARD_SUFFIX = ".tfrecord"
-PAIR_TYPES = ("A-A", "B-B", "A-B")
 SPLITS = ("train", "val", "test")
 
 _FEATURES = {
@@ -37,17 +36,6 @@ _FEATURES = {
     "target": tf.io.FixedLenFeature([], tf.float32),
 }
 _DOMAIN_FEATURES = {k: v for k, v in _FEATURES.items() if k.endswith("/domain")}
-
-# Datasets returned by `read_split`, mapped to where they came from. Batching
-# uses this to shuffle and filter serialized records before decoding (cheaper
-# and far smaller in a shuffle buffer than decoded float images). Weak keys:
-# the entry goes when the dataset does.
-_SOURCES = weakref.WeakKeyDictionary()
-
-
-class DataError(ValueError):
-    """A data set on disk, or a pair list given to kpair, is not usable."""
-
 
 @dataclasses.dataclass(frozen=True)
 class Pair:
@@ -61,23 +49,34 @@ class Pair:
 
 
 @dataclasses.dataclass(frozen=True)
-class SplitSource:
-    """Where a dataset from `read_split` reads from (used by batching)."""
+class Split:
+    """One split as `read_split` reads it: its pairs and where they come from.
 
+    Hand the whole value, not only its `dataset`, to `make_batches`: knowing
+    the shard files, batching shuffles and filters serialized records before
+    decoding (cheaper, and far smaller in a shuffle buffer than decoded float
+    images); knowing the counts, it checks pair types without a pass over
+    the data.
+
+    Attributes:
+        dataset: unbatched `tf.data.Dataset` of `(features, y)`: `features`
+            is a dict with `left`, `right` (float32 (h, w, 3) in [0, 1]) and
+            `left_domain`, `right_domain` (int32 scalars); `y` is float32
+            `[target, pair_type]` with pair_type 0 = A-A, 1 = B-B, 2 = A-B.
+        files: the shard paths, in manifest order.
+        image_size: `(height, width)` every image is resized to.
+        counts: pair-type counts, e.g. `{"A-A": 10, "B-B": 10, "A-B": 10}`.
+    """
+
+    dataset: tf.data.Dataset
     files: tuple
     image_size: tuple
     counts: dict
 
 
-def pair_type(left_domain, right_domain):
-    """Pair-type index as an int32 tensor: 0 = A-A, 1 = B-B, 2 = anything else."""
-    left = tf.cast(left_domain, tf.int32)
-    right = tf.cast(right_domain, tf.int32)
-    return tf.where(
-        (left == 0) & (right == 0),
-        0,
-        tf.where((left == 1) & (right == 1), 1, 2),
-    )
+def pairs_dataset(pairs):
+    """The unbatched `(features, y)` dataset of a `Split`, or `pairs` itself."""
+    return pairs.dataset if isinstance(pairs, Split) else pairs
 
 
 def shard_name(index, num_shards):
@@ -152,11 +151,7 @@ def write_split(pairs, out_dir, records_per_shard=1000, image_size=None):
             f"Received: records_per_shard={records_per_shard}"
         )
     size = _normalize_size(image_size)
-    out_dir = Path(out_dir)
-    out_dir.parent.mkdir(parents=True, exist_ok=True)
-    tmp_dir = out_dir.parent / f".{out_dir.name}.tmp-{uuid.uuid4().hex[:8]}"
-    tmp_dir.mkdir()
-    try:
+    with directory_aside(out_dir) as tmp_dir:
         # The shard count is only known at the end; write numbered parts and
         # give them their final names once it is.
         parts, counts, writer, total = [], [], None, 0
@@ -185,22 +180,7 @@ def write_split(pairs, out_dir, records_per_shard=1000, image_size=None):
             "image_size": list(size) if size else None,
         }
         (tmp_dir / MANIFEST_NAME).write_text(json.dumps(manifest, indent=2) + "\n")
-        replace_dir(tmp_dir, out_dir)
-    except BaseException:
-        shutil.rmtree(tmp_dir, ignore_errors=True)
-        raise
     return total
-
-
-def replace_dir(src, dst):
-    """Renames `src` to `dst`, moving an existing `dst` out of the way first."""
-    old = None
-    if dst.exists():
-        old = dst.parent / f".{dst.name}.old-{uuid.uuid4().hex[:8]}"
-        os.rename(dst, old)
-    os.rename(src, dst)
-    if old is not None:
-        shutil.rmtree(old, ignore_errors=True)
 
 
 def load_manifest(split_dir):
@@ -243,7 +223,7 @@ def _scan_shard(path, num_domains=None, sign_targets=None):
         DataError: naming the shard and the first bad record (from 1).
         tf.errors.DataLossError: the shard is cut or corrupt.
     """
-    counts = np.zeros(3, np.int64)
+    counts = np.zeros(len(PAIR_TYPES), np.int64)
     start = 0
     for batch in tf.data.TFRecordDataset(str(path)).batch(4096):
         try:
@@ -263,7 +243,7 @@ def _scan_shard(path, num_domains=None, sign_targets=None):
         if problem:
             index, reason = problem
             raise DataError(f"Shard {path}, record {start + index + 1}: {reason}")
-        counts += np.bincount(types, minlength=3)
+        counts += np.bincount(types, minlength=len(PAIR_TYPES))
         start += len(target)
     return [int(v) for v in counts]
 
@@ -349,7 +329,7 @@ def validate_split(split_dir, check_sha256=True, num_domains=None,
     """
     split_dir = Path(split_dir)
     manifest = load_manifest(split_dir)
-    totals = [0, 0, 0]
+    totals = [0] * len(PAIR_TYPES)
     for shard in manifest["shards"]:
         path = split_dir / shard["file"]
         try:
@@ -438,10 +418,8 @@ def read_split(split_dir, image_size, num_domains=None, sign_targets=None):
         num_domains, sign_targets: checks of `validate_split`.
 
     Returns:
-        A `tf.data.Dataset` of `(features, y)`: `features` is a dict with
-        `left`, `right` (float32 (h, w, 3) in [0, 1]) and `left_domain`,
-        `right_domain` (int32 scalars); `y` is float32 `[target, pair_type]`
-        with pair_type 0 = A-A, 1 = B-B, 2 = A-B.
+        A `Split`: the unbatched dataset of `(features, y)`, with the shard
+        files, image size and pair-type counts it was read with.
 
     Raises:
         DataError: the split is missing, incomplete or corrupt.
@@ -458,13 +436,4 @@ def read_split(split_dir, image_size, num_domains=None, sign_targets=None):
     else:
         ds = tf.data.Dataset.from_tensor_slices(tf.constant([], tf.string))
     ds = ds.map(lambda s: decode_pair(s, size), num_parallel_calls=tf.data.AUTOTUNE)
-    _SOURCES[ds] = SplitSource(files=files, image_size=size, counts=counts)
-    return ds
-
-
-def split_source(dataset):
-    """The `SplitSource` of a dataset returned by `read_split`, else None."""
-    try:
-        return _SOURCES.get(dataset)
-    except TypeError:
-        return None
+    return Split(dataset=ds, files=files, image_size=size, counts=counts)

@@ -1,4 +1,4 @@
-"""Fixtures for kpair tests: tiny pair splits, and a cache that is not $HOME."""
+"""Fixtures for kpair tests: tiny pair splits, and two trained tiny models."""
 
 import io
 
@@ -6,7 +6,6 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from kpair.config import TrainConfig
 from kpair.data import Pair, build_demo, write_split
 from kpair.train import train
 
@@ -21,12 +20,6 @@ def png_bytes(array):
     buffer = io.BytesIO()
     Image.fromarray(np.asarray(array, np.uint8)).save(buffer, format="PNG")
     return buffer.getvalue()
-
-
-@pytest.fixture(autouse=True)
-def _kpair_cache(tmp_path_factory, monkeypatch):
-    """No test writes into the user's cache."""
-    monkeypatch.setenv("KPAIR_CACHE", str(tmp_path_factory.mktemp("kpair-cache")))
 
 
 @pytest.fixture
@@ -56,18 +49,18 @@ def tiny_split(tmp_path):
 
 
 @pytest.fixture(scope="session")
-def trained(tmp_path_factory):
+def trained(tmp_path_factory, tiny_config):
     """A batch-norm model trained on per-type batches, and a per-domain one."""
     root = tmp_path_factory.mktemp("diag")
     data = build_demo(root / "data", image_size=16, pairs_per_type=(120, 30, 30))
-    common = dict(
-        data=str(data), width_multiplier=0.125, image_size=16, batch_size=24,
-        epochs=3, steps_per_epoch=10, eval_pairs=48, embedding_dim=16,
+    # Longer than TINY's run: the diagnosis wants models that learned.
+    longer = dict(
+        batch_size=24, epochs=3, steps_per_epoch=10, eval_pairs=48,
         learning_rate=3e-3, norm_options={"momentum": 0.9},
     )
-    train(TrainConfig(out=str(root / "bug"), norm="batch", batching="per-type",
-                      **common))
+    train(tiny_config(data, root / "bug", norm="batch", batching="per-type",
+                      **longer))
     # Mixed batches trace faster; per-domain statistics do not care.
-    train(TrainConfig(out=str(root / "fixed"), norm="per-domain",
-                      batching="mixed", **common))
+    train(tiny_config(data, root / "fixed", norm="per-domain", batching="mixed",
+                      **longer))
     return root

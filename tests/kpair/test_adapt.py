@@ -11,10 +11,11 @@ from kpair.adapt import adapt_model
 from kpair.backbone import ResNet18Backbone
 from kpair.cli import main
 from kpair.data import read_split
-from kpair.diagnose import domain_images, stateful_norm_layers
+from kpair.diagnose import domain_images
 from kpair.evaluation import evaluate_pairs
+from kpair.files import write_model
+from kpair.norm_layers import stateful_norm_layers
 from kpair.pair_model import PairModel
-from kpair.train import save_model
 
 # With `pytest -n`, one worker trains the shared `trained` models once.
 pytestmark = pytest.mark.xdist_group("trained-models")
@@ -99,7 +100,7 @@ def test_statistics_are_population_moments_layer_after_layer(kind):
 
 
 def _pairs_of_type(split, left, right):
-    return read_split(split, 16).filter(
+    return read_split(split, 16).dataset.filter(
         lambda f, y: (f["left_domain"] == left) & (f["right_domain"] == right)
     )
 
@@ -137,7 +138,7 @@ def test_cli_repairs_the_per_type_batch_norm_model(trained, tmp_path, capsys):
 def test_per_domain_model_changes_only_that_domains_statistics(trained):
     model = runs.load_model(trained / "fixed" / "model.keras")
     before = _values(model)
-    images = domain_images(read_split(trained / "data" / "train", 16), 1, 64)
+    images = domain_images(read_split(trained / "data" / "train", 16).dataset, 1, 64)
     adapt_model(model, images, 1)
     changed = 0
     for variable in model.weights:
@@ -154,7 +155,7 @@ def test_per_domain_model_changes_only_that_domains_statistics(trained):
 def test_a_new_domain_grows_the_model_and_keeps_the_old_ones(trained, tmp_path):
     model = runs.load_model(trained / "fixed" / "model.keras")
     before = _values(model)
-    split = read_split(trained / "data" / "train", 16)
+    split = read_split(trained / "data" / "train", 16).dataset
     # Domain B's images stand in for a third camera.
     grown = adapt_model(model, domain_images(split, 1, 64), 2, like=1)
     assert grown is not model
@@ -176,7 +177,7 @@ def test_a_new_domain_grows_the_model_and_keeps_the_old_ones(trained, tmp_path):
         else:
             assert not np.array_equal(value[2], old[1]), path  # estimated
 
-    save_model(grown, tmp_path / "grown.keras")
+    write_model(grown, tmp_path / "grown.keras")
     loaded = runs.load_model(tmp_path / "grown.keras")
     features, _ = next(iter(split.batch(32)))
     expected = model(features, training=False).numpy()
@@ -191,7 +192,7 @@ def _group_norm_model(path):
     backbone = ResNet18Backbone(norm="group", norm_options={"groups": 2},
                                 image_size=16, width_multiplier=0.125,
                                 embedding_dim=8)
-    save_model(PairModel(backbone), path)
+    write_model(PairModel(backbone), path)
     return path
 
 

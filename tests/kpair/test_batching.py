@@ -10,7 +10,6 @@ from kpair.data import (
     read_split,
     steps_per_epoch,
 )
-from kpair.data.records import split_source
 from tests.kpair.conftest import DOMAIN_PIXEL
 
 COUNTS = {"A-A": 7, "B-B": 8, "A-B": 10}
@@ -21,9 +20,9 @@ def split(tiny_split):
     return tiny_split(COUNTS)
 
 
-def _plain(dataset):
+def _plain(split):
     """The same elements, as a dataset batching knows nothing about."""
-    return dataset.map(lambda features, y: (features, y))
+    return split.dataset.map(lambda features, y: (features, y))
 
 
 def _assert_domain(images, domains, domain):
@@ -34,11 +33,10 @@ def _assert_domain(images, domains, domain):
 @pytest.mark.parametrize("plain", [False, True])
 def test_per_type_batches_hold_one_pair_type_each(split, plain):
     ds = read_split(split, 8)
-    # Both paths: filtering serialized records (dataset from read_split) and
+    # Both paths: filtering serialized records (the Split from read_split) and
     # filtering decoded elements (any other dataset).
-    assert split_source(ds).counts == COUNTS
+    assert ds.counts == COUNTS
     ds = _plain(ds) if plain else ds
-    assert (split_source(ds) is None) == plain
     batches = list(make_batches(ds, "per-type", 7, seed=1))
     # 2 pairs per type; A-A (7 pairs) runs out first.
     assert len(batches) == steps_per_epoch(COUNTS, "per-type", 7) == 3

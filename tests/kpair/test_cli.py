@@ -8,10 +8,7 @@ import sys
 import textwrap
 
 import numpy as np
-import pytest
 from PIL import Image
-
-from kpair.data import build_demo
 
 KPAIR = [sys.executable, "-m", "kpair.cli"]
 TINY_FLAGS = [
@@ -38,14 +35,6 @@ def assert_clean_error(result, code, *needles):
         assert needle in lines[0], lines[0]
 
 
-@pytest.fixture(scope="module")
-def tiny_demo(tmp_path_factory):
-    return build_demo(
-        tmp_path_factory.mktemp("demo") / "data", image_size=16,
-        pairs_per_type=(40, 12, 12),
-    )
-
-
 def test_unknown_norm_lists_valid_names(tmp_path):
     result = run(["train", "--norm", "instance", "--out", tmp_path / "r"])
     assert_clean_error(result, 2, "Received: norm='instance'", "'per-domain'",
@@ -57,20 +46,20 @@ def test_bad_batch_size_is_one_line(tmp_path):
     assert_clean_error(result, 2, "batch_size")
 
 
-def test_truncated_shard_names_the_file(tiny_demo, tmp_path):
+def test_truncated_shard_names_the_file(demo_data, tmp_path):
     import shutil
 
     data = tmp_path / "data"
-    shutil.copytree(tiny_demo, data)
+    shutil.copytree(demo_data, data)
     shard = sorted((data / "train").glob("*.tfrecord"))[0]
     shard.write_bytes(shard.read_bytes()[:-7])
     result = run(["train", "--data", data, "--out", tmp_path / "r", *TINY_FLAGS])
     assert_clean_error(result, 2, shard.name)
 
 
-def test_train_evaluate_predict_and_load_in_a_fresh_process(tiny_demo, tmp_path):
+def test_train_evaluate_predict_and_load_in_a_fresh_process(demo_data, tmp_path):
     out = tmp_path / "run"
-    result = run(["train", "--data", tiny_demo, "--out", out, "--epochs", "1",
+    result = run(["train", "--data", demo_data, "--out", out, "--epochs", "1",
                   "--norm", "per-domain", *TINY_FLAGS])
     assert result.returncode == 0, result.stderr
     assert "epoch 1/1" in result.stdout and "(inference mode)" in result.stdout

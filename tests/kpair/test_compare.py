@@ -20,7 +20,6 @@ from kpair import compare
 from kpair.callbacks import TrainingDiverged
 from kpair.cli import main
 from kpair.config import ConfigError, TrainConfig
-from kpair.data import build_demo
 
 CSV_COLUMNS = [
     "norm", "batching", "status", "train_loss_training_mode",
@@ -30,22 +29,6 @@ CSV_COLUMNS = [
 METRICS = ("train_loss_training_mode", "train_loss_inference_mode", "gap_ratio",
            "val_loss", "seconds")
 NORMS, BATCHINGS = ["batch", "per-domain"], ["mixed", "balanced"]
-
-
-@pytest.fixture(scope="module")
-def demo(tmp_path_factory):
-    return build_demo(
-        tmp_path_factory.mktemp("demo") / "data", image_size=16,
-        pairs_per_type=(40, 12, 12),
-    )
-
-
-def tiny_config(data, **changes):
-    config = TrainConfig(
-        data=str(data), width_multiplier=0.125, image_size=16, embedding_dim=16,
-        batch_size=12, steps_per_epoch=2, epochs=1, eval_pairs=24,
-    )
-    return config.replace(**changes)
 
 
 @pytest.fixture
@@ -103,11 +86,12 @@ def cell_dir(out, norm, batching):
     return out / "cells" / f"{norm}__{batching}"
 
 
-def test_two_norms_by_two_batchings_then_resume(demo, tmp_path, trainings,
-                                                monkeypatch):
+def test_two_norms_by_two_batchings_then_resume(demo_data, tiny_config, tmp_path,
+                                                trainings, monkeypatch):
     out = tmp_path / "cmp"
     stream = io.StringIO()
-    rows = compare.run_compare(tiny_config(demo), NORMS, BATCHINGS, out, out=stream)
+    rows = compare.run_compare(tiny_config(demo_data), NORMS, BATCHINGS, out,
+                               out=stream)
     grid = [(n, b) for n in NORMS for b in BATCHINGS]
     assert trainings == grid
     assert [(r["norm"], r["batching"], r["status"]) for r in rows] == [
@@ -147,7 +131,7 @@ def test_two_norms_by_two_batchings_then_resume(demo, tmp_path, trainings,
     shutil.rmtree(cell_dir(out, *grid[3]))
     monkeypatch.setattr(compare, "train", stub := StubTrain())
     stream = io.StringIO()
-    rows = compare.run_compare(tiny_config(demo), NORMS, BATCHINGS, out,
+    rows = compare.run_compare(tiny_config(demo_data), NORMS, BATCHINGS, out,
                                resume=True, out=stream)
     assert [(c.norm, c.batching) for c in stub.configs] == [grid[3]]
     assert stream.getvalue().count("skipped (done)") == 3
@@ -161,26 +145,28 @@ def test_two_norms_by_two_batchings_then_resume(demo, tmp_path, trainings,
             "train_loss_inference_mode"])
 
 
-def test_existing_cells_without_resume_are_refused(demo, tmp_path, stub):
+def test_existing_cells_without_resume_are_refused(demo_data, tiny_config, tmp_path,
+                                                   stub):
     out = tmp_path / "cmp"
     (out / "cells" / "batch__mixed").mkdir(parents=True)
     with pytest.raises(ConfigError, match="--resume.*another --out"):
-        compare.run_compare(tiny_config(demo), NORMS, BATCHINGS, out)
+        compare.run_compare(tiny_config(demo_data), NORMS, BATCHINGS, out)
     assert stub.configs == []
 
 
-def test_cli_refuses_existing_cells_in_one_line(demo, tmp_path, stub, capsys):
+def test_cli_refuses_existing_cells_in_one_line(demo_data, tmp_path, stub, capsys):
     out = tmp_path / "cmp"
     (out / "cells" / "batch__mixed").mkdir(parents=True)
-    code = main(["compare", "--data", str(demo), "--out", str(out)])
+    code = main(["compare", "--data", str(demo_data), "--out", str(out)])
     err = [line for line in capsys.readouterr().err.splitlines() if line.strip()]
     assert code == 2 and len(err) == 1 and "--resume" in err[0], err
     assert stub.configs == []
 
 
-def test_resume_refuses_cells_of_another_configuration(demo, tmp_path, stub):
+def test_resume_refuses_cells_of_another_configuration(demo_data, tiny_config,
+                                                       tmp_path, stub):
     out = tmp_path / "cmp"
-    config = tiny_config(demo)
+    config = tiny_config(demo_data)
     compare.run_compare(config, ["batch"], ["mixed"], out)
     # The stub writes no config.json: write the one train() would have.
     cell = compare.cell_config(config, "batch", "mixed", out)
@@ -194,10 +180,11 @@ def test_resume_refuses_cells_of_another_configuration(demo, tmp_path, stub):
     assert len(stub.configs) == 1  # same configuration: skipped
 
 
-def test_a_diverged_cell_is_recorded_and_the_rest_go_on(demo, tmp_path, stub):
+def test_a_diverged_cell_is_recorded_and_the_rest_go_on(demo_data, tiny_config,
+                                                        tmp_path, stub):
     out = tmp_path / "cmp"
     stub.fail = {("batch", "balanced"): TrainingDiverged(1, 2, float("nan"))}
-    rows = compare.run_compare(tiny_config(demo), NORMS, BATCHINGS, out)
+    rows = compare.run_compare(tiny_config(demo_data), NORMS, BATCHINGS, out)
     assert [(c.norm, c.batching) for c in stub.configs] == [
         (n, b) for n in NORMS for b in BATCHINGS
     ]
@@ -215,10 +202,10 @@ def test_a_diverged_cell_is_recorded_and_the_rest_go_on(demo, tmp_path, stub):
 
 
 def test_cli_flags_reach_every_cell_and_defaults_cover_the_registry(
-        demo, tmp_path, stub, capsys):
+        demo_data, tmp_path, stub, capsys):
     out = tmp_path / "cmp"
     code = main([
-        "compare", "--data", str(demo), "--out", str(out), "--epochs", "2",
+        "compare", "--data", str(demo_data), "--out", str(out), "--epochs", "2",
         "--width-multiplier", "0.125", "--image-size", "16", "--batch-size", "12",
         "--steps-per-epoch", "3", "--embedding-dim", "16", "--eval-pairs", "24",
         "--seed", "7",
@@ -236,8 +223,9 @@ def test_cli_flags_reach_every_cell_and_defaults_cover_the_registry(
     assert len(read_csv(out / "compare.csv")[1]) == len(cells)
 
 
-def test_norm_options_reach_only_the_norms_that_take_them(demo, tmp_path):
-    base = tiny_config(demo, norm="group", norm_options={"groups": 4})
+def test_norm_options_reach_only_the_norms_that_take_them(demo_data, tiny_config,
+                                                          tmp_path):
+    base = tiny_config(demo_data, norm="group", norm_options={"groups": 4})
     assert compare.cell_config(base, "group", "mixed", tmp_path).norm_options == {
         "groups": 4}
     assert compare.cell_config(base, "batch", "mixed", tmp_path).norm_options == {}

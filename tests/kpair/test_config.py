@@ -42,6 +42,12 @@ def test_norm_options_are_checked_against_the_norm():
         TrainConfig(norm="batch", norm_options={"groups": 4})
 
 
+def test_norm_options_that_are_not_a_mapping_are_a_config_error():
+    # A hand-edited config.json may hold a list; the CLI must answer in one line.
+    with pytest.raises(ConfigError, match=r"Received: norm_options=\['abc'\]"):
+        TrainConfig(norm_options=["abc"])
+
+
 def test_num_domains_reaches_domain_aware_norms_only():
     assert TrainConfig(num_domains=3).resolved_norm_options() == {"num_domains": 3}
     assert TrainConfig(norm="batch").resolved_norm_options() == {}

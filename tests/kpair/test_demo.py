@@ -9,23 +9,21 @@ from kpair.data import SPLITS, build_demo, count_split, ensure_demo, read_split
 from kpair.data import demo as demo_module
 
 SMALL = dict(image_size=16, pairs_per_type=(12, 6, 6))
+SIDES = ("left", "right")
 
 
 def _records(split_dir):
     """(left bytes, right bytes, left domain, right domain, target) per record."""
-    spec = {
-        "left/image": tf.io.FixedLenFeature([], tf.string),
-        "right/image": tf.io.FixedLenFeature([], tf.string),
-        "left/domain": tf.io.FixedLenFeature([], tf.int64),
-        "right/domain": tf.io.FixedLenFeature([], tf.int64),
-        "target": tf.io.FixedLenFeature([], tf.float32),
-    }
     files = sorted(str(p) for p in split_dir.glob("*.tfrecord"))
     out = []
     for raw in tf.data.TFRecordDataset(files).as_numpy_iterator():
-        ex = tf.io.parse_single_example(raw, spec)
-        values = [ex[key].numpy() for key in spec]
-        out.append((*values[:2], *(v.item() for v in values[2:])))
+        # Read as the file holds it, not through kpair's own feature spec.
+        feature = tf.train.Example.FromString(raw).features.feature
+        out.append((
+            *(feature[f"{side}/image"].bytes_list.value[0] for side in SIDES),
+            *(feature[f"{side}/domain"].int64_list.value[0] for side in SIDES),
+            feature["target"].float_list.value[0],
+        ))
     return out
 
 
@@ -67,7 +65,7 @@ def test_demo_pair_types_and_domains(small_demo):
         domains = {(r[2], r[3]) for r in _records(small_demo / split)}
         # A-B pairs keep the post's layout: left from A, right from B.
         assert domains == {(0, 0), (1, 1), (0, 1)}
-    features, y = next(iter(read_split(small_demo / "train", 16)))
+    features, y = next(iter(read_split(small_demo / "train", 16).dataset))
     assert features["left"].shape == (16, 16, 3)
 
 
@@ -171,7 +169,7 @@ def test_domains_differ_in_brightness_and_contrast(tmp_path):
 
     path = build_demo(tmp_path / "d", **SMALL)
     a, b = [], []
-    for features, y in read_split(path / "train", 16):
+    for features, y in read_split(path / "train", 16).dataset:
         kind = int(y[1])
         if kind == 0:
             a.append(features["left"].numpy())

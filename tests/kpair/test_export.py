@@ -6,8 +6,8 @@ import tensorflow as tf
 
 from kpair.backbone import ResNet18Backbone
 from kpair.export import export_saved_model
+from kpair.files import write_model
 from kpair.pair_model import PairModel
-from kpair.train import save_model
 
 
 @pytest.fixture
@@ -17,7 +17,7 @@ def saved_model_file(tmp_path):
                          embedding_dim=8)
     )
     path = tmp_path / "model.keras"
-    save_model(model, path)
+    write_model(model, path)
     return model, path
 
 

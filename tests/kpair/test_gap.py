@@ -9,24 +9,10 @@ import pytest
 
 from kpair import gap
 from kpair.callbacks import read_history
-from kpair.config import TrainConfig
-from kpair.data import PAIR_TYPES, build_demo, make_batches, read_split
+from kpair.data import PAIR_TYPES, make_batches, read_split
 from kpair.pair_model import PairModel, build_per_type_model
 from kpair.train import train
 from tests.kpair.conftest import DOMAIN_PIXEL
-
-TINY = dict(
-    width_multiplier=0.125, image_size=16, batch_size=12, steps_per_epoch=2,
-    eval_pairs=24, embedding_dim=16,
-)
-
-
-@pytest.fixture(scope="module")
-def tiny_demo(tmp_path_factory):
-    return build_demo(
-        tmp_path_factory.mktemp("demo") / "data", image_size=16,
-        pairs_per_type=(40, 12, 12),
-    )
 
 
 def counts(aa, bb, ab):
@@ -57,15 +43,16 @@ def test_mixed_sample_is_whole_batches_in_proportion():
 
 @pytest.mark.slow
 @pytest.mark.parametrize("batching", ["per-type", "mixed"])
-def test_group_norm_has_no_gap_in_any_epoch(tiny_demo, tmp_path, batching):
+def test_group_norm_has_no_gap_in_any_epoch(demo_data, tiny_config, tmp_path,
+                                            batching):
     """Group norm computes the same in both modes: the gap is 1 every epoch.
 
     Dividing by Keras's running loss (weights changing over the epoch) gave
     0.80x-0.86x here.
     """
     out = tmp_path / "run"
-    metrics = train(TrainConfig(data=str(tiny_demo), out=str(out), norm="group",
-                                batching=batching, epochs=2, **TINY))
+    metrics = train(tiny_config(demo_data, out, norm="group", batching=batching,
+                                epochs=2))
     rows = read_history(out / "history.csv")
     assert len(rows) == 2
     for row in rows:
@@ -131,15 +118,15 @@ def test_per_type_backbone_calls_hold_one_domain_with_ba_pairs(tiny_split):
     assert set(DOMAIN_PIXEL) == {0, 1}
 
 
-def test_gap_probe_is_the_same_pairs_in_both_modes(tiny_demo):
+def test_gap_probe_is_the_same_pairs_in_both_modes(demo_data, tiny_config):
     """With a model whose modes agree, the two losses are equal to the bit;
     with batch norm on one-domain batches they are not."""
     from kpair.model_builder import build_pair_model
 
-    pairs = read_split(tiny_demo / "train", 16)
+    pairs = read_split(demo_data / "train", 16)
     sample = gap.fixed_sample(pairs, "per-type", 12, 24, seed=0)
     probe = gap.GapProbe.for_run(sample, "per-type", 12, ("l2", "hinge", "hinge"))
-    config = TrainConfig(norm="batch", **TINY)
+    config = tiny_config(norm="batch")
     model = build_pair_model(config)
     before = [v.numpy() for v in model.non_trainable_variables]
     first = probe.measure(model)

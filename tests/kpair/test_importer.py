@@ -50,7 +50,7 @@ def test_good_csv_with_split_column(tmp_path, root):
     assert counts == {"train": 2, "val": 1, "test": 1}
     assert count_split(tmp_path / "out" / "train") == {"A-A": 1, "B-B": 1, "A-B": 0}
     assert count_split(tmp_path / "out" / "test") == {"A-A": 0, "B-B": 0, "A-B": 1}
-    ((features, y),) = list(read_split(tmp_path / "out" / "val", 4))
+    ((features, y),) = list(read_split(tmp_path / "out" / "val", 4).dataset)
     # BMP was re-encoded as PNG, losslessly.
     np.testing.assert_allclose(features["right"], 30 / 255, atol=1e-6)
     assert y.numpy().tolist() == [1.0, 2.0]
@@ -178,7 +178,9 @@ def test_hash_split_is_stable(tmp_path, root):
     assert first["train"] > first["val"] + first["test"]
     for split in ("train", "val", "test"):
         got = [
-            sorted(float(y[0]) for _, y in read_split(tmp_path / d / split, 4))
+            sorted(
+                float(y[0]) for _, y in read_split(tmp_path / d / split, 4).dataset
+            )
             for d in ("one", "two")
         ]
         assert got[0] == got[1]

@@ -138,13 +138,13 @@ def test_a_saved_config_keeps_its_precision(tmp_path):
     assert config.precision == "float32"
 
 
-def test_an_auto_config_builds_a_model_in_the_resolved_policy(monkeypatch):
+def test_an_auto_config_builds_a_model_in_the_resolved_policy(monkeypatch,
+                                                              tiny_config):
     from kpair.model_builder import build_pair_model
 
     monkeypatch.setattr(precision, "detect_gpus", lambda: [])
     monkeypatch.setattr(precision, "read_cpu_flags", lambda: {"avx512_bf16"})
-    config = TrainConfig(precision="auto", width_multiplier=0.125,
-                         embedding_dim=8, image_size=8)
+    config = tiny_config(precision="auto", embedding_dim=8, image_size=8)
     model = build_pair_model(config)
     assert model.dtype_policy.name == "mixed_bfloat16"
     assert model.backbone.dtype_policy.name == "mixed_bfloat16"
@@ -152,7 +152,7 @@ def test_an_auto_config_builds_a_model_in_the_resolved_policy(monkeypatch):
 
 @pytest.mark.slow
 def test_a_run_prints_auto_keeps_it_in_config_and_records_the_policy(
-    tmp_path, monkeypatch, capsys
+    tmp_path, monkeypatch, capsys, tiny_config
 ):
     import json
 
@@ -163,10 +163,10 @@ def test_a_run_prints_auto_keeps_it_in_config_and_records_the_policy(
     monkeypatch.setattr("kpair.train.detect_gpus", lambda: [])
     monkeypatch.setattr(precision, "read_cpu_flags", lambda: {"amx_bf16"})
     data = build_demo(tmp_path / "data", image_size=8, pairs_per_type=(12, 12, 12))
-    config = TrainConfig(
-        data=str(data), out=str(tmp_path / "run"), precision="auto",
-        batching="mixed", epochs=1, steps_per_epoch=1, batch_size=6,
-        eval_pairs=6, image_size=8, width_multiplier=0.125, embedding_dim=8,
+    config = tiny_config(
+        data, tmp_path / "run", precision="auto", batching="mixed",
+        steps_per_epoch=1, batch_size=6, eval_pairs=6, image_size=8,
+        embedding_dim=8,
     )
     metrics = train(config)
     printed = capsys.readouterr().out

@@ -17,6 +17,7 @@ from kpair.data import (
 )
 from kpair.data.records import MANIFEST_NAME
 from tests.kpair.conftest import png_bytes
+from tests.tfrecords import record_offsets
 
 
 def _encode(array, fmt):
@@ -43,7 +44,7 @@ def test_reader_returns_what_the_writer_wrote(tmp_path):
     assert [s["records"] for s in manifest["shards"]] == [3, 3, 1]
     assert manifest["image_size"] is None
 
-    ds = read_split(tmp_path / "train", 8)
+    ds = read_split(tmp_path / "train", 8).dataset
     features, y = ds.element_spec
     assert features["left"].shape == (8, 8, 3) and y.shape == (2,)
     got = sorted(ds.as_numpy_iterator(), key=lambda e: e[1][0])
@@ -75,7 +76,8 @@ def test_reader_converts_modes_formats_and_sizes(tmp_path):
         7,
     ]
     got = sorted(
-        read_split(tmp_path / "s", (5, 7)).as_numpy_iterator(), key=lambda e: e[1][0]
+        read_split(tmp_path / "s", (5, 7)).dataset.as_numpy_iterator(),
+        key=lambda e: e[1][0],
     )
     first, second = got[0][0], got[1][0]
     assert first["left"].shape == (5, 7, 3)
@@ -122,20 +124,11 @@ def test_missing_split_or_manifest(tmp_path, tiny_split):
     assert issubclass(DataError, ValueError)
 
 
-def _record_offsets(path):
-    """Start offsets of each record (TFRecord: u64 length, u32 crc, data, u32)."""
-    data, offsets, pos = path.read_bytes(), [], 0
-    while pos < len(data):
-        offsets.append(pos)
-        pos += 8 + 4 + int.from_bytes(data[pos : pos + 8], "little") + 4
-    return data, offsets
-
-
 @pytest.mark.parametrize("where", ["header", "boundary", "data", "footer"])
 def test_truncated_shard_names_file_and_counts(tiny_split, where):
     path = tiny_split({"A-A": 4, "B-B": 4}, records_per_shard=3)
     shard = path / "pairs-00001-of-00003.tfrecord"
-    data, offsets = _record_offsets(shard)
+    data, offsets = record_offsets(shard)
     cut = {
         "header": offsets[2] + 5,
         "boundary": offsets[2],
@@ -205,7 +198,7 @@ def test_records_that_are_not_pairs(tmp_path):
 
 def test_empty_split_reads_as_empty(tmp_path):
     assert write_split([], tmp_path / "val") == 0
-    assert list(read_split(tmp_path / "val", 8)) == []
+    assert list(read_split(tmp_path / "val", 8).dataset) == []
     assert count_split(tmp_path / "val") == dict.fromkeys(PAIR_TYPES, 0)
 
 

@@ -11,34 +11,13 @@ import layers
 from kpair import callbacks as kcb
 from kpair.callbacks import TrainingDiverged, read_history
 from kpair.config import TrainConfig
-from kpair.data import BATCHINGS, build_demo, make_batches, read_split
+from kpair.data import BATCHINGS, make_batches, read_split
 from kpair.model_builder import build_pair_model, training_model
 from kpair.train import train
 
-TINY = dict(
-    width_multiplier=0.125,
-    image_size=16,
-    batch_size=12,
-    steps_per_epoch=2,
-    eval_pairs=24,
-    embedding_dim=16,
-)
 
-
-@pytest.fixture(scope="module")
-def tiny_demo(tmp_path_factory):
-    return build_demo(
-        tmp_path_factory.mktemp("demo") / "data", image_size=16,
-        pairs_per_type=(40, 12, 12),
-    )
-
-
-def tiny_config(data, out, **changes):
-    return TrainConfig(data=str(data), out=str(out), **{**TINY, **changes})
-
-
-def test_run_directory_has_everything(tiny_demo, tmp_path, capsys):
-    metrics = train(tiny_config(tiny_demo, tmp_path / "run", epochs=2))
+def test_run_directory_has_everything(demo_data, tiny_config, tmp_path, capsys):
+    metrics = train(tiny_config(demo_data, tmp_path / "run", epochs=2))
     run = tmp_path / "run"
     for name in ("model.keras", "config.json", "history.csv", "metrics.json"):
         assert (run / name).is_file(), name
@@ -63,19 +42,20 @@ def test_run_directory_has_everything(tiny_demo, tmp_path, capsys):
     assert "epoch 2/2" in printed and "(inference mode)" in printed
 
     # The same command again: nothing to do, the same metrics.
-    assert train(tiny_config(tiny_demo, run, epochs=2)) == saved
+    assert train(tiny_config(demo_data, run, epochs=2)) == saved
     assert "finished run of this configuration" in capsys.readouterr().out
 
 
 @pytest.mark.parametrize("norm", layers.names())
 @pytest.mark.parametrize("batching", BATCHINGS)
-def test_each_norm_trains_a_step_in_each_batching(norm, batching, tiny_demo):
+def test_each_norm_trains_a_step_in_each_batching(norm, batching, demo_data,
+                                                   tiny_config):
     """One eager training step of the model `kpair train` builds."""
-    config = tiny_config(tiny_demo, "unused", norm=norm, batching=batching)
+    config = tiny_config(demo_data, norm=norm, batching=batching)
     model = training_model(build_pair_model(config), config)
     model.run_eagerly = True  # Tracing 15 models would cost minutes.
     batches = make_batches(
-        read_split(tiny_demo / "train", 16), batching, config.batch_size
+        read_split(demo_data / "train", 16), batching, config.batch_size
     )
     features, y = next(iter(batches))
     before = [w.numpy().copy() for w in model.trainable_weights]
@@ -88,9 +68,10 @@ def test_each_norm_trains_a_step_in_each_batching(norm, batching, tiny_demo):
     assert all(changed)
 
 
-def test_killed_run_resumes_from_its_last_epoch(tiny_demo, tmp_path, capsys):
+def test_killed_run_resumes_from_its_last_epoch(demo_data, tiny_config, tmp_path,
+                                                capsys):
     out = tmp_path / "run"
-    config = tiny_config(tiny_demo, out, epochs=3, batching="mixed")
+    config = tiny_config(demo_data, out, epochs=3, batching="mixed")
 
     class Kill(keras.callbacks.Callback):
         def on_epoch_begin(self, epoch, logs=None):
@@ -108,10 +89,11 @@ def test_killed_run_resumes_from_its_last_epoch(tiny_demo, tmp_path, capsys):
     assert [int(r["epoch"]) for r in read_history(out / "history.csv")] == [1, 2, 3]
 
 
-def test_nan_loss_stops_with_epoch_and_step_and_keeps_checkpoint(tiny_demo,
-                                                                  tmp_path):
+def test_nan_loss_stops_with_epoch_and_step_and_keeps_checkpoint(
+    demo_data, tiny_config, tmp_path
+):
     out = tmp_path / "run"
-    config = tiny_config(tiny_demo, out, epochs=3, batching="mixed")
+    config = tiny_config(demo_data, out, epochs=3, batching="mixed")
 
     class Poison(keras.callbacks.Callback):
         """After one good epoch, the head's weights become NaN."""
@@ -144,11 +126,12 @@ def test_nan_loss_stops_with_epoch_and_step_and_keeps_checkpoint(tiny_demo,
     assert [int(r["epoch"]) for r in read_history(out / "history.csv")] == [1, 2, 3]
 
 
-def test_mixed_float16_trains_with_loss_scaling_and_saves_float32(tiny_demo,
-                                                                   tmp_path):
+def test_mixed_float16_trains_with_loss_scaling_and_saves_float32(
+    demo_data, tiny_config, tmp_path
+):
     from kpair.model_builder import build_pair_model, training_model
 
-    config = tiny_config(tiny_demo, tmp_path / "run", precision="mixed_float16",
+    config = tiny_config(demo_data, tmp_path / "run", precision="mixed_float16",
                          epochs=1, batching="mixed")
     pair_model = build_pair_model(config)
     model = training_model(pair_model, config)
@@ -168,7 +151,7 @@ def test_mixed_float16_trains_with_loss_scaling_and_saves_float32(tiny_demo,
         if not isinstance(layer, keras.layers.InputLayer)  # computes nothing
     }
     assert policies == {"float32"}, policies
-    config_bf16 = tiny_config(tiny_demo, tmp_path / "bf16",
+    config_bf16 = tiny_config(demo_data, tmp_path / "bf16",
                               precision="mixed_bfloat16", epochs=1, batching="mixed")
     assert math.isfinite(train(config_bf16)["val_loss"])
 
@@ -180,9 +163,9 @@ def _all_layers(model):
             yield from _all_layers(layer)
 
 
-def test_same_seed_same_data_order(tiny_demo, tmp_path):
-    a = train(tiny_config(tiny_demo, tmp_path / "a", epochs=1, batching="mixed"))
-    b = train(tiny_config(tiny_demo, tmp_path / "b", epochs=1, batching="mixed"))
+def test_same_seed_same_data_order(demo_data, tiny_config, tmp_path):
+    a = train(tiny_config(demo_data, tmp_path / "a", epochs=1, batching="mixed"))
+    b = train(tiny_config(demo_data, tmp_path / "b", epochs=1, batching="mixed"))
     np.testing.assert_allclose(a["running_loss"], b["running_loss"], rtol=1e-4)
     assert a["train_loss_training_mode"] == pytest.approx(
         b["train_loss_training_mode"], rel=1e-4

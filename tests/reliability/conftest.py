@@ -1,14 +1,7 @@
-"""Fixtures for the fault-injection tests: the tuning tests' tiny demo data."""
+"""Fixtures for the fault-injection tests: the kpair command in this process,
+and a saved tiny model."""
 
 import pytest
-
-from tests.tuning.conftest import demo_data, tiny_config  # noqa: F401
-
-
-@pytest.fixture(autouse=True)
-def _kpair_cache(tmp_path_factory, monkeypatch):
-    """No test writes into the user's cache."""
-    monkeypatch.setenv("KPAIR_CACHE", str(tmp_path_factory.mktemp("kpair-cache")))
 
 
 @pytest.fixture
@@ -29,20 +22,16 @@ def kpair_cli(capsys):
 
 
 @pytest.fixture(scope="session")
-def tiny_run(tmp_path_factory):
+def tiny_run(tmp_path_factory, tiny_config):
     """A run directory of an untrained tiny per-domain pair model:
     `model.keras` and the `config.json` it was built from (2 domains, the
     default losses l2/hinge/hinge). Built and saved, never trained."""
     import json
 
-    from kpair.config import TrainConfig
     from kpair.model_builder import build_pair_model
 
     run = tmp_path_factory.mktemp("tiny-run")
-    config = TrainConfig(
-        norm="per-domain", width_multiplier=0.125, image_size=16,
-        embedding_dim=16, num_domains=2, out=str(run),
-    )
+    config = tiny_config(out=run, norm="per-domain", num_domains=2)
     build_pair_model(config).save(run / "model.keras")
     (run / "config.json").write_text(json.dumps(config.to_dict()))
     return run

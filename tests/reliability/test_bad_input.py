@@ -26,6 +26,7 @@ from kpair.config import TrainConfig
 from kpair.data import DataError, Pair, read_split, write_split
 from kpair.data.records import MANIFEST_NAME
 from kpair.preflight import check_training_data
+from tests.tfrecords import record_offsets
 
 HEADER = "left,right,left_domain,right_domain,target"
 TRAIN_FLAGS = ["--epochs", "1", "--steps-per-epoch", "1", "--width-multiplier",
@@ -161,7 +162,7 @@ def test_image(kpair_cli, tmp_path, images, make, code, needles):
     for needle in needles:
         assert needle in lines[0]
     # Every image reads as RGB at the model's size, whatever it was.
-    for features, _ in read_split(out / "train", 16):
+    for features, _ in read_split(out / "train", 16).dataset:
         assert features["left"].shape == features["right"].shape == (16, 16, 3)
 
 
@@ -324,15 +325,6 @@ def shard(data, index=1):
     return data / "train" / f"pairs-{index:05d}-of-00003.tfrecord"
 
 
-def record_offsets(path):
-    """Start offsets of each record (TFRecord: u64 length, u32 crc, data, u32)."""
-    data, offsets, pos = path.read_bytes(), [], 0
-    while pos < len(data):
-        offsets.append(pos)
-        pos += 8 + 4 + int.from_bytes(data[pos : pos + 8], "little") + 4
-    return data, offsets
-
-
 def cut(where):
     def make(data):
         path = shard(data)
@@ -473,7 +465,7 @@ def test_model_commands_refuse_domain_ids(kpair_cli, tmp_path, tiny_run, command
     assert not out.exists()
 
 
-def test_library_train_checks_the_data_before_writing(tmp_path):
+def test_library_train_checks_the_data_before_writing(tmp_path, tiny_config):
     """`kpair.train(config)` runs the pre-flight checks itself: a bad record
     fails before the run directory exists."""
     from kpair.train import train
@@ -481,8 +473,7 @@ def test_library_train_checks_the_data_before_writing(tmp_path):
     data = write_data(tmp_path / "data")
     replace_train(train_pairs(left_domain=5, right_domain=5))(data)
     out = tmp_path / "run"
-    config = TrainConfig(data=str(data), out=str(out), epochs=1, steps_per_epoch=1,
-                         width_multiplier=0.125, image_size=16, embedding_dim=16)
+    config = tiny_config(data, out)
     with pytest.raises(DataError, match=r"record 2: domains \(5, 5\); the "
                        r"model's domains are 0\.\.1"):
         train(config)

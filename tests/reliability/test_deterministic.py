@@ -13,8 +13,6 @@ from pathlib import Path
 
 import pytest
 
-from kpair.config import TrainConfig
-
 ROOT = Path(__file__).resolve().parents[2]
 
 SCRIPT = r"""
@@ -64,12 +62,11 @@ print("RESULT " + json.dumps({
 
 
 @pytest.mark.slow
-def test_same_seed_same_metrics_and_resume_changes_nothing(demo_data, tmp_path):
-    config = TrainConfig(
-        data=str(demo_data), out=str(tmp_path), norm="per-domain",
-        batching="mixed", epochs=3, batch_size=12, steps_per_epoch=3,
-        image_size=16, width_multiplier=0.125, embedding_dim=16, eval_pairs=24,
-        deterministic=True, seed=7,
+def test_same_seed_same_metrics_and_resume_changes_nothing(demo_data, tiny_config,
+                                                           tmp_path):
+    config = tiny_config(
+        demo_data, tmp_path, norm="per-domain", batching="mixed", epochs=3,
+        steps_per_epoch=3, deterministic=True, seed=7,
     )
     env = dict(os.environ, PYTHONPATH=os.pathsep.join(
         filter(None, [str(ROOT), os.environ.get("PYTHONPATH")])))

@@ -11,7 +11,6 @@ import keras
 import pytest
 
 from kpair.callbacks import read_history
-from kpair.config import TrainConfig
 
 ROOT = Path(__file__).resolve().parents[2]
 HELPER = Path(__file__).with_name("train_process.py")
@@ -34,13 +33,11 @@ def epochs_in_history(run_dir):
 
 
 @pytest.mark.slow
-def test_killed_anywhere_the_same_command_completes(demo_data, tmp_path):
+def test_killed_anywhere_the_same_command_completes(demo_data, tiny_config,
+                                                    tmp_path):
     run_dir = tmp_path / "run"
-    config = TrainConfig(
-        data=str(demo_data), out=str(run_dir), norm="batch", batching="mixed",
-        epochs=4, batch_size=12, steps_per_epoch=2, image_size=16,
-        width_multiplier=0.125, embedding_dim=16, eval_pairs=24,
-    )
+    config = tiny_config(demo_data, run_dir, norm="batch", batching="mixed",
+                         epochs=4)
     steps = [
         # (kill point, epochs in history.csv after the kill)
         ("batch:2", [1]),   # mid-epoch

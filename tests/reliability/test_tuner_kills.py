@@ -9,7 +9,6 @@ from pathlib import Path
 
 import pytest
 
-from tests.reliability.conftest import tiny_config
 from tuning.search import ATTEMPTS_FILE
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -36,19 +35,18 @@ def run_search_process(config, out_dir, max_trials, kill_trial=None):
 
 @pytest.mark.slow
 def test_killed_search_restarts_the_trial_in_flight_then_gives_up_on_it(
-    demo_data, tmp_path
+    base_config, tmp_path
 ):
-    config = tiny_config(demo_data)
     out_dir = tmp_path / "tune"
 
     # Killed while its third trial trains: two trials finished.
-    result, trained = run_search_process(config, out_dir, 4, kill_trial="2")
+    result, trained = run_search_process(base_config, out_dir, 4, kill_trial="2")
     assert result.returncode == -signal.SIGKILL, result.stderr[-2000:]
     assert trained == ["0", "1", "2"]
 
     # Started again: only the trial in flight runs, from its start; the
     # process is killed again.
-    result, trained = run_search_process(config, out_dir, 4, kill_trial="2")
+    result, trained = run_search_process(base_config, out_dir, 4, kill_trial="2")
     assert result.returncode == -signal.SIGKILL, result.stderr[-2000:]
     assert trained == ["2"]
     trial_dir = out_dir / "search" / "trial_2"
@@ -56,7 +54,7 @@ def test_killed_search_restarts_the_trial_in_flight_then_gives_up_on_it(
 
     # Started a third time: the trial that killed its process twice is
     # failed without running, and the search goes on with the last trial.
-    result, trained = run_search_process(config, out_dir, 4)
+    result, trained = run_search_process(base_config, out_dir, 4)
     assert result.returncode == 0, result.stderr[-2000:]
     assert trained == ["3"]
     assert "Trial 2 failed: ProcessDied: the trial's process died 2 times" in (
@@ -74,13 +72,13 @@ def test_killed_search_restarts_the_trial_in_flight_then_gives_up_on_it(
 
 @pytest.mark.slow
 def test_chief_and_worker_killed_and_restarted_resume_the_search(
-    demo_data, tmp_path
+    base_config, tmp_path
 ):
     import time
 
     from tests.tuning.test_distributed import Worker, loopback_env
 
-    config = json.dumps(tiny_config(demo_data).to_dict())
+    config = json.dumps(base_config.to_dict())
     out_dir = tmp_path / "tune"
     env = loopback_env()
     chief = Worker("chief", config, out_dir, 3, env)

@@ -108,13 +108,19 @@ def loopback_env():
     )
 
 
+@pytest.fixture
+def shared_search(base_config, tmp_path):
+    """`(out_dir, env, config)` that the chief and the workers of one search
+    share: its directory, the loopback oracle's environment, and the base
+    config as the workers' JSON argument."""
+    return tmp_path / "tune", loopback_env(), json.dumps(base_config.to_dict())
+
+
 @pytest.mark.slow
 def test_chief_and_two_workers_run_each_trial_once(
-    base_config, tmp_path, monkeypatch
+    base_config, shared_search, monkeypatch
 ):
-    out_dir = tmp_path / "tune"
-    env = loopback_env()
-    config = json.dumps(base_config.to_dict())
+    out_dir, env, config = shared_search
     workers = [Worker(t, config, out_dir, 4, env) for t in ("tuner0", "tuner1")]
     try:
         # Workers started first wait for the chief, and say so.
@@ -147,13 +153,11 @@ def test_chief_and_two_workers_run_each_trial_once(
 
 @pytest.mark.slow
 def test_a_killed_worker_restarted_runs_its_trial_again(
-    base_config, tmp_path, monkeypatch
+    base_config, shared_search, monkeypatch
 ):
     # keras-tuner #915: the chief waits for the trial of a dead worker. The
     # same worker id started again gets that trial and the search ends.
-    out_dir = tmp_path / "tune"
-    env = loopback_env()
-    config = json.dumps(base_config.to_dict())
+    out_dir, env, config = shared_search
     chief = Chief(base_config, out_dir, 3, monkeypatch, env)
     first = Worker("tuner0", config, out_dir, 3, env, kill_trial="1")
     again = None

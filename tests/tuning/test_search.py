@@ -11,6 +11,7 @@ import sys
 import keras_tuner
 import pytest
 
+from kpair import files
 from kpair.callbacks import TrainingDiverged
 from kpair.config import ConfigError, TrainConfig
 from tuning import PairHyperModel, run_search
@@ -46,7 +47,8 @@ def test_killed_search_resumes_with_the_remaining_trials(base_config, tmp_path, 
     for name in ("summary.csv", "summary.md", "val_loss_by_norm.png",
                  "best/model.keras", "best/config.json", "search.json"):
         assert (out_dir / name).is_file(), name
-    assert not list(out_dir.rglob("*.tmp")), "a state file left half-written"
+    left = [p for p in out_dir.rglob("*") if files.is_partial(p)]
+    assert not left, f"a state file left half-written: {left}"
 
     best = result["best"]
     assert best == result["trials"][0]
