@@ -23,7 +23,7 @@ import keras  # noqa: E402
 
 import kpair  # noqa: E402, F401  (imports TensorFlow quietly)
 from kpair.config import TrainConfig  # noqa: E402
-from kpair.train import train  # noqa: E402
+from kpair.training import train  # noqa: E402
 
 GOAL = 1.10
 

@@ -38,7 +38,7 @@ import kpair  # noqa: E402,F401  (first: oneDNN, as users' code gets it)
 from kpair.config import PRECISIONS, TrainConfig  # noqa: E402
 from kpair.data import ensure_demo  # noqa: E402
 from kpair.evaluation import evaluate_run  # noqa: E402
-from kpair.train import train  # noqa: E402
+from kpair.training import train  # noqa: E402
 
 RUNS = (
     ("batch", "per-type", ">= 2.5x", lambda r: r >= 2.5),

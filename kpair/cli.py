@@ -152,7 +152,7 @@ def _parse_option(text):
 def _train(args):
     from kpair.errors import TrainingDiverged
     from kpair.preflight import check_free_space
-    from kpair.train import train
+    from kpair.training import train
 
     config = build_config(args)
     check_free_space(config)  # train() checks the data itself, before writing

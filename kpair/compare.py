@@ -26,7 +26,7 @@ from kpair.callbacks import TrainingDiverged
 from kpair.config import ConfigError, TrainConfig
 from kpair.data import BATCHINGS
 from kpair.run_dir import claim
-from kpair.train import train
+from kpair.training import train
 
 CELLS = "cells"
 METRICS = (gap.TRAINING_MODE, gap.INFERENCE_MODE, gap.GAP, "val_loss", "seconds")

@@ -13,7 +13,7 @@ from kpair.data import (
 )
 from kpair.model_builder import build_pair_model, training_model
 from kpair.pair_model import PairModel
-from kpair.train import resolve_data, training_data
+from kpair.training import resolve_data, training_data
 
 # Hyperparameters that only some norms use, keyed by the registry option they
 # set: (choices, searched). The norms that take an option are read from the

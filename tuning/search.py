@@ -36,7 +36,7 @@ from kpair.config import ConfigError
 from kpair.data import count_split
 from kpair.model_builder import build_pair_model, float32_copy, training_model
 from kpair.run_dir import claim, run_record
-from kpair.train import resolve_data
+from kpair.training import resolve_data
 from tuning import summary
 from tuning.hypermodel import PairHyperModel
 

@@ -14,7 +14,7 @@ from pathlib import Path
 
 import pytest
 
-import kpair.train
+import kpair.training
 import layers
 from kpair import compare
 from kpair.callbacks import TrainingDiverged
@@ -35,7 +35,7 @@ NORMS, BATCHINGS = ["batch", "per-domain"], ["mixed", "balanced"]
 def trainings(monkeypatch):
     """Real, eager training; lists the (norm, batching) of every cell trained."""
     calls = []
-    build, real_train = kpair.train.training_model, compare.train
+    build, real_train = kpair.training.training_model, compare.train
 
     def eager_model(pair_model, config):
         model = build(pair_model, config)
@@ -46,13 +46,13 @@ def trainings(monkeypatch):
         calls.append((config.norm, config.batching))
         return real_train(config, **kwargs)
 
-    monkeypatch.setattr(kpair.train, "training_model", eager_model)
+    monkeypatch.setattr(kpair.training, "training_model", eager_model)
     monkeypatch.setattr(compare, "train", counting_train)
     return calls
 
 
 class StubTrain:
-    """Stands in for `kpair.train.train`: records each cell's config, writes
+    """Stands in for `kpair.training.train`: records each cell's config, writes
     its metrics.json, and raises what `fail` maps a (norm, batching) to."""
 
     def __init__(self):

@@ -11,7 +11,7 @@ from kpair import gap
 from kpair.callbacks import read_history
 from kpair.data import PAIR_TYPES, make_batches, read_split
 from kpair.pair_model import PairModel, build_per_type_model
-from kpair.train import train
+from kpair.training import train
 from tests.kpair.conftest import DOMAIN_PIXEL
 
 

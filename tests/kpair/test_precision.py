@@ -157,10 +157,10 @@ def test_a_run_prints_auto_keeps_it_in_config_and_records_the_policy(
     import json
 
     from kpair.data import build_demo
-    from kpair.train import train
+    from kpair.training import train
 
     monkeypatch.setattr(precision, "detect_gpus", lambda: [])
-    monkeypatch.setattr("kpair.train.detect_gpus", lambda: [])
+    monkeypatch.setattr("kpair.training.detect_gpus", lambda: [])
     monkeypatch.setattr(precision, "read_cpu_flags", lambda: {"amx_bf16"})
     data = build_demo(tmp_path / "data", image_size=8, pairs_per_type=(12, 12, 12))
     config = tiny_config(

@@ -1,4 +1,4 @@
-"""kpair.train end to end with a tiny backbone: run directory, resume, NaN."""
+"""kpair.training.train end to end with a tiny backbone: run directory, resume, NaN."""
 
 import json
 import math
@@ -13,7 +13,7 @@ from kpair.callbacks import TrainingDiverged, read_history
 from kpair.config import TrainConfig
 from kpair.data import BATCHINGS, make_batches, read_split
 from kpair.model_builder import build_pair_model, training_model
-from kpair.train import train
+from kpair.training import train
 
 
 def test_run_directory_has_everything(demo_data, tiny_config, tmp_path, capsys):
@@ -176,7 +176,7 @@ def test_cli_names_the_run_directory_of_a_diverged_run(tmp_path, monkeypatch,
                                                        capsys):
     """Without --out the run goes to config.out's default, and the error
     says so (it once said "kept in None")."""
-    import kpair.train
+    import kpair.training
     from kpair.cli import main
 
     seen = []
@@ -186,7 +186,7 @@ def test_cli_names_the_run_directory_of_a_diverged_run(tmp_path, monkeypatch,
         raise TrainingDiverged(2, 1, float("nan"))
 
     monkeypatch.chdir(tmp_path)
-    monkeypatch.setattr(kpair.train, "train", diverges)
+    monkeypatch.setattr(kpair.training, "train", diverges)
     assert main(["train", "--epochs", "1"]) == 1
     lines = capsys.readouterr().err.strip().splitlines()
     assert seen == [TrainConfig().out]

@@ -468,7 +468,7 @@ def test_model_commands_refuse_domain_ids(kpair_cli, tmp_path, tiny_run, command
 def test_library_train_checks_the_data_before_writing(tmp_path, tiny_config):
     """`kpair.train(config)` runs the pre-flight checks itself: a bad record
     fails before the run directory exists."""
-    from kpair.train import train
+    from kpair.training import train
 
     data = write_data(tmp_path / "data")
     replace_train(train_pairs(left_domain=5, right_domain=5))(data)

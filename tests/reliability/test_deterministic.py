@@ -19,7 +19,7 @@ SCRIPT = r"""
 import json, sys
 from pathlib import Path
 import keras, numpy as np
-from kpair import train as ktrain
+from kpair import training as ktrain
 from kpair.config import TrainConfig
 
 build = ktrain.training_model

@@ -20,7 +20,7 @@ from pathlib import Path
 import keras
 
 from kpair import callbacks as kcb
-from kpair import train as ktrain
+from kpair import training as ktrain
 from kpair.config import TrainConfig
 
 point, _, at = os.environ.get("KPAIR_TEST_KILL", "none:0").partition(":")

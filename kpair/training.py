@@ -1,4 +1,4 @@
-"""`kpair.train(config)`: one training run, one run directory.
+"""`kpair.train(config)` (kpair.training.train): one training run, one run directory.
 
 The run directory holds `model.keras` (computing in float32), `config.json`
 (the resolved configuration), `history.csv`, `metrics.json`, TensorBoard
