@@ -7,26 +7,29 @@ one line and exit code 1. No Python traceback for either.
 
 import argparse
 import json
+import re
 import sys
 import warnings
 from pathlib import Path
 
+from kpair.cli_config import add_config_flags, print_config, resolve_config
 from kpair.quiet import import_tensorflow_quietly
 
 EXIT_FAILED = 1
 EXIT_BAD_INPUT = 2
+# Runs without --out go to RUNS_ROOT/<norm>-<batching>-<n>, the first n free.
+RUNS_ROOT = "runs"
+# Bad rows of `data import` listed one per line, then a count of the rest.
+MAX_LISTED_LINES = 20
 
 
 def main(argv=None):
-    parser = _parser()
     argv = list(sys.argv[1:] if argv is None else argv)
-    if argv[:1] == ["tune"]:
-        # The tuner has its own parser: hand it every flag after `tune`
-        # (argparse's REMAINDER would refuse a flag in first place).
-        args = argparse.Namespace(command="tune", rest=argv[1:], run=_tune,
-                                  out=None)
-    else:
-        args = parser.parse_args(argv)
+    # Flags only for the command given: `kpair --help` and `--version` load
+    # neither the config nor the tuner.
+    command = next((a for a in argv if not a.startswith("-")), "")
+    parser = _parser(only=command)
+    args = parser.parse_args(argv)
     if not getattr(args, "command", None):
         parser.print_help()
         return EXIT_BAD_INPUT
@@ -45,108 +48,113 @@ def main(argv=None):
     except (KpairError, OSError) as error:
         # Only input a user can fix: any other exception is a bug, and its
         # traceback is what a bug report needs.
-        print(f"kpair: error: {_one_line(error)}", file=sys.stderr)
+        print(f"kpair: error: {_in_flag_words(_lines(error), args.flags)}",
+              file=sys.stderr)
         return EXIT_BAD_INPUT
     except KeyboardInterrupt:
         print("kpair: interrupted; a run resumes from its last epoch.", file=sys.stderr)
         return 130
 
 
-def _one_line(error):
-    text = " ".join(str(error).split())
-    if isinstance(error, OSError) and error.filename and error.filename not in text:
-        text = f"{text}: {error.filename}"
-    return text
+def _lines(error):
+    """The message of `error`: one line, or for a list of problems (bad rows
+    of a CSV) a first line and one indented line per problem."""
+    lines = [" ".join(line.split()) for line in str(error).splitlines()]
+    lines = [line for line in lines if line] or [type(error).__name__]
+    if isinstance(error, OSError) and error.filename and error.filename not in lines[0]:
+        lines[0] = f"{lines[0]}: {error.filename}"
+    if len(lines) <= 2:
+        return " ".join(lines)
+    if len(lines) > MAX_LISTED_LINES + 1:
+        more = len(lines) - 1 - MAX_LISTED_LINES
+        lines = [*lines[:MAX_LISTED_LINES + 1], f"... and {more} more line(s)"]
+    return "\n".join([lines[0], *("  " + line for line in lines[1:])])
+
+
+# `name=value` in a library message, except the `Received: name=value` that
+# quotes what was given.
+_PYTHON_ARGUMENT = re.compile(
+    r"(?<![\w.`-])(?<!Received: )([a-z][a-z_]*)=('[^']*'|True|[\w.-]+)"
+)
+
+
+def _in_flag_words(text, flags):
+    """`text` with Python arguments a user set by flags named as those flags:
+    "batching='mixed'" -> "--batching mixed", "overwrite=True" -> "--overwrite".
+
+    A flag that this command lacks is named with the command that has it
+    (`kpair train --batching mixed`)."""
+
+    def flag_words(match):
+        flag = "--" + match.group(1).replace("_", "-")
+        value = match.group(2).strip("'")
+        words = flag if value == "True" else f"{flag} {value}"
+        if flag in flags:
+            return words
+        if flag in _train_flags():
+            return f"kpair train {words}"
+        return match.group(0)
+
+    return _PYTHON_ARGUMENT.sub(flag_words, text)
+
+
+def _train_flags():
+    parser = argparse.ArgumentParser(allow_abbrev=False)
+    _add_train(parser)
+    return _flags_of(parser)
+
+
+def _flags_of(parser):
+    return frozenset(s for action in parser._actions for s in action.option_strings)
 
 
 # --- train ---------------------------------------------------------------
 
-# Flag -> TrainConfig field, for flags whose value is used as given.
-TRAIN_FLAGS = {
-    "data": str,
-    "out": str,
-    "norm": str,
-    "batching": str,
-    "precision": str,
-    "epochs": int,
-    "batch_size": int,
-    "learning_rate": float,
-    "optimizer": str,
-    "steps_per_epoch": int,
-    "image_size": int,
-    "stem": str,
-    "width_multiplier": float,
-    "embedding_dim": int,
-    "num_domains": int,
-    "eval_pairs": int,
-    "seed": int,
-}
 
-
-def _add_train(sub):
-    p = sub.add_parser(
-        "train",
-        help="train a pair model and write a run directory",
-        description="Train a pair model. With no --data, trains on the built-in "
-        "two-domain demo data set.",
+def _add_train(p):
+    p.description = (
+        "Train a pair model. With no --data, trains on the built-in two-domain "
+        "demo data set."
     )
-    p.add_argument("--config", help="a config.json to start from (flags override)")
-    helps = {
-        "precision": "float32, mixed_float16, mixed_bfloat16 or auto (default "
-        "without --config: auto, the fastest this machine runs natively)",
-    }
-    for field, kind in TRAIN_FLAGS.items():
-        p.add_argument(
-            "--" + field.replace("_", "-"), type=kind, default=None,
-            help=helps.get(field),
-        )
+    add_config_flags(p)
     p.add_argument(
-        "--norm-option",
-        action="append",
-        default=[],
-        metavar="KEY=VALUE",
-        help="an option of the norm, e.g. momentum=0.9 (repeatable)",
+        "--out", metavar="RUN_DIR",
+        help=f"run directory (default: a fresh {RUNS_ROOT}/NORM-BATCHING-N, the "
+        "first N free; never the directory of a --config without --resume). "
+        "An existing run directory of the same configuration resumes.",
     )
     p.add_argument(
-        "--losses", help="loss per pair type A-A,B-B,A-B, e.g. l2,hinge,hinge"
-    )
-    p.add_argument(
-        "--deterministic", action="store_true", default=None,
-        help="deterministic kernels: the same seed gives the same metrics "
-        "and weights (slower)",
+        "--resume", action="store_true",
+        help="continue the run of --config in its own directory (the out of "
+        "its config.json) instead of starting a fresh one (default: off)",
     )
     p.set_defaults(run=_train)
 
 
 def build_config(args):
-    from kpair.config import TrainConfig
-
-    base = TrainConfig.load(args.config).to_dict() if args.config else {}
-    given = {f: getattr(args, f) for f in TRAIN_FLAGS if getattr(args, f) is not None}
-    if args.norm_option:
-        options = dict(base.get("norm_options", {}))
-        options.update(_parse_option(o) for o in args.norm_option)
-        given["norm_options"] = options
-    if args.losses:
-        given["losses"] = tuple(args.losses.split(","))
-    if args.deterministic:
-        given["deterministic"] = True
-    if "precision" not in base and "precision" not in given:
-        # `kpair train`'s default; TrainConfig's own stays float32.
-        given["precision"] = "auto"
-    return TrainConfig.from_dict({**base, **given})
-
-
-def _parse_option(text):
+    """The config of `kpair train`: `--config`, then flags; its `out` is
+    --out, or with --resume the --config's, or else a fresh directory."""
     from kpair.errors import ConfigError
 
-    key, sep, value = text.partition("=")
-    if not sep or not key:
-        raise ConfigError(f"--norm-option takes KEY=VALUE. Received: {text!r}")
-    try:
-        return key, json.loads(value)
-    except json.JSONDecodeError:
-        return key, value
+    if args.out:
+        return resolve_config(args, out=args.out)
+    config = resolve_config(args)
+    if args.resume:
+        if not args.config:
+            raise ConfigError(
+                "--resume continues the run of a --config RUN/config.json; "
+                "give --config, or the run's directory as --out."
+            )
+        return config
+    return config.replace(out=fresh_run_dir(config))
+
+
+def fresh_run_dir(config, root=RUNS_ROOT):
+    """`root/<norm>-<batching>-<n>` for the first n from 1 not taken."""
+    n = 1
+    while (Path(root) / f"{config.norm}-{config.batching}-{n}").exists():
+        n += 1
+    return str(Path(root) / f"{config.norm}-{config.batching}-{n}")
 
 
 def _train(args):
@@ -155,6 +163,9 @@ def _train(args):
     from kpair.training import train
 
     config = build_config(args)
+    if args.print_config:
+        print_config(config)
+        return
     check_free_space(config)  # train() checks the data itself, before writing
     try:
         train(config)
@@ -172,34 +183,67 @@ def _train(args):
 # --- evaluate ------------------------------------------------------------
 
 
-def _add_evaluate(sub):
-    p = sub.add_parser(
-        "evaluate", help="losses per pair type of a run or .keras model"
-    )
-    p.add_argument("model", metavar="RUN_OR_MODEL")
-    p.add_argument("--data", help="dataset directory (default: the run's data)")
-    p.add_argument("--split", default="val", choices=("train", "val", "test"))
+def _add_evaluate(p):
+    p.add_argument("model", metavar="RUN_OR_MODEL", help=RUN_OR_MODEL_HELP)
+    p.add_argument("--data", help=DATA_HELP)
+    p.add_argument("--split", default="val", choices=SPLITS,
+                   help="split to evaluate (default: val)")
     p.add_argument(
         "--mode",
         default="inference",
         choices=("inference", "batch-stats"),
-        help="batch-stats: batch statistics at evaluation, nothing updated",
+        help="inference: moving statistics; batch-stats: batch statistics at "
+        "evaluation, nothing updated (default: inference)",
     )
     p.add_argument(
         "--batching",
         default="mixed",
         choices=("mixed", "per-type"),
         help="batches for --mode batch-stats: mixed (shuffled, the post's "
-        "diagnostic) or per-type (one domain per backbone call, as trained)",
+        "diagnostic) or per-type (one domain per backbone call, as trained) "
+        "(default: mixed)",
     )
-    p.add_argument("--batch-size", type=int, default=48)
-    p.add_argument("--json", action="store_true", help="print JSON")
+    _add_batch_size(p)
+    p.add_argument("--json", action="store_true", help="print JSON (default: off)")
     p.set_defaults(run=_evaluate)
+
+
+SPLITS = ("train", "val", "test")
+RUN_OR_MODEL_HELP = "a run directory or a .keras model file"
+DATA_HELP = ("dataset directory (default: the run's own data, else the built-in "
+             "demo data set)")
+
+
+def _add_batch_size(p):
+    from kpair.config import TrainConfig
+
+    p.add_argument(
+        "--batch-size", type=int, default=TrainConfig.batch_size,
+        help=f"pairs per batch (default: {TrainConfig.batch_size}, as train)",
+    )
+
+
+def _note_demo_fallback(args):
+    """Says on stderr when a command falls back to the demo data set."""
+    import zipfile
+
+    from kpair.runs import resolve
+
+    if args.data is not None:
+        return
+    run = resolve(args.model)
+    if not zipfile.is_zipfile(run.model_path):
+        return  # refused in one line when loaded: no note before the error
+    if run.config is None or run.config.data is None:
+        print("No --data given and the run names none: using the built-in demo "
+              "data set.", file=sys.stderr)
 
 
 def _evaluate(args):
     from kpair.evaluation import evaluate_run
     from kpair.pair_types import PAIR_TYPES
+
+    _note_demo_fallback(args)
 
     result = evaluate_run(
         args.model, data=args.data, split=args.split, mode=args.mode,
@@ -217,19 +261,19 @@ def _evaluate(args):
 # --- diagnose ------------------------------------------------------------
 
 
-def _add_diagnose(sub):
-    p = sub.add_parser(
-        "diagnose",
-        help="find a training/inference gap and the layers that cause it",
-        description="Compare, per domain, the statistics reaching each "
-        "normalization layer with its moving statistics; nothing is changed.",
+def _add_diagnose(p):
+    p.description = (
+        "Compare, per domain, the statistics reaching each normalization layer "
+        "with its moving statistics; nothing is changed."
     )
-    p.add_argument("model", metavar="RUN_OR_MODEL")
-    p.add_argument("--data", help="dataset directory (default: the run's data)")
-    p.add_argument("--split", default="train", choices=("train", "val", "test"))
+    p.add_argument("model", metavar="RUN_OR_MODEL", help=RUN_OR_MODEL_HELP)
+    p.add_argument("--data", help=DATA_HELP)
+    p.add_argument("--split", default="train", choices=SPLITS,
+                   help="split to probe; the gap shows on training pairs "
+                   "(default: train)")
     p.add_argument("--plot", help="heat map PNG (default: RUN/diagnose.png, or "
                    "diagnose.png beside a model file)")
-    p.add_argument("--json", action="store_true", help="print JSON")
+    p.add_argument("--json", action="store_true", help="print JSON (default: off)")
     p.set_defaults(run=_diagnose)
 
 
@@ -237,6 +281,7 @@ def _diagnose(args):
     from kpair.diagnose import diagnose, format_table, heat_map
     from kpair.runs import open_for_evaluation
 
+    _note_demo_fallback(args)
     opened = open_for_evaluation(args.model, args.data)
     report = diagnose(opened.model, opened.data_dir / args.split, opened.losses,
                       opened.image_size)
@@ -256,24 +301,24 @@ def _diagnose(args):
 # --- adapt ---------------------------------------------------------------
 
 
-def _add_adapt(sub):
-    p = sub.add_parser(
-        "adapt",
-        help="re-estimate normalization statistics for one domain (AdaBN)",
-        description="Set the moving statistics of every batch-norm layer to "
+def _add_adapt(p):
+    p.description = (
+        "Set the moving statistics of every batch-norm layer to "
         "the exact statistics of one domain's images; no weight changes. A "
         "per-domain model changes only that domain's statistics, or gains the "
-        "domain when --domain is the next id.",
+        "domain when --domain is the next id."
     )
-    p.add_argument("model", metavar="RUN_OR_MODEL")
+    p.add_argument("model", metavar="RUN_OR_MODEL", help=RUN_OR_MODEL_HELP)
     p.add_argument("--data", required=True, help="dataset directory")
     p.add_argument("--domain", type=int, required=True, help="domain id")
     p.add_argument("--out", required=True, help=".keras file to write")
     p.add_argument("--like", type=int, help="a new domain starts from this "
                    "domain's affine parameters (default 0)")
-    p.add_argument("--split", default="train", choices=("train", "val", "test"))
-    p.add_argument("--batch-size", type=int, default=64)
-    p.add_argument("--max-images", type=int, default=1024)
+    p.add_argument("--split", default="train", choices=SPLITS,
+                   help="split whose images give the statistics (default: train)")
+    _add_batch_size(p)
+    p.add_argument("--max-images", type=int, default=1024,
+                   help="images of the domain to measure (default: 1024)")
     p.set_defaults(run=_adapt)
 
 
@@ -290,16 +335,15 @@ def _adapt(args):
 # --- predict and export ----------------------------------------------------
 
 
-def _add_predict(sub):
-    p = sub.add_parser("predict", help="predict the pairs listed in a CSV")
-    p.add_argument("model", metavar="MODEL")
+def _add_predict(p):
+    p.add_argument("model", metavar="MODEL", help="a .keras model file")
     p.add_argument(
         "--pairs", required=True,
         help="CSV with left,right,left_domain,right_domain (target optional)",
     )
     p.add_argument("--root", required=True, help="image paths are relative to it")
     p.add_argument("--out", required=True, help="CSV to write")
-    p.add_argument("--batch-size", type=int, default=64)
+    _add_batch_size(p)
     p.set_defaults(run=_predict)
 
 
@@ -310,9 +354,8 @@ def _predict(args):
     print(f"Wrote {count} predictions to {args.out}")
 
 
-def _add_export(sub):
-    p = sub.add_parser("export", help="export a TensorFlow SavedModel for serving")
-    p.add_argument("model", metavar="MODEL")
+def _add_export(p):
+    p.add_argument("model", metavar="MODEL", help="a .keras model file")
     p.add_argument("--out", required=True, help="SavedModel directory to write")
     p.add_argument(
         "--precision",
@@ -333,30 +376,37 @@ def _export(args):
 # --- data ----------------------------------------------------------------
 
 
-def _add_data(sub):
-    p = sub.add_parser("data", help="make datasets: import a CSV, build the demo")
+def _add_data(p):
     data_sub = p.add_subparsers(dest="data_command", required=True)
-    imp = data_sub.add_parser("import", help="CSV of image pairs -> TFRecord shards")
+    imp = data_sub.add_parser("import", help="CSV of image pairs -> TFRecord shards",
+                              allow_abbrev=False)
     imp.add_argument("--pairs", required=True, help="CSV: left,right,left_domain,"
                      "right_domain,target[,split]")
     imp.add_argument("--root", required=True, help="image paths are relative to it")
     imp.add_argument("--out", required=True, help="dataset directory to write")
-    imp.add_argument("--seed", type=int, default=0, help="seed of the hash split")
-    imp.set_defaults(run=_data_import)
-    demo = data_sub.add_parser("demo", help="write the built-in demo data set")
-    demo.add_argument("--out", required=True)
-    demo.add_argument("--image-size", type=int, default=32)
-    demo.add_argument("--seed", type=int, default=0)
+    imp.add_argument("--seed", type=int, default=0,
+                     help="seed of the hash split (default: 0)")
+    imp.add_argument("--overwrite", action="store_true",
+                     help="replace an existing --out directory (default: off)")
+    imp.set_defaults(run=_data_import, flags=_flags_of(imp))
+    demo = data_sub.add_parser("demo", help="write the built-in demo data set",
+                               allow_abbrev=False)
+    demo.add_argument("--out", required=True, help="dataset directory to write")
+    demo.add_argument("--image-size", type=int, default=32,
+                      help="side of the images in pixels (default: 32)")
+    demo.add_argument("--seed", type=int, default=0,
+                      help="seed of the images and pairs (default: 0)")
     demo.add_argument("--ba-fraction", type=float, default=0.0,
                       help="share of the A-B pairs stored the other way round, "
                       "as B-A pairs (default 0)")
-    demo.set_defaults(run=_data_demo)
+    demo.set_defaults(run=_data_demo, flags=_flags_of(demo))
 
 
 def _data_import(args):
     from kpair.data import import_pairs
 
-    counts = import_pairs(args.pairs, args.root, args.out, seed=args.seed)
+    counts = import_pairs(args.pairs, args.root, args.out, seed=args.seed,
+                          overwrite=args.overwrite)
     print(f"Wrote {args.out}: {counts}")
 
 
@@ -371,77 +421,129 @@ def _data_demo(args):
 # --- tune ----------------------------------------------------------------
 
 
-def _add_tune(sub):
-    p = sub.add_parser("tune", help="keras-tuner search over the normalization")
-    p.add_argument("rest", nargs=argparse.REMAINDER)
+def _add_tune(p):
+    add_config_flags(p)
+    try:
+        # kpair does not import tuning otherwise: the tuner is optional.
+        from tuning.cli import add_tune_flags
+    except ImportError:
+        p.set_defaults(run=_no_tuner)
+        return
+    add_tune_flags(p)
     p.set_defaults(run=_tune)
 
 
-def _tune(args):
+def _no_tuner(args):
     from kpair.errors import KpairError
 
-    try:
-        from tuning.cli import run_tune
-    except ImportError:
-        raise KpairError("kpair tune is not available in this version.") from None
-    return run_tune(args.rest)
+    raise KpairError("kpair tune is not available in this version.")
+
+
+def _tune(args):
+    from tuning.cli import run_tune
+
+    config = resolve_config(args, out=args.out)
+    if args.print_config:
+        print_config(config)
+        return 0
+    return run_tune(args, config, _one_or_all(args.norms, args.norm),
+                    _one_or_all(args.batchings, args.batching))
+
+
+def _one_or_all(names, name):
+    """A command's list flag (`--norms`); else its config flag (`--norm`)
+    given alone; else None: all."""
+    if names is not None:
+        return names
+    return None if name is None else [name]
 
 
 # --- compare -------------------------------------------------------------
 
-# Flags of `kpair compare` that set the same field of every cell's config.
-COMPARE_FLAGS = {
-    "data": str, "epochs": int, "precision": str, "width_multiplier": float,
-    "image_size": int, "batch_size": int, "steps_per_epoch": int,
-    "embedding_dim": int, "eval_pairs": int, "seed": int,
-}
 
-
-def _add_compare(sub):
-    p = sub.add_parser(
-        "compare",
-        help="train every norm x batching and tabulate the inference gap",
-        description="One run per norm and batching under OUT/cells/, then "
-        "OUT/compare.md, compare.csv and compare.png: training-mode loss, "
-        "inference-mode loss on training pairs, validation loss, gap, seconds.",
+def _add_compare(p):
+    p.description = (
+        "One run per norm and batching under OUT/cells/, then OUT/compare.md, "
+        "compare.csv and compare.png: training-mode loss, inference-mode loss on "
+        "training pairs, validation loss, gap, seconds."
     )
-    p.add_argument("--norms", help="comma-separated (default: all registered)")
-    p.add_argument("--batchings",
-                   help="comma-separated (default: per-type,mixed,balanced)")
-    p.add_argument("--out", default="runs/compare", help="comparison directory")
+    add_config_flags(p)
+    add_list_flags(p, "one cell each")
+    p.add_argument("--out", default="runs/compare",
+                   help="comparison directory (default: runs/compare)")
     p.add_argument("--resume", action="store_true",
-                   help="finish a comparison in --out; finished cells are kept")
-    p.add_argument("--config", help="a config.json for what every cell shares")
-    for field, kind in COMPARE_FLAGS.items():
-        p.add_argument("--" + field.replace("_", "-"), type=kind)
+                   help="finish a comparison in --out; finished cells are kept "
+                   "(default: off)")
     p.set_defaults(run=_compare)
+
+
+def add_list_flags(p, what):
+    """`--norms` and `--batchings`, the lists of `compare` and `tune`."""
+    p.add_argument(
+        "--norms", type=comma_list, metavar="NORM,...",
+        help=f"comma-separated norms, {what} (a list, unlike --norm; "
+        "default: --norm if given, else every registered norm)",
+    )
+    p.add_argument(
+        "--batchings", type=comma_list, metavar="BATCHING,...",
+        help=f"comma-separated batchings, {what} (a list, unlike --batching; "
+        "default: --batching if given, else per-type,mixed,balanced)",
+    )
 
 
 def _compare(args):
     from kpair.compare import run_compare
-    from kpair.config import TrainConfig
 
-    base = TrainConfig.load(args.config).to_dict() if args.config else {}
-    given = {f: getattr(args, f) for f in COMPARE_FLAGS if getattr(args, f) is not None}
+    config = resolve_config(args)
+    if args.print_config:
+        print_config(config)
+        return
     run_compare(
-        TrainConfig.from_dict({**base, **given}), _comma_list(args.norms),
-        _comma_list(args.batchings), args.out, resume=args.resume,
+        config, _one_or_all(args.norms, args.norm),
+        _one_or_all(args.batchings, args.batching), args.out, resume=args.resume,
     )
 
 
-def _comma_list(text):
-    return None if text is None else [n.strip() for n in text.split(",") if n.strip()]
+def comma_list(text):
+    return [n.strip() for n in text.split(",") if n.strip()]
 
 
-def _parser():
+# Command -> (adds its flags, one line of help).
+COMMANDS = {
+    "train": (_add_train, "train a pair model and write a run directory"),
+    "evaluate": (_add_evaluate, "losses per pair type of a run or .keras model"),
+    "diagnose": (_add_diagnose,
+                 "find a training/inference gap and the layers that cause it"),
+    "predict": (_add_predict, "predict the pairs listed in a CSV"),
+    "export": (_add_export, "export a TensorFlow SavedModel for serving"),
+    "data": (_add_data, "make datasets: import a CSV, build the demo"),
+    "tune": (_add_tune, "keras-tuner search over the normalization"),
+    "compare": (_add_compare,
+                "train every norm x batching and tabulate the inference gap"),
+    "adapt": (_add_adapt,
+              "re-estimate normalization statistics for one domain (AdaBN)"),
+}
+
+
+def _parser(only=None):
+    """The `kpair` parser; with `only`, the flags of that command alone
+    (`""`: of none, for `kpair --help`), the others listed by name."""
+    import kpair
+
     parser = argparse.ArgumentParser(
         prog="kpair",
         description="Train and inspect pair models over two image domains.",
+        allow_abbrev=False,
     )
-    sub = parser.add_subparsers(dest="command")
-    for add in (_add_train, _add_evaluate, _add_diagnose, _add_predict, _add_export,
-                _add_data, _add_tune, _add_compare, _add_adapt):
-        add(sub)
+    parser.add_argument("--version", action="version",
+                        version=f"kpair {kpair.__version__}")
+    sub = parser.add_subparsers(dest="command", metavar="COMMAND")
+    for name, (add, text) in COMMANDS.items():
+        p = sub.add_parser(name, help=text, description=text[:1].upper() + text[1:]
+                           + ".", allow_abbrev=False)
+        if only is None or only == name:
+            add(p)
+            p.set_defaults(flags=_flags_of(p))
     return parser
 
 

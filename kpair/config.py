@@ -29,9 +29,15 @@ class TrainConfig:
             `mixed` or `balanced`.
         precision: `float32`, `mixed_float16`, `mixed_bfloat16`, or `auto`
             (resolved when the model is built: `kpair.precision`).
-        epochs, batch_size, learning_rate, optimizer: Training loop.
+        epochs: Passes over the training pairs.
+        batch_size: Pairs per training step.
+        learning_rate: Step size of the optimizer.
+        optimizer: `adam` or `sgd`.
         steps_per_epoch: Cap on training steps per epoch (`None`: one pass).
-        image_size, stem, width_multiplier, embedding_dim: Backbone.
+        image_size: Side in pixels that images are resized to.
+        stem: Backbone stem: `small` (32-pixel images) or `imagenet`.
+        width_multiplier: Scales the channels of every backbone stage.
+        embedding_dim: Size of the embedding each image is mapped to.
         num_domains: Domains the model knows (ids `0..num_domains-1`).
         losses: Loss per pair type, in the order A-A, B-B, A-B.
         eval_pairs: Size of the fixed sample of training pairs on which the

@@ -1,91 +1,62 @@
-"""`kpair tune`: builds the search's base config from flags, runs the search.
+"""The flags of `kpair tune` beyond the config's, and the run of a search.
 
-`kpair.cli` hands the arguments after `tune` to `run_tune`; a KpairError
-(bad flags, bad data, a search directory of another search) comes back to it
-and ends as one line with exit code 2.
+`kpair.cli` declares the config flags (`kpair.cli_config`, shared with
+`train` and `compare`) and resolves the base config; `add_tune_flags` adds
+the search's own flags. A KpairError (bad flags, bad data, a search
+directory of another search) ends as one line with exit code 2.
 """
 
-import argparse
-
 from kpair.errors import ConfigError
-from kpair.precision import PRECISIONS
+from tuning.search import TUNERS
 
 DEFAULT_OUT = "runs/tune"
 DEFAULT_MAX_TRIALS = 10
 
 
-def _parser():
-    p = argparse.ArgumentParser(
-        prog="kpair tune",
-        description="keras-tuner search over the normalization (and its "
-        "options, the learning rate and the batching), judged by the "
-        "inference-mode validation loss. Started again with the same --out, "
-        "the search resumes. Chief/worker mode: set KERASTUNER_TUNER_ID, "
-        "KERASTUNER_ORACLE_IP and KERASTUNER_ORACLE_PORT.",
+def add_tune_flags(p):
+    """Adds `kpair tune`'s own flags to its parser `p`."""
+    from kpair.cli import add_list_flags
+
+    p.description = (
+        "keras-tuner search over the normalization (and its options, the "
+        "learning rate and the batching), judged by the inference-mode "
+        "validation loss; the config flags fix every trial's other arguments "
+        "(small values make quick searches). Started again with the same "
+        "--out, the search resumes. Chief/worker mode: set "
+        "KERASTUNER_TUNER_ID, KERASTUNER_ORACLE_IP and KERASTUNER_ORACLE_PORT."
     )
-    p.add_argument("--data", help="dataset directory (default: the demo data set)")
-    p.add_argument(
-        "--norms",
-        help="comma-separated norms to search over (default: all registered)",
+    group = p.add_argument_group("search")
+    add_list_flags(group, "searched over")
+    group.add_argument(
+        "--tuner", default="random", choices=TUNERS,
+        help=f"search algorithm, one of {', '.join(TUNERS)} (default: random)",
     )
-    p.add_argument(
-        "--batching",
-        help="comma-separated batch compositions to search over (default: all); "
-        "one name fixes it, e.g. per-type",
-    )
-    p.add_argument(
-        "--tuner", default="random", choices=("random", "bayesian", "hyperband")
-    )
-    p.add_argument(
-        "--max-trials",
-        type=int,
-        help=f"trials in all, earlier runs included (default {DEFAULT_MAX_TRIALS}; "
+    group.add_argument(
+        "--max-trials", type=int,
+        help=f"trials in all, earlier runs included (default: {DEFAULT_MAX_TRIALS}; "
         "not for hyperband, which sizes itself from --epochs)",
     )
-    p.add_argument(
-        "--epochs", type=int, help="epochs per trial (hyperband: the most)"
-    )
-    p.add_argument("--precision", choices=PRECISIONS)
-    p.add_argument("--out", default=DEFAULT_OUT, help="search directory")
-    p.add_argument(
-        "--mirrored",
-        action="store_true",
+    group.add_argument("--out", default=DEFAULT_OUT,
+                       help=f"search directory (default: {DEFAULT_OUT})")
+    group.add_argument(
+        "--mirrored", action="store_true",
         help="run each trial on every local GPU at once "
-        "(tf.distribute.MirroredStrategy; the batch is split between them)",
+        "(tf.distribute.MirroredStrategy; the batch is split between them) "
+        "(default: off)",
     )
-    p.add_argument("--config", help="a config.json for the fixed arguments")
-    # Fixed arguments of every trial; small values make quick searches.
-    p.add_argument("--width-multiplier", type=float)
-    p.add_argument("--image-size", type=int)
-    p.add_argument("--batch-size", type=int)
-    p.add_argument("--steps-per-epoch", type=int)
-    p.add_argument("--embedding-dim", type=int)
-    p.add_argument("--eval-pairs", type=int)
-    p.add_argument("--seed", type=int)
-    return p
 
 
-# Flags whose value is a TrainConfig field of the same name.
-_FIELDS = (
-    "data", "precision", "epochs", "width_multiplier", "image_size",
-    "batch_size", "steps_per_epoch", "embedding_dim", "eval_pairs", "seed",
-)
+def run_tune(args, base_config, norms, batchings):
+    """Runs `kpair tune`; returns 0.
 
-
-def run_tune(argv):
-    """Runs `kpair tune` with `argv` (the arguments after `tune`); returns 0."""
-    from kpair.config import TrainConfig
+    Args:
+        args: The parsed flags of `add_tune_flags`.
+        base_config: The fixed arguments of every trial, `out` the search
+            directory.
+        norms, batchings: Lists of names to search over; `None`: all.
+    """
     from tuning.search import run_search
 
-    argv = list(argv)
-    if argv[:1] == ["--"]:
-        # `kpair tune -- FLAGS`: kpair's parser hands on the `--` that lets
-        # FLAGS through its `argparse.REMAINDER` argument.
-        argv = argv[1:]
-    args = _parser().parse_args(argv)
-    base = TrainConfig.load(args.config).to_dict() if args.config else {}
-    given = {f: getattr(args, f) for f in _FIELDS if getattr(args, f) is not None}
-    base_config = TrainConfig.from_dict({**base, **given, "out": args.out})
     max_trials = args.max_trials
     if args.tuner != "hyperband" and max_trials is None:
         max_trials = DEFAULT_MAX_TRIALS
@@ -96,11 +67,11 @@ def run_tune(argv):
         )
     run_search(
         base_config,
-        norms=_names(args.norms),
+        norms=norms,
         tuner=args.tuner,
         max_trials=max_trials,
         out_dir=args.out,
-        batchings=_names(args.batching),
+        batchings=batchings,
         distribution_strategy=_mirrored() if args.mirrored else None,
     )
     return 0
@@ -116,9 +87,3 @@ def _mirrored():
         flush=True,
     )
     return strategy
-
-
-def _names(text):
-    if text is None:
-        return None
-    return [name.strip() for name in text.split(",") if name.strip()]

@@ -1,13 +1,17 @@
 """The kpair command as a user runs it: real processes, exit codes, output."""
 
+import argparse
 import csv
 import io
+import json
 import os
 import subprocess
 import sys
 import textwrap
+from pathlib import Path
 
 import numpy as np
+import pytest
 from PIL import Image
 
 KPAIR = [sys.executable, "-m", "kpair.cli"]
@@ -152,5 +156,233 @@ def test_data_import_reports_bad_rows_and_writes_nothing(tmp_path):
     out = tmp_path / "out"
     result = run(["data", "import", "--pairs", tmp_path / "pairs.csv", "--root", root,
                   "--out", out])
-    assert_clean_error(result, 2, "row 2", "row 3")
+    assert result.returncode == 2 and "Traceback" not in result.stderr
+    # One line that says what happened, then one line per bad row.
+    lines = result.stderr.splitlines()
+    assert "3 problem(s)" in lines[0] and "nothing was written" in lines[0]
+    assert lines[1].startswith("  row 2:") and "missing.png" in lines[1]
+    # Row 3 has two problems: an image that does not decode, a bad domain.
+    assert [line[:8] for line in lines[2:]] == ["  row 3:"] * 2, lines
     assert not out.exists()
+
+
+# --- the vocabulary: flags generated from TrainConfig, parsed without training ---
+
+
+def parsers():
+    """`{command: parser}` of every subcommand, `data import` and `data demo`
+    included."""
+    from kpair.cli import _parser
+
+    def children(parser):
+        actions = [a for a in parser._actions
+                   if isinstance(a, argparse._SubParsersAction)]
+        return actions[0].choices if actions else {}
+
+    found = {}
+    for name, sub in children(_parser()).items():
+        found[name] = sub
+        for child, subsub in children(sub).items():
+            found[f"{name} {child}"] = subsub
+    return found
+
+
+def flags(parser):
+    return {a.option_strings[0]: a for a in parser._actions
+            if a.option_strings and a.dest not in ("help", "version")}
+
+
+def test_every_flag_has_help_and_the_config_flags_are_shared():
+    from kpair.config import TrainConfig
+
+    found = parsers()
+    assert {"train", "compare", "tune", "evaluate", "data import"} <= set(found)
+    for name, parser in found.items():
+        for flag, action in flags(parser).items():
+            assert action.help, f"kpair {name} {flag} has no help"
+            if not action.required:
+                assert "default" in action.help, f"kpair {name} {flag}"
+    config_flags = {
+        name: {f: (a.default, a.help, a.metavar) for f, a in flags(found[name]).items()
+               if a.container.title == "configuration"}
+        for name in ("train", "compare", "tune")
+    }
+    assert config_flags["train"] == config_flags["compare"] == config_flags["tune"]
+    # One flag per field (but out, which each command owns), same defaults.
+    fields = {f.replace("_", "-") for f in TrainConfig.__dataclass_fields__}
+    names = {f.removeprefix("--") for f in config_flags["train"]}
+    assert names == (fields - {"out", "norm-options"}) | {
+        "norm-option", "config", "print-config"}
+    assert "(default: auto)" in config_flags["train"]["--precision"][1]
+    assert "per-domain,group" in flags(found["train"])["--norm"].metavar
+    batch_sizes = {flags(found[n])["--batch-size"].help for n in found
+                   if "--batch-size" in flags(found[n])}
+    assert all("(default: 48" in text for text in batch_sizes), batch_sizes
+
+
+@pytest.mark.parametrize("argv", [
+    ["train", "--learning", "0.1"],
+    ["compare", "--batch", "per-type"],
+    ["tune", "--max-tri", "3"],
+    ["data", "import", "--over", "--pairs", "p", "--root", "r", "--out", "o"],
+])
+def test_an_abbreviated_flag_is_refused(argv, capsys):
+    from kpair.cli import main
+
+    with pytest.raises(SystemExit) as exit_:
+        main(argv)
+    assert exit_.value.code == 2
+    assert "unrecognized arguments" in capsys.readouterr().err
+
+
+def printed_config(argv, capsys):
+    from kpair.cli import main
+
+    assert main([*map(str, argv), "--print-config"]) == 0
+    return json.loads(capsys.readouterr().out)
+
+
+@pytest.mark.parametrize("command", ["train", "compare", "tune"])
+def test_print_config_resolves_flags_without_running(command, tmp_path, capsys):
+    printed = printed_config(
+        [command, "--norm", "group", "--norm-option", "groups=4", "--losses",
+         "l1,hinge,hinge", "--deterministic", "--out", str(tmp_path / "o")], capsys)
+    assert printed["norm"] == "group" and printed["norm_options"] == {"groups": 4}
+    assert printed["losses"] == ["l1", "hinge", "hinge"]
+    assert printed["deterministic"] is True and printed["precision"] == "auto"
+    assert printed["batch_size"] == 48
+    assert not (tmp_path / "o").exists()
+
+
+def test_runs_without_out_get_a_fresh_directory(tmp_path, monkeypatch, capsys):
+    monkeypatch.chdir(tmp_path)
+    (tmp_path / "runs" / "batch-mixed-1").mkdir(parents=True)
+    printed = printed_config(["train", "--norm", "batch", "--batching", "mixed"],
+                             capsys)
+    assert printed["out"] == str(Path("runs") / "batch-mixed-2")
+
+
+def test_a_saved_config_does_not_write_into_its_run(tmp_path, monkeypatch, capsys):
+    monkeypatch.chdir(tmp_path)
+    from kpair.config import TrainConfig
+
+    old = tmp_path / "runs" / "pd"
+    old.mkdir(parents=True)
+    saved = old / "config.json"
+    saved.write_text(json.dumps(TrainConfig(out=str(old), epochs=3).to_dict()))
+    printed = printed_config(["train", "--config", saved, "--epochs", "30"], capsys)
+    assert printed["out"] == str(Path("runs") / "per-domain-per-type-1")
+    assert printed["epochs"] == 30
+    # --resume, or the same --out, continues the old run.
+    printed = printed_config(["train", "--config", saved, "--resume"], capsys)
+    assert printed["out"] == str(old) and printed["epochs"] == 3
+    printed = printed_config(["train", "--config", saved, "--out", old], capsys)
+    assert printed["out"] == str(old)
+
+
+def test_resume_without_a_config_names_the_flags(capsys):
+    from kpair.cli import main
+
+    assert main(["train", "--resume"]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and "--config" in err[0] and "--out" in err[0], err
+
+
+# --- errors in the user's words --------------------------------------------
+
+
+@pytest.mark.parametrize("flags_of, expected", [
+    (["--batching"], "Use --batching mixed or add"),
+    ([], "Use kpair train --batching mixed or add"),
+])
+def test_advice_names_flags_not_python_arguments(flags_of, expected):
+    from kpair.cli import _in_flag_words
+
+    text = _in_flag_words(
+        "batching='per-type' needs pairs of every type. Use batching='mixed' or "
+        "add the missing pair type. Received: batching='per-type'", flags_of)
+    assert expected in text
+    # What the user gave stays quoted as given.
+    assert text.endswith("Received: batching='per-type'")
+    assert "batching='mixed'" not in text
+
+
+def test_data_import_refuses_an_existing_out_naming_overwrite(tmp_path, capsys):
+    from kpair.cli import main
+
+    root = tmp_path / "img"
+    root.mkdir()
+    Image.fromarray(np.zeros((8, 8, 3), "uint8")).save(root / "a.png")
+    pairs = tmp_path / "pairs.csv"
+    pairs.write_text("left,right,left_domain,right_domain,target,split\n"
+                     "a.png,a.png,0,0,0.5,train\n")
+    out = tmp_path / "out"
+    out.mkdir()
+    argv = ["data", "import", "--pairs", str(pairs), "--root", str(root),
+            "--out", str(out)]
+    assert main(argv) == 2
+    err = capsys.readouterr().err
+    assert "--overwrite" in err and "overwrite=True" not in err, err
+    assert main([*argv, "--overwrite"]) == 0
+    assert (out / "train").is_dir()
+
+
+def test_many_bad_rows_are_listed_up_to_a_limit():
+    from kpair.cli import MAX_LISTED_LINES, _lines
+    from kpair.errors import DataError
+
+    problems = [f"row {n}: bad" for n in range(1, 31)]
+    lines = _lines(DataError("pairs.csv: 30 problem(s)\n" + "\n".join(problems)))
+    lines = lines.splitlines()
+    assert len(lines) == MAX_LISTED_LINES + 2
+    assert lines[1] == "  row 1: bad" and lines[-1].endswith("10 more line(s)")
+    # One problem stays one line.
+    assert _lines(DataError("pairs.csv: 1 problem(s)\nrow 4: bad")) == (
+        "pairs.csv: 1 problem(s) row 4: bad")
+
+
+def test_evaluate_says_when_it_falls_back_to_the_demo_data(tmp_path, capsys):
+    import zipfile
+
+    from kpair.cli import main
+    from kpair.config import TrainConfig
+
+    run_dir = tmp_path / "run"
+    run_dir.mkdir()
+    with zipfile.ZipFile(run_dir / "model.keras", "w") as archive:
+        archive.writestr("config.json", "{}")  # refused when loaded
+    (run_dir / "config.json").write_text(json.dumps(TrainConfig().to_dict()))
+    assert main(["evaluate", str(run_dir)]) == 2
+    err = capsys.readouterr().err.splitlines()
+    assert "using the built-in demo data set" in err[0], err
+
+
+# --- start-up: --help and --version without the framework --------------------
+
+
+def test_version_and_help_in_fresh_processes():
+    import kpair
+
+    result = subprocess.run([sys.executable, "-m", "kpair", "--version"],
+                            capture_output=True, text=True, timeout=600)
+    assert result.returncode == 0 and result.stdout.strip() == (
+        f"kpair {kpair.__version__}"), result
+    # --help builds no command's flags: neither the config (and the norm
+    # registry) nor the tuner is imported for it.
+    script = textwrap.dedent(
+        """
+        import sys
+        from kpair.cli import main
+        try:
+            main(["--help"])
+        except SystemExit as exit_:
+            assert exit_.code == 0
+        print(sorted(m for m in ("kpair.config", "tuning", "keras_tuner")
+                     if m in sys.modules))
+        """
+    )
+    result = subprocess.run([sys.executable, "-c", script], capture_output=True,
+                            text=True, timeout=600)
+    assert result.returncode == 0, result.stderr
+    assert "train a pair model" in result.stdout
+    assert result.stdout.strip().endswith("[]"), result.stdout

@@ -1,7 +1,7 @@
 """`kpair tune` as a user runs it, through kpair's own entry point.
 
-Every flag after `tune` goes to the tuner's parser, also right after `tune`;
-`kpair tune -- FLAGS` works too.
+`tune` is an ordinary subcommand: the config flags of `train`, plus the
+search's own (`--norms`, `--batchings`, `--tuner`, `--max-trials`, ...).
 """
 
 import json
@@ -24,6 +24,9 @@ def test_tune_over_the_demo_data(demo_data, tmp_path, trials, capsys):
         "tune", "--data", str(demo_data), "--norms",
         "batch,per-domain,group,eval-mode", "--batching", "mixed",
         "--max-trials", "4", "--out", str(out_dir), *TINY_FLAGS,
+        # float32, not `auto`: evaluate's float32 copy must match the trials'
+        # validation loss to 1e-4, which bfloat16 trials would not.
+        "--precision", "float32",
     ])
     printed = capsys.readouterr().out
     assert code == 0
@@ -50,7 +53,7 @@ def test_flags_reach_the_search(monkeypatch, tmp_path):
             config=config, **kwargs)
     )
     code = main([
-        "tune", "--", "--norms", "batch, per-domain", "--precision", "mixed_float16",
+        "tune", "--norms", "batch, per-domain", "--precision", "mixed_float16",
         "--tuner", "bayesian", "--out", str(tmp_path), *TINY_FLAGS,
     ])
     assert code == 0
@@ -68,7 +71,8 @@ def test_flags_reach_the_search(monkeypatch, tmp_path):
         (["--norms", "batch,instance"], "Received: norms=['batch', 'instance']"),
         (["--tuner", "hyperband", "--max-trials", "3"], "--max-trials does not apply"),
         (["--max-trials", "0"], "Received: max_trials=0"),
-        (["--batching", "shuffled"], "Received: batchings=['shuffled']"),
+        (["--batchings", "shuffled"], "Received: batchings=['shuffled']"),
+        (["--batching", "shuffled"], "Received: batching='shuffled'"),
     ],
 )
 def test_bad_flags_end_in_one_line(tmp_path, capsys, flags, needle):
@@ -83,3 +87,22 @@ def test_flags_right_after_tune(tmp_path, capsys):
     code = main(["tune", "--max-trials", "0", "--out", str(tmp_path)])
     assert code == 2
     assert "Received: max_trials=0" in capsys.readouterr().err
+
+
+def test_one_norm_and_batching_fix_the_search(monkeypatch, tmp_path):
+    seen = {}
+    monkeypatch.setattr(
+        "tuning.search.run_search", lambda config, **kwargs: seen.update(kwargs)
+    )
+    main(["tune", "--norm", "group", "--batching", "mixed", "--out", str(tmp_path),
+          *TINY_FLAGS])
+    assert seen["norms"] == ["group"] and seen["batchings"] == ["mixed"]
+
+
+def test_print_config_is_the_base_of_every_trial(tmp_path, capsys):
+    code = main(["tune", "--print-config", "--out", str(tmp_path / "t"),
+                 "--learning-rate", "0.01", *TINY_FLAGS])
+    printed = json.loads(capsys.readouterr().out)
+    assert code == 0 and not (tmp_path / "t").exists()
+    assert printed["out"] == str(tmp_path / "t")
+    assert printed["learning_rate"] == 0.01 and printed["precision"] == "auto"
