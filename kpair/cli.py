@@ -373,6 +373,26 @@ def _export(args):
     print(f"Exported a SavedModel to {args.out}")
 
 
+def _add_check(p):
+    p.add_argument("model", metavar="RUN_OR_MODEL")
+    p.add_argument("--pairs", type=int, default=64,
+                   help="random pairs predicted in each batching (default 64)")
+    p.set_defaults(run=_check)
+
+
+def _check(args):
+    from kpair.check import check_model, failed
+    from kpair.errors import ConfigError
+    from kpair.runs import load_model, resolve
+
+    if args.pairs < 2:
+        raise ConfigError(f"--pairs must be at least 2. Received: --pairs {args.pairs}")
+    findings = check_model(load_model(resolve(args.model).model_path), args.pairs)
+    for finding in findings:
+        print(finding.line())
+    return EXIT_FAILED if failed(findings) else 0
+
+
 # --- data ----------------------------------------------------------------
 
 
@@ -516,6 +536,8 @@ COMMANDS = {
                  "find a training/inference gap and the layers that cause it"),
     "predict": (_add_predict, "predict the pairs listed in a CSV"),
     "export": (_add_export, "export a TensorFlow SavedModel for serving"),
+    "check": (_add_check, "the checks a model to deploy must pass (statistics, "
+              "batch invariance)"),
     "data": (_add_data, "make datasets: import a CSV, build the demo"),
     "tune": (_add_tune, "keras-tuner search over the normalization"),
     "compare": (_add_compare,
