@@ -30,11 +30,12 @@ from kpair.norm_layers import (
     stateful_norm_layers,
 )
 from kpair.pair_types import PAIR_TYPES, domain_name
+from kpair.progress import Progress
 
 PER_DOMAIN = layers.PerDomainBatchNormalization
 
 
-def adapt_model(model, images, domain, like=None, batch_size=64):
+def adapt_model(model, images, domain, like=None, batch_size=64, progress=None):
     """Sets every norm layer's statistics for `domain` from `images`.
 
     Args:
@@ -51,6 +52,8 @@ def adapt_model(model, images, domain, like=None, batch_size=64):
             (default 0). Only for a new domain.
         batch_size: Images per forward pass; the statistics do not depend on
             it (inference mode, exact pooling).
+        progress: A `kpair.progress.Progress` counting the layers adapted,
+            or None.
 
     Returns:
         `model`, adapted in place; or, for a new domain, a new model with one
@@ -69,6 +72,8 @@ def adapt_model(model, images, domain, like=None, batch_size=64):
                 moments, index, owner, images, domain, batch_size
             )
             _assign(layer, mean, variance, domain)
+            if progress is not None:
+                progress.advance()
     return model
 
 
@@ -321,9 +326,17 @@ def adapt_file(model_path, data_dir, domain, out, split="train", batch_size=64,
         lambda f, y: (f["left_domain"] == domain) | (f["right_domain"] == domain)
     ).take(max_images)
     added = num_domains is not None and domain == num_domains
-    before = None if added else evaluate_pairs(model, pairs, losses, batch_size)
-    model = adapt_model(model, images, domain, like, batch_size)
-    after = evaluate_pairs(model, pairs, losses, batch_size)
+    if not added:
+        with Progress("evaluating pairs before", None) as progress:
+            before = evaluate_pairs(model, pairs, losses, batch_size,
+                                    progress=progress)
+    else:
+        before = None
+    layer_count = len(stateful_norm_layers(model))
+    with Progress("adapting norm layers", layer_count) as progress:
+        model = adapt_model(model, images, domain, like, batch_size, progress)
+    with Progress("evaluating pairs after", None) as progress:
+        after = evaluate_pairs(model, pairs, losses, batch_size, progress=progress)
     out.parent.mkdir(parents=True, exist_ok=True)
     write_model(model, out)
     norms = [layer for _, layer in stateful_norm_layers(model)]

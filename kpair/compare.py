@@ -15,6 +15,7 @@ while the others go on.
 import json
 import math
 import sys
+import time
 from pathlib import Path
 
 import keras
@@ -25,6 +26,7 @@ from kpair import files, gap, tables
 from kpair.callbacks import TrainingDiverged
 from kpair.config import ConfigError, TrainConfig
 from kpair.data import BATCHINGS
+from kpair.progress import estimate
 from kpair.run_dir import claim
 from kpair.training import train
 
@@ -81,10 +83,14 @@ def run_compare(base_config, norms=None, batchings=None, out_dir="runs/compare",
         cell_config(base_config, n, b, out_dir) for n in norms for b in batchings
     ]
     _check_out_dir(out_dir, configs, resume)
-    rows = [
-        _run_cell(config, f"cell {i}/{len(configs)}", resume, out)
-        for i, config in enumerate(configs, 1)
-    ]
+    started = time.monotonic()
+    rows = []
+    for i, config in enumerate(configs, 1):
+        # The estimate counts the cells done, trained or read back.
+        timing = estimate(time.monotonic() - started, i - 1, len(configs))
+        rows.append(
+            _run_cell(config, f"cell {i}/{len(configs)}", resume, out, timing)
+        )
     write_csv(rows, out_dir / "compare.csv")
     write_markdown(rows, out_dir / "compare.md")
     plot(rows, norms, batchings, out_dir / "compare.png")
@@ -142,14 +148,18 @@ def _saved_config(config):
     return TrainConfig.load(path) if path.exists() else None
 
 
-def _run_cell(config, label, resume, out):
-    """Trains one cell (or reads a finished one); returns its table row."""
+def _run_cell(config, label, resume, out, timing=""):
+    """Trains one cell (or reads a finished one); returns its table row.
+
+    `timing` (see `kpair.progress.estimate`) ends the line that starts a
+    cell's training."""
     label = f"{label}: norm={config.norm} batching={config.batching}"
     metrics_path = Path(config.out) / "metrics.json"
     if resume and metrics_path.exists() and _saved_config(config) == config:
         print(f"{label} skipped (done)", file=out, flush=True)
         return _row(config, json.loads(metrics_path.read_text()))
-    print(f"{label} -> {config.out}", file=out, flush=True)
+    print(f"{label} -> {config.out}" + (f" ({timing})" if timing else ""),
+          file=out, flush=True)
     try:
         metrics = train(config, out=out)
     except CELL_FAILURES as error:

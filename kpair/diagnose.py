@@ -30,6 +30,7 @@ from kpair.norm_layers import (
     stateful_norm_layers,
 )
 from kpair.pair_types import PAIR_TYPES, domain_name
+from kpair.progress import Progress
 from kpair.runs import num_domains_of
 
 # A mean shift above this many standard deviations means the moving
@@ -115,12 +116,18 @@ def diagnose(model, split_dir, losses, image_size, images_per_domain=64,
     domains = range(num_domains if num_domains is not None else 2)
     images = images_by_domain(pairs.dataset, domains, images_per_domain)
     rows = sorted(layer_shifts(model, images), key=lambda r: -r.shift)
-    inference = evaluate_pairs(model, pairs, losses, batch_size, "inference")
-    # Batch statistics the way per-type training computed them (one domain
-    # per backbone call), and on shuffled mixed batches (the post's check).
-    per_type = evaluate_pairs(model, pairs, losses, batch_size, "batch-stats",
-                              batching="per-type")
-    mixed = evaluate_pairs(model, pairs, losses, batch_size, "batch-stats")
+    # Three passes over the split: one count of the pairs they evaluate.
+    with Progress("evaluating pairs", 3 * sum(pairs.counts.values())) as progress:
+        inference = evaluate_pairs(model, pairs, losses, batch_size, "inference",
+                                   progress=progress)
+        # Batch statistics the way per-type training computed them (one
+        # domain per backbone call), and on shuffled mixed batches (the
+        # post's check).
+        per_type = evaluate_pairs(model, pairs, losses, batch_size,
+                                  "batch-stats", batching="per-type",
+                                  progress=progress)
+        mixed = evaluate_pairs(model, pairs, losses, batch_size, "batch-stats",
+                               progress=progress)
     report = {
         "layers": [dataclasses.asdict(r) for r in rows],
         "inference_loss": inference,

@@ -18,17 +18,19 @@ from kpair.data import make_batches
 from kpair.data.records import pairs_dataset
 from kpair.losses import pair_losses_numpy
 from kpair.pair_model import build_per_type_model
+from kpair.progress import Progress
 
 MODES = ("inference", "batch-stats")
 BATCH_STATS_BATCHINGS = ("mixed", "per-type")
 
 
 def predictions(model, pairs, batch_size=256, mode="inference", seed=0,
-                batching="mixed"):
+                batching="mixed", progress=None):
     """Predictions and `(target, pair_type)` rows for a `Split`'s pairs.
 
     `pairs` is a `Split` or any unbatched `(features, y)` dataset (see
-    `make_batches`).
+    `make_batches`). `progress`, a `kpair.progress.Progress` or None, counts
+    the pairs done.
     """
     if mode not in MODES:
         raise ValueError(
@@ -40,8 +42,10 @@ def predictions(model, pairs, batch_size=256, mode="inference", seed=0,
         if strategy is not None and strategy.num_replicas_in_sync > 1:
             # Under a strategy, predict_on_batch runs the whole batch on every
             # replica and concatenates: each prediction would come n times.
-            return _collect(batches, lambda f: model(f, training=False).numpy())
-        return _collect(batches, lambda f: model.predict_on_batch(f))
+            return _collect(
+            batches, lambda f: model(f, training=False).numpy(), progress
+        )
+        return _collect(batches, lambda f: model.predict_on_batch(f), progress)
     if batching not in BATCH_STATS_BATCHINGS:
         raise ValueError(
             f"Unknown batching for batch statistics. Expected one of "
@@ -52,11 +56,14 @@ def predictions(model, pairs, batch_size=256, mode="inference", seed=0,
         drop_remainder=False,
     )
     runner = model if batching == "mixed" else build_per_type_model(model)
-    preds, _, rows = training_mode_predictions(runner, model, batches)
+    preds, _, rows = training_mode_predictions(
+        runner, model, batches, progress=progress
+    )
     return preds, rows
 
 
-def training_mode_predictions(runner, model, batches, with_inference=False):
+def training_mode_predictions(runner, model, batches, with_inference=False,
+                              progress=None):
     """Predictions in training mode with nothing updated, batch by batch.
 
     `runner` (the pair model, or a wrapper sharing its weights such as the
@@ -65,7 +72,8 @@ def training_mode_predictions(runner, model, batches, with_inference=False):
     `model` (moving statistics, renorm and warm-up state) is put back after
     each batch, so each batch sees the weights as they were and nothing is
     updated. With `with_inference`, the same batch also runs with
-    `training=False`, so the two modes see the very same pairs.
+    `training=False`, so the two modes see the very same pairs. `progress`
+    (a `kpair.progress.Progress` or None) counts the pairs done.
 
     Returns:
         `(training_preds, inference_preds or None, rows)`.
@@ -82,6 +90,7 @@ def training_mode_predictions(runner, model, batches, with_inference=False):
             if with_inference:
                 inference.append(_flat(in_inference(features)))
             rows.append(y.numpy())
+            _advance(progress, rows[-1])
     finally:
         for variable, value in zip(variables, saved):
             variable.assign(value)
@@ -117,23 +126,31 @@ def _flat(prediction):
     return np.asarray(keras.ops.convert_to_numpy(prediction), "float32").reshape(-1)
 
 
-def _collect(batches, predict):
+def _advance(progress, rows):
+    if progress is not None:
+        progress.advance(len(rows))
+
+
+def _collect(batches, predict, progress=None):
     preds, rows = [], []
     for features, y in batches:
         preds.append(_flat(predict(features)))
         rows.append(y.numpy())
+        _advance(progress, rows[-1])
     if not rows:
         return np.zeros((0,), "float32"), np.zeros((0, 2), "float32")
     return np.concatenate(preds), np.concatenate(rows)
 
 
 def evaluate_pairs(model, pairs, losses, batch_size=256, mode="inference", seed=0,
-                   batching="mixed"):
+                   batching="mixed", progress=None):
     """Losses per pair type and their sum, as `{"A-A": .., "total": ..}`.
 
-    `pairs`: a `Split`, or any unbatched `(features, y)` dataset.
+    `pairs`: a `Split`, or any unbatched `(features, y)` dataset; `progress`
+    as in `predictions`.
     """
-    preds, rows = predictions(model, pairs, batch_size, mode, seed, batching)
+    preds, rows = predictions(model, pairs, batch_size, mode, seed, batching,
+                              progress)
     result = pair_losses_numpy(rows, preds[:, None], losses)
     result["pairs"] = int(len(rows))
     return result
@@ -143,8 +160,34 @@ def evaluate_run(run_or_model, data=None, split="val", mode="inference",
                  batch_size=48, batching="mixed"):
     """Losses per pair type of a run directory or `.keras` file on a split.
 
-    The data default to the run's own (`config.data`, else the demo set);
-    images are resized to the model's input size.
+    This is `kpair.evaluate`, the function `kpair evaluate` calls. A count
+    of the pairs done, with an estimate of the time left, goes to stderr
+    (see `kpair.progress.Progress`).
+
+    Args:
+        run_or_model: A run directory or a `.keras` file.
+        data: Dataset directory; by default the run's own (`config.data`),
+            else the demo data set. Images are resized to the model's
+            input size.
+        split: String, `"train"`, `"val"` or `"test"`.
+        mode: `"inference"` (`training=False`, moving statistics) or
+            `"batch-stats"` (each batch's own statistics, nothing updated).
+        batch_size: Integer, pairs per batch.
+        batching: With `mode="batch-stats"`: `"mixed"` or `"per-type"`
+            batches.
+
+    Returns:
+        A dict: the loss of each pair type (`"A-A"`, ...), their sum
+        `"total"`, the number of `"pairs"`, and the `mode`, `split` and
+        `model` evaluated.
+
+    Raises:
+        kpair.data.DataError: the split cannot be read or holds no pairs.
+        kpair.errors.ModelFileError: the model does not load.
+
+    Example:
+
+    >>> kpair.evaluate("runs/demo", split="test")["total"]
     """
     from kpair import runs
     from kpair.data import DataError, read_split
@@ -165,8 +208,9 @@ def evaluate_run(run_or_model, data=None, split="val", mode="inference",
                         "evaluate.")
     if mode == "batch-stats":
         check_pair_types(counts, batching, where=f"split {data_dir / split}")
-    result = evaluate_pairs(opened.model, pairs, losses, batch_size, mode,
-                            batching=batching)
+    with Progress("evaluating pairs", sum(counts.values())) as progress:
+        result = evaluate_pairs(opened.model, pairs, losses, batch_size, mode,
+                                batching=batching, progress=progress)
     result.update(mode=mode, split=split, model=str(opened.model_path))
     if mode == "batch-stats":
         result["batching"] = batching

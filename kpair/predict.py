@@ -9,6 +9,7 @@ import tensorflow as tf
 from kpair import files, runs
 from kpair.data.importer import inspect_image, parse_domain, resolve_under_root
 from kpair.data.records import DataError, decode_image
+from kpair.progress import Progress
 
 COLUMNS = ("left", "right", "left_domain", "right_domain")
 
@@ -50,9 +51,12 @@ def predict_csv(model_path, pairs_csv, root, out_csv, batch_size=64):
         .batch(batch_size)
         .prefetch(tf.data.AUTOTUNE)
     )
-    preds = np.concatenate(
-        [np.asarray(model.predict_on_batch(b)).reshape(-1) for b in dataset]
-    )
+    preds = []
+    with Progress("predicting pairs", len(rows)) as progress:
+        for batch in dataset:
+            preds.append(np.asarray(model.predict_on_batch(batch)).reshape(-1))
+            progress.advance(len(preds[-1]))
+    preds = np.concatenate(preds)
     files.write_csv(out_csv, [*fields, "prediction"], [
         {**{k: row[k] for k in fields}, "prediction": f"{float(pred):.8g}"}
         for row, pred in zip(rows, preds)

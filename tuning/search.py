@@ -35,6 +35,7 @@ from kpair import files
 from kpair.config import ConfigError
 from kpair.data import count_split
 from kpair.model_builder import build_pair_model, float32_copy, training_model
+from kpair.progress import estimate
 from kpair.run_dir import claim, run_record
 from kpair.training import resolve_data
 from tuning import summary
@@ -357,6 +358,8 @@ class _KpairTrials:
         # Counted before training: a process that dies mid-trial cannot
         # count afterwards (see _KpairOracle.create_trial).
         _write_state(trial_dir / ATTEMPTS_FILE, read_attempts(trial_dir) + 1)
+        stream = getattr(self.hypermodel, "out", None) or sys.stdout
+        print(self._trial_line(trial), file=stream, flush=True)
         try:
             return super().run_trial(trial, *args, **kwargs)
         except keras_tuner.errors.FatalError:
@@ -364,9 +367,34 @@ class _KpairTrials:
         except Exception as error:
             reason = f"{type(error).__name__}: {' '.join(str(error).split())}"
             _write_failure(trial_dir, reason)
-            stream = getattr(self.hypermodel, "out", None) or sys.stdout
             print(f"Trial {trial.trial_id} failed: {reason}", file=stream, flush=True)
             raise keras_tuner.errors.FailedTrialError(reason) from error
+        finally:
+            self._kpair_trials_run = getattr(self, "_kpair_trials_run", 0) + 1
+
+    def _trial_line(self, trial):
+        """`trial 3/10 (id 02), 2 min 10 s elapsed, about 5 min left`.
+
+        The count takes in the trials of earlier runs of the search; the
+        time, only this process's, whose trials the estimate extrapolates.
+        Hyperband sets its own number of trials, so it gets no total.
+        """
+        started = self.__dict__.setdefault("_kpair_started", time.monotonic())
+        run_here = getattr(self, "_kpair_trials_run", 0)
+        try:
+            number = len(self.oracle.trials)  # a worker's oracle has no trials
+        except AttributeError:
+            number = None
+        total = getattr(self.oracle, "max_trials", None)
+        if isinstance(self, keras_tuner.Hyperband):
+            total = None
+        count = f"{number}/{total}" if number and total else f"{number or '?'}"
+        left = total - number + 1 if number and total else None
+        timing = estimate(
+            time.monotonic() - started, run_here,
+            run_here + left if left is not None else None,
+        )
+        return f"trial {count} (id {trial.trial_id}), {timing}"
 
     def _populate_initial_space(self):
         # keras-tuner builds the model once per conditional scope to find the

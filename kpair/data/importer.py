@@ -32,6 +32,7 @@ from kpair.data.records import (
     write_split,
 )
 from kpair.files import directory_aside
+from kpair.progress import Progress
 
 REQUIRED_COLUMNS = ("left", "right", "left_domain", "right_domain", "target")
 OPTIONAL_COLUMNS = ("split",)
@@ -42,33 +43,6 @@ _MAX_LISTED = 200
 # twice this). Above it kpair refuses an image from its header: decoding
 # 90M pixels takes ~1 GB as float32 in every training step.
 MAX_IMAGE_PIXELS = 89_478_485
-
-
-class _Progress:
-    """A one-line progress bar on stderr; silent when disabled or not a tty.
-
-    Redrawn with carriage returns, which only a terminal renders as one line:
-    logs and captured output get no bar, so an error stays one line.
-    """
-
-    def __init__(self, label, total, enabled):
-        self.label, self.total = label, max(total, 1)
-        self.enabled = enabled and sys.stderr.isatty()
-        self.shown = -1
-
-    def update(self, done):
-        if not self.enabled:
-            return
-        # Redraw at most 100 times: a 1M-row import should not print 1M lines.
-        percent = 100 * done // self.total
-        if percent == self.shown:
-            return
-        self.shown = percent
-        bar = "#" * (percent // 4)
-        sys.stderr.write(f"\r{self.label} [{bar:<25}] {done}/{self.total}")
-        if done >= self.total:
-            sys.stderr.write("\n")
-        sys.stderr.flush()
 
 
 def _hash_split(left, right, seed):
@@ -200,7 +174,7 @@ def _validate(rows, names, root, seed, progress):
     notes on images that are read as RGB although they are not."""
     has_split = "split" in names
     parsed, problems, images, notes = [], [], {}, {}
-    bar = _Progress("checking", len(rows), progress)
+    bar = Progress("checking rows", len(rows), enabled=progress)
     for number, values in enumerate(rows, start=1):
         bar.update(number)
         if _is_blank(values):
@@ -242,6 +216,7 @@ def _validate(rows, names, root, seed, progress):
         problems += [f"row {number}: {e}" for e in errors]
         if not errors:
             parsed.append((split, *paths, left_domain, right_domain, target))
+    bar.close()
     return parsed, problems, notes
 
 
@@ -280,7 +255,8 @@ def import_pairs(
         out_dir: data set directory to create; written aside, then renamed.
         seed: seed of the hash split (ignored when the CSV has `split`).
         records_per_shard: records per TFRecord shard.
-        progress: draw a progress bar on stderr.
+        progress: count the rows checked and written on stderr (see
+            `kpair.progress.Progress`).
         overwrite: replace an existing `out_dir`.
 
     Every image must decode (in PIL and in TensorFlow, which training
@@ -347,7 +323,7 @@ def _problems_error(pairs_csv, problems):
 def _write_splits(parsed, out_dir, records_per_shard, progress):
     """Pairs written per split, into `out_dir` as a whole (`directory_aside`):
     an interrupted import leaves no half data set."""
-    bar = _Progress("writing", len(parsed), progress)
+    bar = Progress("writing pairs", len(parsed), enabled=progress)
     written = itertools.count(1)
 
     def _pairs(split):
@@ -368,6 +344,7 @@ def _write_splits(parsed, out_dir, records_per_shard, progress):
             split: write_split(_pairs(split), tmp_dir / split, records_per_shard)
             for split in SPLITS
         }
+    bar.close()
     return counts
 
 
