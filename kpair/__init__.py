@@ -5,9 +5,13 @@ package name `kpair`), so that `keras.saving.load_model(path)` can load
 kpair's `.keras` files with `safe_mode` left at True.
 """
 
+import os
 import sys
 
-if "tensorflow" not in sys.modules:
+# The models run on every Keras backend; only TensorFlow's (the default) loads
+# TensorFlow here. On JAX or torch the data pipeline loads it when used.
+_TENSORFLOW_BACKEND = os.environ.get("KERAS_BACKEND", "tensorflow") == "tensorflow"
+if _TENSORFLOW_BACKEND and "tensorflow" not in sys.modules:
     # First to load TensorFlow: keep its C++ start-up log lines (CUDA probes,
     # CPU feature notices) out of the user's terminal.
     from kpair.quiet import import_tensorflow_quietly
@@ -20,3 +24,63 @@ import kpair.pair_model  # noqa: E402, F401  (registers PairModel)
 import layers  # noqa: E402, F401  (registers the normalization layers)
 
 __version__ = "0.1.0"
+
+# The Python API. Each name is imported on first use, so `import kpair` does
+# not pay for the training code, and `kpair.train` stays the function (no
+# module of that name exists: training lives in `kpair.training`).
+_API = {
+    "TrainConfig": ("kpair.config", "TrainConfig"),
+    "train": ("kpair.training", "train"),
+    "evaluate": ("kpair.evaluation", "evaluate_run"),
+}
+
+__all__ = ["TrainConfig", "train", "evaluate", "load_model", "__version__"]
+
+
+def __getattr__(name):
+    if name not in _API:
+        raise AttributeError(f"module 'kpair' has no attribute {name!r}")
+    import importlib
+
+    module, attribute = _API[name]
+    value = getattr(importlib.import_module(module), attribute)
+    globals()[name] = value
+    return value
+
+
+def __dir__():
+    return sorted({*globals(), *_API})
+
+
+def load_model(path):
+    """Loads a model that `kpair.train` (or `kpair train`) wrote.
+
+    Args:
+        path: A run directory (its `model.keras` is loaded) or a `.keras`
+            file. Only `.keras` files load, always with `safe_mode=True`.
+
+    Returns:
+        The `keras.Model` (a `kpair.pair_model.PairModel`), computing in
+        float32. Its inputs are a dict of `left` and `right`, float32 image
+        batches of shape `(batch, height, width, 3)` with values in
+        `[0, 1]` at the size it was trained at (`TrainConfig.image_size`),
+        and `left_domain`, `right_domain`, int32 domain ids of shape
+        `(batch,)` in `0..num_domains-1`; it returns predictions of shape
+        `(batch, 1)`, float32.
+
+    Raises:
+        kpair.errors.ModelFileError: no such file, not a `.keras` file, or a
+            file that does not load.
+
+    Example:
+
+    >>> model = kpair.load_model("runs/demo")
+    >>> size = model.inputs[0].shape[1]  # the training image size
+    >>> images = np.random.rand(4, size, size, 3).astype("float32")
+    >>> domains = np.zeros(4, "int32")
+    >>> model.predict({"left": images, "right": images,
+    ...                "left_domain": domains, "right_domain": domains})
+    """
+    from kpair import runs
+
+    return runs.load_model(runs.resolve(path).model_path)

@@ -135,7 +135,10 @@ class HistoryCSV(keras.callbacks.Callback):
 
     Keras's CSVLogger appends: a resumed run writes the re-run epochs a
     second time. Here every epoch end rewrites the file (aside, then
-    renamed) from the rows of earlier epochs plus this one.
+    renamed) from the rows of earlier epochs plus this one. An epoch's row
+    is written before its backup, so that no backup counts an epoch without
+    a row; rows a kill left past the backup are dropped when the run
+    resumes (`trim_history`).
     """
 
     def __init__(self, path):
@@ -196,6 +199,8 @@ def restore_point(backup_dir, out=None):
     file, and Keras falls back to the previous backup only on some errors
     and without a word. Here a damaged backup is named, and the previous one
     (`double_checkpoint=True`) is put in its place before training resumes.
+    A damaged first backup, with none before it, is removed: no epoch was
+    backed up, and the run trains from the start.
 
     Raises:
         BackupError: the backup and the previous one are both damaged.
@@ -209,6 +214,17 @@ def restore_point(backup_dir, out=None):
     if problem is None:
         return backup_epochs_done(backup_dir)
     previous = tuple(path.with_name(path.name + PREVIOUS) for path in latest)
+    if not previous[0].exists() and not previous[1].exists():
+        # The first backup, cut off while written: no epoch was committed.
+        print(
+            f"kpair: the first backup was cut off while written ({problem}); "
+            "no epoch was backed up: training from the start.",
+            file=out,
+            flush=True,
+        )
+        for path in latest:
+            path.unlink(missing_ok=True)
+        return 0
     earlier = _backup_problem(*previous) if previous[0].exists() else "missing"
     if earlier is not None:
         raise BackupError(
@@ -247,6 +263,51 @@ def _backup_problem(weights, metadata):
         message = " ".join(str(error).split())[:200]
         return f"{weights}: {type(error).__name__}: {message}"
     return None
+
+
+def trim_history(path, epochs_done, out=None):
+    """Drops the rows of history.csv past the backup's epoch, saying so.
+
+    A run stopped after an epoch's row was written but before the epoch's
+    backup resumes from the backup: the epochs past it train again, and
+    their old rows must not stand for weights that no longer exist.
+
+    Args:
+        path: The run's history.csv.
+        epochs_done: Integer, the epochs the backup holds.
+        out: Where the line saying what was kept goes (default stdout).
+
+    Returns:
+        The epochs of the rows dropped, a list (empty if none).
+    """
+    out = out if out is not None else sys.stdout
+    rows = read_history(path)
+    dropped = [int(r["epoch"]) for r in rows if int(r["epoch"]) > epochs_done]
+    if not dropped:
+        return []
+    kept = [r for r in rows if int(r["epoch"]) <= epochs_done]
+    fields = list(dict.fromkeys(k for r in rows for k in r))
+    files.write_csv(path, fields, kept)
+    span = _epoch_span(dropped)
+    where = (
+        f"the backup holds {_epoch_span(list(range(1, epochs_done + 1)))}, "
+        "kept with their rows"
+        if epochs_done else "no backup was written: training from the start"
+    )
+    print(
+        f"kpair: {path} held rows of {span}, written before the run was "
+        f"stopped and before their backup; dropped: {span} will train again "
+        f"({where}).",
+        file=out,
+        flush=True,
+    )
+    return dropped
+
+
+def _epoch_span(epochs):
+    if len(epochs) == 1:
+        return f"epoch {epochs[0]}"
+    return f"epochs {epochs[0]}-{epochs[-1]}"
 
 
 def read_history(path):

@@ -85,10 +85,27 @@ def train(config, out=None, extra_callbacks=()):
     """Trains the pair model of `config` and writes its run directory.
 
     A run directory that holds a backup of an unfinished run with the same
-    configuration is resumed from its last finished epoch.
+    configuration is resumed from its last finished epoch. This is
+    `kpair.train`, the function `kpair train` calls.
+
+    Args:
+        config: A `kpair.TrainConfig`; `config.out` is the run directory,
+            `config.data` the dataset directory (`None`: the demo data set).
+        out: Stream for kpair's lines (default `sys.stdout`). Keras's own
+            progress goes to `sys.stdout`: a bar on a terminal, else one
+            line per epoch.
+        extra_callbacks: More `keras.callbacks.Callback`s for `fit`.
 
     Returns:
-        The metrics dict written to `metrics.json`.
+        The metrics dict written to `metrics.json`: the losses of the final
+        weights in training and inference mode and their ratio `gap_ratio`,
+        `val_loss`, per pair type, `epochs` and `seconds`.
+
+    Example:
+
+    >>> import kpair
+    >>> metrics = kpair.train(kpair.TrainConfig(epochs=2, out="runs/mine"))
+    >>> model = kpair.load_model("runs/mine")
 
     Raises:
         kpair.errors.TrainingDiverged: the loss became NaN or infinite;
@@ -120,6 +137,7 @@ def train(config, out=None, extra_callbacks=()):
         print(f"{run_dir} is a finished run of this configuration; nothing "
               "to do.", file=out)
         return finished
+    kcb.trim_history(run_dir / "history.csv", epochs_done, out)
     pair_model, model, batches = _start_or_resume(
         config, batches, steps, epochs_done, data_dir, out
     )
@@ -127,7 +145,9 @@ def train(config, out=None, extra_callbacks=()):
     model.fit(
         batches, epochs=config.epochs, steps_per_epoch=steps, callbacks=callbacks,
         shuffle=False,  # make_batches shuffled already
-        verbose=0,
+        # Keras's bar on a terminal; in a log, one line per epoch, not a
+        # redrawn bar's hundreds.
+        verbose=1 if sys.stdout.isatty() else 2,
     )
     seconds = time.perf_counter() - started
     return _write_outputs(run_dir, config, pair_model, seconds, out)
@@ -189,6 +209,9 @@ def _callbacks(config, pair_model, probe, val_pairs, out, extra_callbacks=()):
     """The callbacks of a run, in the order their epoch ends must run."""
     run_dir = Path(config.out)
     return [
+        # First: its line ends the epoch with Keras's running losses, before
+        # the gap measured below adds its keys to the epoch's logs.
+        keras.callbacks.ProgbarLogger(),
         kcb.StopOnNonFiniteLoss(),
         kcb.EpochLosses(
             pair_model, probe, val_pairs, config.losses, config.epochs, out

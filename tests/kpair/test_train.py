@@ -2,6 +2,7 @@
 
 import json
 import math
+from pathlib import Path
 
 import keras
 import numpy as np
@@ -10,7 +11,6 @@ import pytest
 import layers
 from kpair import callbacks as kcb
 from kpair.callbacks import TrainingDiverged, read_history
-from kpair.config import TrainConfig
 from kpair.data import BATCHINGS, make_batches, read_split
 from kpair.model_builder import build_pair_model, training_model
 from kpair.training import train
@@ -174,8 +174,8 @@ def test_same_seed_same_data_order(demo_data, tiny_config, tmp_path):
 
 def test_cli_names_the_run_directory_of_a_diverged_run(tmp_path, monkeypatch,
                                                        capsys):
-    """Without --out the run goes to config.out's default, and the error
-    says so (it once said "kept in None")."""
+    """Without --out the run goes to a fresh directory under runs/, and the
+    error names it (it once said "kept in None")."""
     import kpair.training
     from kpair.cli import main
 
@@ -189,9 +189,9 @@ def test_cli_names_the_run_directory_of_a_diverged_run(tmp_path, monkeypatch,
     monkeypatch.setattr(kpair.training, "train", diverges)
     assert main(["train", "--epochs", "1"]) == 1
     lines = capsys.readouterr().err.strip().splitlines()
-    assert seen == [TrainConfig().out]
+    assert seen == [str(Path("runs") / "per-domain-per-type-1")], seen
     assert lines == [
         "kpair: error: the training loss became nan at epoch 2, step 1. The last "
-        f"good checkpoint and the backup are kept in {TrainConfig().out}; resume "
+        f"good checkpoint and the backup are kept in {seen[0]}; resume "
         "with a lower --learning-rate."
     ]

@@ -1,27 +1,40 @@
-"""Training runs killed with SIGKILL at chosen points, and started again."""
+"""Training runs killed with SIGKILL at random points of the traced path,
+and started again with the same command until one finishes."""
 
 import json
 import os
+import random
 import signal
 import subprocess
 import sys
 from pathlib import Path
 
+import h5py
 import keras
+import numpy as np
 import pytest
 
-from kpair.callbacks import read_history
+from kpair.callbacks import backup_epochs_done, read_history
 
 ROOT = Path(__file__).resolve().parents[2]
 HELPER = Path(__file__).with_name("train_process.py")
+# Kills of `make test`: each kind of point once, in a seeded random order at
+# random epochs and steps, then one while model.keras is written. More with
+# KPAIR_TEST_KILLS=N (the slow mode), another order with KPAIR_TEST_KILL_SEED.
+KINDS = ("batch", "eval", "checkpoint", "history", "backup")
+KILLS = int(os.environ.get("KPAIR_TEST_KILLS", len(KINDS) + 1))
+SEED = int(os.environ.get("KPAIR_TEST_KILL_SEED", 17))
 
 
-def run_training(config, kill=None):
+def run_training(config, kill=None, epoch_weights=None):
     env = dict(os.environ, PYTHONPATH=os.pathsep.join(
         filter(None, [str(ROOT), os.environ.get("PYTHONPATH")])))
-    env.pop("KPAIR_TEST_KILL", None)
+    for name in ("KPAIR_TEST_KILL", "KPAIR_TEST_EPOCH_WEIGHTS"):
+        env.pop(name, None)
     if kill is not None:
         env["KPAIR_TEST_KILL"] = kill
+    if epoch_weights is not None:
+        env["KPAIR_TEST_EPOCH_WEIGHTS"] = str(epoch_weights)
     return subprocess.run(
         [sys.executable, str(HELPER), json.dumps(config.to_dict())],
         env=env, capture_output=True, text=True, timeout=400,
@@ -32,39 +45,117 @@ def epochs_in_history(run_dir):
     return [int(row["epoch"]) for row in read_history(run_dir / "history.csv")]
 
 
+def h5_arrays(path):
+    """Every array of a weights file by its name: reading them all finds a
+    file cut short anywhere."""
+    arrays = {}
+    with h5py.File(path, "r") as f:
+        f.visititems(lambda name, item: arrays.__setitem__(name, item[()])
+                     if isinstance(item, h5py.Dataset) else None)
+    return arrays
+
+
+def same_arrays(a, b):
+    return a.keys() == b.keys() and all(np.array_equal(a[k], b[k]) for k in a)
+
+
+def kill_plan(rng, kills, epochs, steps):
+    """`kills` kill points, `point:epoch[:step]`, each reachable after the
+    ones before it: a kill in epoch E leaves the backup of epoch E - 1, so
+    the next one lands in epoch E or later. The last one is while model.keras
+    is written."""
+    kinds = list(KINDS)
+    rng.shuffle(kinds)
+    kinds += [rng.choice(KINDS) for _ in range(kills - 1 - len(kinds))]
+    kinds = kinds[:kills - 1]
+    at = sorted(rng.randint(1, epochs) for _ in kinds)
+    plan = []
+    for kind, epoch in zip(kinds, at):
+        step = f":{rng.randint(1, steps)}" if kind == "batch" else ""
+        plan.append(f"{kind}:{epoch}{step}")
+    return plan + ["model:0"]
+
+
+def after_kill(kill, epochs):
+    """(epochs in history.csv, epoch of the last whole checkpoint written)
+    right after `kill`: a row and the checkpoint are written before the
+    backup, the checkpoint after the row."""
+    kind, epoch = kill.split(":")[:2]
+    epoch = epochs if kind == "model" else int(epoch)
+    rows = epoch - 1 if kind in ("batch", "eval") else epoch
+    checkpoint = epoch - 1 if kind in ("batch", "eval", "checkpoint") else epoch
+    return list(range(1, rows + 1)), checkpoint
+
+
 @pytest.mark.slow
-def test_killed_anywhere_the_same_command_completes(demo_data, tiny_config,
-                                                    tmp_path):
-    run_dir = tmp_path / "run"
-    config = tiny_config(demo_data, run_dir, norm="batch", batching="mixed",
-                         epochs=4)
-    steps = [
-        # (kill point, epochs in history.csv after the kill)
-        ("batch:2", [1]),   # mid-epoch
-        ("backup:2", [1, 2]),  # the backup of epoch 2 half written
-        ("eval:3", [1, 2]),  # during the end-of-epoch evaluation
-        ("model:0", [1, 2, 3, 4]),  # while model.keras is written
-    ]
-    outputs = []
-    for kill, history in steps:
+def test_killed_at_random_points_ends_as_an_uninterrupted_run(
+    demo_data, tiny_config, tmp_path
+):
+    """Bit for bit (--deterministic): a resumed run restores the weights and
+    optimizer of its backup and skips the batches already trained on, so
+    each kill costs the unfinished epoch and nothing else."""
+    epochs, steps = max(4, KILLS // 2), 2
+    config = tiny_config(demo_data, tmp_path / "run", norm="per-domain",
+                         batching="mixed", epochs=epochs, steps_per_epoch=steps,
+                         deterministic=True, seed=3)
+    reference = tmp_path / "reference"
+    reference.mkdir()
+    result = run_training(config.replace(out=str(tmp_path / "uninterrupted")),
+                          epoch_weights=reference)
+    assert result.returncode == 0, result.stderr[-3000:]
+
+    plan = kill_plan(random.Random(SEED), KILLS, epochs, steps)
+    run_dir, checkpoint, outputs = Path(config.out), 0, []
+    for kill in plan:
         result = run_training(config, kill)
         outputs.append(result.stdout)
-        assert result.returncode == -signal.SIGKILL, (kill, result.stderr[-3000:])
-        assert epochs_in_history(run_dir) == history, kill
+        context = (plan, kill, result.stdout[-2000:], result.stderr[-2000:])
+        assert result.returncode == -signal.SIGKILL, context
+        rows, written = after_kill(kill, epochs)
+        assert epochs_in_history(run_dir) == rows, context
+        # The backup holds the epoch before the one killed; never more.
+        assert backup_epochs_done(run_dir / "backup") <= max(rows[-1:] + [0]), context
         # Never a half-written model.keras: none, until one is whole.
-        assert not (run_dir / "model.keras").exists(), kill
-
-    # The damaged backup was named, and the one before it used.
-    assert "the backup is damaged" in outputs[2]
-    assert "latest.weights.h5" in outputs[2]
-    assert "Resuming" in outputs[2] and "1 of 4 epochs done" in outputs[2]
+        assert not (run_dir / "model.keras").exists(), context
+        # The last good checkpoint is whole, also when the kill cut the one
+        # being written, and holds the weights of the epoch it names.
+        checkpoint = max(checkpoint, written)
+        if checkpoint:
+            weights = h5_arrays(run_dir / "checkpoints" / "last.weights.h5")
+            expected = h5_arrays(reference / f"epoch_{checkpoint}.weights.h5")
+            assert same_arrays(weights, expected), context
 
     result = run_training(config)
+    outputs.append(result.stdout)
     assert result.returncode == 0, result.stderr[-3000:]
-    assert "4 of 4 epochs done" in result.stdout
     metrics = json.loads(result.stdout.split("METRICS ", 1)[1])
-    assert metrics["epochs"] == 4
-    assert epochs_in_history(run_dir) == [1, 2, 3, 4]  # each epoch once
+    assert metrics["epochs"] == epochs
+    assert epochs_in_history(run_dir) == list(range(1, epochs + 1))
     model = keras.saving.load_model(run_dir / "model.keras")
-    assert model.count_params() > 0
-    assert not [p.name for p in run_dir.iterdir() if "partial" in p.name]
+    uninterrupted = keras.saving.load_model(tmp_path / "uninterrupted" / "model.keras")
+    assert len(model.weights) > 50
+    for mine, theirs in zip(model.weights, uninterrupted.weights, strict=True):
+        assert np.array_equal(mine.numpy(), theirs.numpy()), (plan, mine.path)
+    assert not [p for p in run_dir.rglob("*") if "partial" in p.name]
+
+    # What each restart said about what it kept.
+    for kill, output in zip(plan, outputs[1:]):
+        kind, epoch = kill.split(":")[:2]
+        if kind == "backup":
+            damaged = "the backup is damaged" if epoch != "1" else "first backup"
+            assert damaged in output, (plan, kill, output)
+            assert "latest.weights.h5" in output
+        if kind == "history":
+            assert f"rows of epoch {epoch}, written before" in output, (
+                plan, kill, output)
+        if kind != "model" and int(epoch) > 1:
+            assert f"{int(epoch) - 1} of {epochs} epochs done" in output
+    assert f"{epochs} of {epochs} epochs done" in outputs[-1]
+
+
+def test_kill_plan_reaches_every_kind_of_point():
+    plan = kill_plan(random.Random(SEED), len(KINDS) + 1, 4, 2)
+    assert sorted(p.split(":")[0] for p in plan[:-1]) == sorted(KINDS)
+    assert plan[-1] == "model:0"
+    epochs = [int(p.split(":")[1]) for p in plan[:-1]]
+    assert epochs == sorted(epochs) and 1 <= epochs[0] and epochs[-1] <= 4

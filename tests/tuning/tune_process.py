@@ -1,8 +1,8 @@
 """One process of a search, for test_distributed.py and the kill tests.
 
 Usage: python tests/tuning/tune_process.py CONFIG_JSON OUT_DIR MAX_TRIALS
-Its role comes from the KERASTUNER_* variables (none: a local search). As in
-conftest.py, trials run eagerly; each trial this process trains is printed
+Its role comes from the KERASTUNER_* variables (none: a local search).
+Trials run traced, as `kpair tune` runs them; each trial this process trains is printed
 as `TRAINED <id>`. With KPAIR_TEST_KILL_TRIAL=<id>, the process kills itself
 with SIGKILL when that trial starts training: a real kill, as an
 out-of-memory killer would do it.
@@ -18,15 +18,10 @@ from tuning import hypermodel, run_search, search
 
 
 def main(config_json, out_dir, max_trials):
-    build, run_trial = hypermodel.PairHyperModel.build, search._KpairTrials.run_trial
+    run_trial = search._KpairTrials.run_trial
     fit = hypermodel.PairHyperModel.fit
     kill_trial = os.environ.get("KPAIR_TEST_KILL_TRIAL")
     running = {}
-
-    def eager_build(self, hp):
-        model = build(self, hp)
-        model.run_eagerly = True
-        return model
 
     def printing_run_trial(self, trial, *args, **kwargs):
         print(f"TRAINED {trial.trial_id}", flush=True)
@@ -38,7 +33,6 @@ def main(config_json, out_dir, max_trials):
             os.kill(os.getpid(), signal.SIGKILL)
         return fit(self, hp, model, *args, **kwargs)
 
-    hypermodel.PairHyperModel.build = eager_build
     hypermodel.PairHyperModel.fit = killing_fit
     search._KpairTrials.run_trial = printing_run_trial
     config = TrainConfig.from_dict(json.loads(config_json))
