@@ -134,15 +134,6 @@ class EvalModeBatchNormalization(keras.layers.Layer):
                 warming_up = self.steps < self.warmup_steps
                 mean = ops.where(warming_up, batch_mean, mean)
                 variance = ops.where(warming_up, batch_variance, variance)
-            self.moving_mean.assign(
-                self.moving_mean * self.momentum
-                + batch_mean * (1.0 - self.momentum)
-            )
-            self.moving_variance.assign(
-                self.moving_variance * self.momentum
-                + batch_variance * (1.0 - self.momentum)
-            )
-            self.steps.assign(ops.minimum(self.steps, MAX_WARMUP_STEPS - 1) + 1)
         outputs = ops.batch_normalization(
             x,
             mean=mean,
@@ -152,6 +143,18 @@ class EvalModeBatchNormalization(keras.layers.Layer):
             scale=self.gamma,
             epsilon=self.epsilon,
         )
+        if training and self.trainable:
+            # After the output: on the torch backend `mean` above may alias
+            # the variable, which `assign` overwrites in place.
+            self.moving_mean.assign(
+                self.moving_mean * self.momentum
+                + batch_mean * (1.0 - self.momentum)
+            )
+            self.moving_variance.assign(
+                self.moving_variance * self.momentum
+                + batch_variance * (1.0 - self.momentum)
+            )
+            self.steps.assign(ops.minimum(self.steps, MAX_WARMUP_STEPS - 1) + 1)
         return ops.cast(outputs, self.compute_dtype)
 
     def compute_output_shape(self, input_shape):

@@ -39,7 +39,10 @@ def test_an_unknown_name_lists_the_valid_ones():
     "gpus, expected",
     [
         ([gpu(7, 0)], "mixed_float16"),
-        ([gpu(9, 0), gpu(8, 0)], "mixed_float16"),
+        ([gpu(7, 5)], "mixed_float16"),
+        ([gpu(9, 0), gpu(8, 0)], "mixed_bfloat16"),
+        # The slowest GPU decides: a Turing card among Ampere ones.
+        ([gpu(8, 6), gpu(7, 5)], "mixed_float16"),
         ([gpu(6, 1)], "float32"),
         # One old GPU among new ones: it would slow every step down.
         ([gpu(8, 0), gpu(6, 1)], "float32"),
@@ -53,7 +56,7 @@ def test_auto_on_gpus(gpus, expected):
 
 def test_auto_follows_the_gpu_not_the_cpu_when_there_is_a_gpu():
     flags = NO_FLAGS | {"avx512_bf16"}
-    assert resolve_precision("auto", gpus=[gpu(8, 0)], cpu_flags=flags) == (
+    assert resolve_precision("auto", gpus=[gpu(7, 0)], cpu_flags=flags) == (
         "mixed_float16"
     )
     assert resolve_precision("auto", gpus=[gpu(6, 0)], cpu_flags=flags) == "float32"
@@ -82,7 +85,7 @@ def test_the_printed_line_names_the_choice_and_why():
         "avx512_bf16/amx_bf16)"
     )
     line = describe_precision("auto", gpus=[gpu(8, 6)], cpu_flags=NO_FLAGS)
-    assert line == "precision auto -> mixed_float16 (GPU with compute capability 8.6)"
+    assert line == "precision auto -> mixed_bfloat16 (GPU with compute capability 8.6)"
     assert "float32" in describe_precision("auto", gpus=NO_GPU, cpu_flags=NO_FLAGS)
 
 
