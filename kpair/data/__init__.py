@@ -19,12 +19,10 @@ from kpair.errors import DataError
 # moved to kpair.pair_types; the per-type batches' feature prefixes are the
 # pair types' short keys.
 from kpair.pair_types import PAIR_TYPES, pair_type
-from kpair.pair_types import TYPE_KEYS as PER_TYPE_PREFIXES
 
 __all__ = [
     "BATCHINGS",
     "PAIR_TYPES",
-    "PER_TYPE_PREFIXES",
     "SPLITS",
     "DataError",
     "Pair",

@@ -3,13 +3,13 @@ import pytest
 
 from kpair.data import (
     BATCHINGS,
-    PER_TYPE_PREFIXES,
     DataError,
     count_split,
     make_batches,
     read_split,
     steps_per_epoch,
 )
+from kpair.pair_types import TYPE_KEYS
 from tests.kpair.conftest import DOMAIN_PIXEL
 
 COUNTS = {"A-A": 7, "B-B": 8, "A-B": 10}
@@ -43,13 +43,13 @@ def test_per_type_batches_hold_one_pair_type_each(split, plain):
     for features, y in batches:
         assert sorted(features) == sorted(
             f"{p}_{k}"
-            for p in PER_TYPE_PREFIXES
+            for p in TYPE_KEYS
             for k in ("left", "right", "left_domain", "right_domain")
         )
         assert features["aa_left"].shape == (2, 8, 8, 3)
         assert y.shape == (6, 2)
         assert y[:, 1].numpy().tolist() == [0, 0, 1, 1, 2, 2]
-        for prefix, (left, right) in zip(PER_TYPE_PREFIXES, [(0, 0), (1, 1), (0, 1)]):
+        for prefix, (left, right) in zip(TYPE_KEYS, [(0, 0), (1, 1), (0, 1)]):
             _assert_domain(
                 features[f"{prefix}_left"], features[f"{prefix}_left_domain"], left
             )

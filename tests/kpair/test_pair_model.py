@@ -4,8 +4,8 @@ import keras
 import numpy as np
 
 from kpair.backbone import ResNet18Backbone
-from kpair.data import PER_TYPE_PREFIXES
 from kpair.pair_model import PairModel, build_per_type_model
+from kpair.pair_types import TYPE_KEYS
 
 TINY = dict(width_multiplier=0.125, image_size=16, embedding_dim=8)
 
@@ -46,7 +46,7 @@ def test_per_type_model_calls_the_backbone_once_per_image_set():
     backbone.call = spying_call
     trainer = build_per_type_model(pair_model)
     batch = {}
-    for prefix, (left, right) in zip(PER_TYPE_PREFIXES, [(0, 0), (1, 1), (0, 1)]):
+    for prefix, (left, right) in zip(TYPE_KEYS, [(0, 0), (1, 1), (0, 1)]):
         for key, value in features(4, left, right).items():
             batch[f"{prefix}_{key}"] = value
     out = trainer(batch, training=True)
@@ -64,7 +64,7 @@ def test_per_type_model_shares_weights_and_matches_pair_model():
     trainer = build_per_type_model(pair_model)
     assert len(trainer.weights) == len(pair_model.weights)
     batch, expected = {}, []
-    for prefix, (left, right) in zip(PER_TYPE_PREFIXES, [(0, 0), (1, 1), (0, 1)]):
+    for prefix, (left, right) in zip(TYPE_KEYS, [(0, 0), (1, 1), (0, 1)]):
         f = features(3, left, right, seed=len(expected))
         expected.append(pair_model.predict_on_batch(f))
         batch.update({f"{prefix}_{k}": v for k, v in f.items()})
