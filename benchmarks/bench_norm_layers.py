@@ -26,7 +26,7 @@ import numpy as np  # noqa: E402
 import tensorflow as tf  # noqa: E402
 from bench_training import machine  # noqa: E402  (beside this script)
 
-import layers  # noqa: E402
+from kpair import layers  # noqa: E402
 from kpair.onednn import describe_cpu_kernels  # noqa: E402
 
 SHAPE = (64, 32, 32, 64)

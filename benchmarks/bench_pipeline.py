@@ -21,7 +21,7 @@ import time
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
 
 import kpair  # noqa: E402, F401
-import layers  # noqa: E402
+from kpair import layers  # noqa: E402
 from kpair.config import TrainConfig  # noqa: E402
 from kpair.data import ensure_demo, make_batches, read_split  # noqa: E402
 from kpair.model_builder import build_pair_model, training_model  # noqa: E402

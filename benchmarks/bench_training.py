@@ -285,7 +285,7 @@ def _names(text):
 
 def _parse_args():
     import kpair  # noqa: F401  (first: loads TensorFlow without its log noise)
-    import layers
+    from kpair import layers
 
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--sizes", default="32,64",

@@ -8,22 +8,42 @@ kpair's `.keras` files with `safe_mode` left at True.
 import os
 import sys
 
-# The models run on every Keras backend; only TensorFlow's (the default) loads
-# TensorFlow here. On JAX or torch the data pipeline loads it when used.
-_TENSORFLOW_BACKEND = os.environ.get("KERAS_BACKEND", "tensorflow") == "tensorflow"
-if _TENSORFLOW_BACKEND and "tensorflow" not in sys.modules:
-    # First to load TensorFlow: keep its C++ start-up log lines (CUDA probes,
-    # CPU feature notices) out of the user's terminal.
-    from kpair.quiet import import_tensorflow_quietly
-
-    import_tensorflow_quietly()
-
-import kpair.backbone  # noqa: E402, F401  (registers ResNet18Backbone)
-import kpair.losses  # noqa: E402, F401  (registers PairLoss, PairTypeLoss)
-import kpair.pair_model  # noqa: E402, F401  (registers PairModel)
-import layers  # noqa: E402, F401  (registers the normalization layers)
-
 __version__ = "0.1.0"
+
+
+def register_keras_objects():
+    """Registers kpair's custom Keras objects (once; `import kpair` calls it).
+
+    On TensorFlow's backend (the default) this loads TensorFlow; on JAX or
+    torch the data pipeline loads it only when used.
+    """
+    if (os.environ.get("KERAS_BACKEND", "tensorflow") == "tensorflow"
+            and "tensorflow" not in sys.modules):
+        # First to load TensorFlow: keep its C++ start-up log lines (CUDA
+        # probes, CPU feature notices) out of the user's terminal.
+        from kpair.quiet import import_tensorflow_quietly
+
+        import_tensorflow_quietly()
+    import kpair.backbone  # noqa: F401  (registers ResNet18Backbone)
+    import kpair.layers  # noqa: F401  (registers the normalization layers)
+    import kpair.losses  # noqa: F401  (registers PairLoss, PairTypeLoss)
+    import kpair.pair_model  # noqa: F401  (registers PairModel)
+
+
+def _started_as_command():
+    """True in the `kpair` command (`kpair ...` or `python -m kpair ...`).
+
+    The command registers the objects itself once its flags are parsed, so
+    that `kpair --help` and `kpair --version` answer without loading Keras.
+    """
+    if os.path.basename(sys.argv[0]) == "kpair":
+        return True
+    argv = getattr(sys, "orig_argv", [])
+    return any(a == "-m" and b == "kpair" for a, b in zip(argv, argv[1:]))
+
+
+if not _started_as_command():
+    register_keras_objects()
 
 # The Python API. Each name is imported on first use, so `import kpair` does
 # not pay for the training code, and `kpair.train` stays the function (no

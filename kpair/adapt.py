@@ -20,7 +20,7 @@ import keras
 import numpy as np
 import tensorflow as tf
 
-import layers
+from kpair import layers
 from kpair.diagnose import domain_images
 from kpair.errors import ConfigError, KpairError
 from kpair.norm_layers import (

@@ -2,7 +2,7 @@
 
 import keras
 
-import layers
+from kpair import layers
 from kpair.errors import ConfigError
 from kpair.model_config import model_config
 from kpair.stems import STEMS
@@ -27,8 +27,8 @@ class ResNet18Backbone(keras.Model):
     pair type.
 
     Args:
-        norm: Registry name of the normalization (`layers.names()`).
-        norm_options: Dict of that norm's options (`layers.options(norm)`).
+        norm: Registry name of the normalization (`kpair.layers.names()`).
+        norm_options: Dict of that norm's options (`kpair.layers.options(norm)`).
         image_size: Height and width of the (square) input images.
         stem: `"small"` (3x3 convolution, stride 1, no pooling: for images of
             about 32 pixels) or `"imagenet"` (7x7 convolution, stride 2, and
@@ -172,7 +172,7 @@ def _validate_arguments(
     if norm_options is not None and not isinstance(norm_options, dict):
         raise ConfigError(
             "`norm_options` must be a dict of the norm's options "
-            f"(`layers.options({norm!r})`) or None. "
+            f"(`kpair.layers.options({norm!r})`) or None. "
             f"Received: norm_options={norm_options!r}"
         )
 

@@ -13,7 +13,6 @@ import warnings
 from pathlib import Path
 
 from kpair.cli_config import add_config_flags, print_config, resolve_config
-from kpair.quiet import import_tensorflow_quietly
 
 EXIT_FAILED = 1
 EXIT_BAD_INPUT = 2
@@ -28,12 +27,17 @@ def main(argv=None):
     # Flags only for the command given: `kpair --help` and `--version` load
     # neither the config nor the tuner.
     command = next((a for a in argv if not a.startswith("-")), "")
+    if command in COMMANDS:
+        # A command's flags come from the config and the norm registry,
+        # which load Keras: TensorFlow first, quietly.
+        import kpair
+
+        kpair.register_keras_objects()
     parser = _parser(only=command)
     args = parser.parse_args(argv)
     if not getattr(args, "command", None):
         parser.print_help()
         return EXIT_BAD_INPUT
-    import_tensorflow_quietly()
     # Keras's advice to script writers is noise at a command line.
     warnings.filterwarnings("ignore", module="keras")
     from kpair.errors import KpairError, TrainingDiverged
@@ -445,7 +449,7 @@ def _add_tune(p):
     add_config_flags(p)
     try:
         # kpair does not import tuning otherwise: the tuner is optional.
-        from tuning.cli import add_tune_flags
+        from kpair.tuning.cli import add_tune_flags
     except ImportError:
         p.set_defaults(run=_no_tuner)
         return
@@ -460,7 +464,7 @@ def _no_tuner(args):
 
 
 def _tune(args):
-    from tuning.cli import run_tune
+    from kpair.tuning.cli import run_tune
 
     config = resolve_config(args, out=args.out)
     if args.print_config:

@@ -27,7 +27,7 @@ NONE_MEANS = {"data": "the built-in demo data set", "steps_per_epoch": "one pass
 
 def field_choices():
     """Field name -> the values it accepts, from the modules that own them."""
-    import layers
+    from kpair import layers
     from kpair.config import OPTIMIZERS
     from kpair.data.batching import BATCHINGS
     from kpair.precision import PRECISIONS

@@ -21,8 +21,7 @@ from pathlib import Path
 import keras
 import tensorflow as tf
 
-import layers
-from kpair import files, gap, tables
+from kpair import files, gap, layers, tables
 from kpair.callbacks import TrainingDiverged
 from kpair.config import ConfigError, TrainConfig
 from kpair.data import BATCHINGS
@@ -57,7 +56,7 @@ def run_compare(base_config, norms=None, batchings=None, out_dir="runs/compare",
             `out` are replaced per cell; of its `norm_options`, each cell keeps
             those its norm accepts (`momentum` reaches every batch norm,
             `groups` only `group`).
-        norms: Norm names (default: every registered norm, `layers.names()`).
+        norms: Norm names (default: every registered norm, `kpair.layers.names()`).
         batchings: Batch compositions (default: all of `kpair.data.BATCHINGS`).
         out_dir: Comparison directory.
         resume: Finish a comparison in `out_dir`: cells whose `metrics.json`

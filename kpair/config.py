@@ -5,7 +5,7 @@ import json
 import math
 from pathlib import Path
 
-import layers
+from kpair import layers
 from kpair.data.batching import BATCHINGS
 from kpair.errors import ConfigError
 from kpair.loss_names import check_losses
@@ -24,7 +24,7 @@ class TrainConfig:
             shards), or `None` for the built-in two-domain demo data set.
         out: Run directory.
         norm: Registry name of the backbone's normalization.
-        norm_options: Options of that norm (see `layers.options(norm)`).
+        norm_options: Options of that norm (see `kpair.layers.options(norm)`).
         batching: `per-type` (the post's: one batch per pair type each step),
             `mixed` or `balanced`.
         precision: `float32`, `mixed_float16`, `mixed_bfloat16`, or `auto`

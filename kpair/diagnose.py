@@ -18,8 +18,7 @@ from pathlib import Path
 
 import numpy as np
 
-import layers
-from kpair import files
+from kpair import files, layers
 from kpair.data import DataError, read_split
 from kpair.data.records import load_manifest
 from kpair.evaluation import evaluate_pairs

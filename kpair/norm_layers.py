@@ -10,7 +10,7 @@ model), and feed that owner one domain's images.
 import keras
 import numpy as np
 
-import layers
+from kpair import layers
 
 STATEFUL_NORMS = (
     keras.layers.BatchNormalization,

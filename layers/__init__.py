@@ -1,11 +1,12 @@
 """Normalization layers for models whose batches may each hold one domain.
 
-Pure Keras 3 (`keras.ops`): no import of `kpair` or `tuning`.
+Pure Keras 3 (`keras.ops`): imports nothing else of kpair (installed as
+`kpair.layers`; the folder stays at the top of the repository).
 """
 
-from layers.eval_mode_batch_normalization import EvalModeBatchNormalization
-from layers.per_domain_batch_normalization import PerDomainBatchNormalization
-from layers.registry import NormFactory, get, names, options, summary
+from .eval_mode_batch_normalization import EvalModeBatchNormalization
+from .per_domain_batch_normalization import PerDomainBatchNormalization
+from .registry import NormFactory, get, names, options, summary
 
 __all__ = [
     "EvalModeBatchNormalization",

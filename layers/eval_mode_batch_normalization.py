@@ -3,7 +3,7 @@
 import keras
 from keras import constraints, initializers, ops, regularizers
 
-from layers import _normalization_weights, _validation
+from . import _normalization_weights, _validation
 
 # A step counter is int32; this keeps `warmup_steps` meaningful and bounded.
 MAX_WARMUP_STEPS = 2**31 - 1

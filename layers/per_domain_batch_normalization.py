@@ -3,7 +3,7 @@
 import keras
 from keras import constraints, initializers, ops, regularizers
 
-from layers import _normalization_weights, _validation
+from . import _normalization_weights, _validation
 
 # Domain ids index variables of shape (num_domains, channels); a bound keeps a
 # hostile config from allocating gigabytes when a `.keras` file is loaded.

@@ -12,8 +12,8 @@ from typing import Callable
 
 import keras
 
-from layers.eval_mode_batch_normalization import EvalModeBatchNormalization
-from layers.per_domain_batch_normalization import PerDomainBatchNormalization
+from .eval_mode_batch_normalization import EvalModeBatchNormalization
+from .per_domain_batch_normalization import PerDomainBatchNormalization
 
 
 @dataclasses.dataclass(frozen=True)

@@ -7,7 +7,8 @@ runs a resumable search that writes a table, a plot and the best model.
 # First: kpair loads TensorFlow (quietly, with oneDNN's CPU kernels) before
 # keras_tuner and keras would load it with TensorFlow's own settings.
 import kpair  # noqa: F401
-from tuning.hypermodel import PairHyperModel
-from tuning.search import TUNERS, run_search
+
+from .hypermodel import PairHyperModel
+from .search import TUNERS, run_search
 
 __all__ = ["TUNERS", "PairHyperModel", "run_search"]

@@ -7,7 +7,8 @@ directory of another search) ends as one line with exit code 2.
 """
 
 from kpair.errors import ConfigError
-from tuning.search import TUNERS
+
+from .search import TUNERS
 
 DEFAULT_OUT = "runs/tune"
 DEFAULT_MAX_TRIALS = 10
@@ -55,7 +56,7 @@ def run_tune(args, base_config, norms, batchings):
             directory.
         norms, batchings: Lists of names to search over; `None`: all.
     """
-    from tuning.search import run_search
+    from .search import run_search
 
     max_trials = args.max_trials
     if args.tuner != "hyperband" and max_trials is None:

@@ -5,8 +5,8 @@ import time
 
 import keras_tuner
 
-import layers
 from kpair import callbacks as kcb
+from kpair import layers
 from kpair.config import ConfigError, TrainConfig
 from kpair.data import (
     BATCHINGS,
@@ -69,7 +69,7 @@ class PairHyperModel(keras_tuner.HyperModel):
     ```python
     import keras_tuner
     from kpair.config import TrainConfig
-    from tuning import PairHyperModel
+    from . import PairHyperModel
 
     hypermodel = PairHyperModel(
         TrainConfig(epochs=3, precision="mixed_float16"),

@@ -38,8 +38,9 @@ from kpair.model_builder import build_pair_model, float32_copy, training_model
 from kpair.progress import estimate
 from kpair.run_dir import claim, run_record
 from kpair.training import resolve_data
-from tuning import summary
-from tuning.hypermodel import PairHyperModel
+
+from . import summary
+from .hypermodel import PairHyperModel
 
 TUNERS = ("random", "bayesian", "hyperband")
 OBJECTIVE = "val_loss"

@@ -12,7 +12,7 @@ import keras
 import numpy as np
 
 import kpair  # noqa: F401  (registers kpair's objects; must not load TF)
-import layers
+from kpair import layers
 from tests.layers.per_domain_reference import (
     EPS,
     initial_state,

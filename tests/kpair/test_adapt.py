@@ -5,8 +5,7 @@ import keras
 import numpy as np
 import pytest
 
-import layers
-from kpair import runs
+from kpair import layers, runs
 from kpair.adapt import adapt_model
 from kpair.backbone import ResNet18Backbone
 from kpair.cli import main

@@ -4,7 +4,7 @@ import keras
 import numpy as np
 import pytest
 
-import layers
+from kpair import layers
 from kpair.backbone import ResNet18Backbone
 
 TINY = dict(width_multiplier=0.125, image_size=16, embedding_dim=8)

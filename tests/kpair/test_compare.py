@@ -15,8 +15,7 @@ from pathlib import Path
 import pytest
 
 import kpair.training
-import layers
-from kpair import compare
+from kpair import compare, layers
 from kpair.callbacks import TrainingDiverged
 from kpair.cli import main
 from kpair.config import ConfigError, TrainConfig

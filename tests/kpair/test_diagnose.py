@@ -10,7 +10,7 @@ import numpy as np
 import pytest
 import tensorflow as tf
 
-import layers
+from kpair import layers
 from kpair.cli import main
 from kpair.data import Pair, build_demo, write_split
 from kpair.diagnose import diagnose, layer_shifts, verdict

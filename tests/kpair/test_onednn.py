@@ -57,7 +57,7 @@ def test_import_kpair_turns_onednn_on_unless_told_otherwise():
 def test_import_tuning_loads_tensorflow_through_kpair():
     # keras_tuner imports keras, which would load TensorFlow first.
     code = (
-        "import tuning; from kpair.onednn import onednn_enabled; "
+        "import kpair.tuning; from kpair.onednn import onednn_enabled; "
         "print(onednn_enabled())"
     )
     assert _in_fresh_python(code) == ["True"]

@@ -8,8 +8,8 @@ import keras
 import numpy as np
 import pytest
 
-import layers
 from kpair import callbacks as kcb
+from kpair import layers
 from kpair.callbacks import TrainingDiverged, read_history
 from kpair.data import BATCHINGS, make_batches, read_split
 from kpair.model_builder import build_pair_model, training_model

@@ -7,7 +7,7 @@ so a new norm gets the whole contract by being registered.
 import keras
 import numpy as np
 
-import layers
+from kpair import layers
 
 CHANNELS = 8
 SHAPE = (6, 4, 4, CHANNELS)

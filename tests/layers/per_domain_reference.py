@@ -6,7 +6,7 @@ compares against the same masked moments.
 
 import numpy as np
 
-from layers import PerDomainBatchNormalization
+from kpair.layers import PerDomainBatchNormalization
 
 EPS = 1e-3
 MOMENTUM = 0.9

@@ -4,7 +4,7 @@ import keras
 import numpy as np
 import pytest
 
-import layers
+from kpair import layers
 from tests.layers import contract
 
 NAMES = layers.names()

@@ -5,7 +5,7 @@ import numpy as np
 import pytest
 import tensorflow as tf
 
-from layers import EvalModeBatchNormalization
+from kpair.layers import EvalModeBatchNormalization
 
 EPS = 1e-3
 

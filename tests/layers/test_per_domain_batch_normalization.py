@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 import tensorflow as tf
 
-from layers import PerDomainBatchNormalization
+from kpair.layers import PerDomainBatchNormalization
 from tests.layers.per_domain_reference import (
     DOMAIN_BATCHES,
     EPS,
@@ -160,7 +160,7 @@ def test_synchronized_matches_one_device_on_the_whole_batch():
         cpu = tf.config.list_physical_devices("CPU")[0]
         tf.config.set_logical_device_configuration(
             cpu, [tf.config.LogicalDeviceConfiguration()] * 2)
-        from layers import PerDomainBatchNormalization
+        from kpair.layers import PerDomainBatchNormalization
 
         rng = np.random.default_rng(0)
         domain = np.array([0, 0, 0, 1, 1, 0, 1, 1], "int32")

@@ -3,7 +3,7 @@
 import keras
 import pytest
 
-import layers
+from kpair import layers
 
 
 def test_names_are_the_canonical_five():

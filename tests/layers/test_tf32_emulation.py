@@ -14,8 +14,8 @@ import pytest
 import tensorflow as tf
 from keras import ops
 
+import kpair.layers.per_domain_batch_normalization as per_domain_module
 import kpair.losses
-import layers.per_domain_batch_normalization as per_domain_module
 from tests.layers.per_domain_reference import (
     DOMAIN_BATCHES,
     EPS,

@@ -9,7 +9,7 @@ from pathlib import Path
 
 import pytest
 
-from tuning.search import ATTEMPTS_FILE
+from kpair.tuning.search import ATTEMPTS_FILE
 
 ROOT = Path(__file__).resolve().parents[2]
 HELPER = ROOT / "tests" / "tuning" / "tune_process.py"

@@ -7,7 +7,7 @@ their trials eagerly; `test_cli.py` runs real graph-mode trials.
 
 import pytest
 
-from tuning import hypermodel
+from kpair.tuning import hypermodel
 
 
 @pytest.fixture(autouse=True)

@@ -49,7 +49,7 @@ def test_tune_over_the_demo_data(demo_data, tmp_path, trials, capsys):
 def test_flags_reach_the_search(monkeypatch, tmp_path):
     seen = {}
     monkeypatch.setattr(
-        "tuning.search.run_search", lambda config, **kwargs: seen.update(
+        "kpair.tuning.search.run_search", lambda config, **kwargs: seen.update(
             config=config, **kwargs)
     )
     code = main([
@@ -92,7 +92,7 @@ def test_flags_right_after_tune(tmp_path, capsys):
 def test_one_norm_and_batching_fix_the_search(monkeypatch, tmp_path):
     seen = {}
     monkeypatch.setattr(
-        "tuning.search.run_search", lambda config, **kwargs: seen.update(kwargs)
+        "kpair.tuning.search.run_search", lambda config, **kwargs: seen.update(kwargs)
     )
     main(["tune", "--norm", "group", "--batching", "mixed", "--out", str(tmp_path),
           *TINY_FLAGS])

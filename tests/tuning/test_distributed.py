@@ -15,7 +15,7 @@ from pathlib import Path
 
 import pytest
 
-from tuning import run_search
+from kpair.tuning import run_search
 
 HELPER = Path(__file__).with_name("tune_process.py")
 ROOT = HELPER.parents[2]

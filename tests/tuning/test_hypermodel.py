@@ -3,11 +3,11 @@
 import keras_tuner
 import pytest
 
-import layers
+from kpair import layers
 from kpair.config import ConfigError
 from kpair.data import BATCHINGS
-from tuning import PairHyperModel
-from tuning.hypermodel import NORM_CHOICES
+from kpair.tuning import PairHyperModel
+from kpair.tuning.hypermodel import NORM_CHOICES
 
 
 def space(hp):

@@ -21,7 +21,7 @@ cpu = tf.config.list_physical_devices("CPU")[0]
 tf.config.set_logical_device_configuration(
     cpu, [tf.config.LogicalDeviceConfiguration()] * 2)
 from kpair.config import TrainConfig
-from tuning import hypermodel, run_search
+from kpair.tuning import hypermodel, run_search
 
 seen = []
 fit = hypermodel.PairHyperModel.fit

@@ -10,7 +10,7 @@ import keras
 import keras_tuner
 import pytest
 
-from tuning import PairHyperModel
+from kpair.tuning import PairHyperModel
 
 
 class InspectingHyperModel(PairHyperModel):

@@ -14,8 +14,8 @@ import pytest
 from kpair import files
 from kpair.callbacks import TrainingDiverged
 from kpair.config import ConfigError, TrainConfig
-from tuning import PairHyperModel, run_search
-from tuning.search import TUNERS
+from kpair.tuning import PairHyperModel, run_search
+from kpair.tuning.search import TUNERS
 
 
 def statuses(result):

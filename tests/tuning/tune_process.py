@@ -14,7 +14,7 @@ import signal
 import sys
 
 from kpair.config import TrainConfig
-from tuning import hypermodel, run_search, search
+from kpair.tuning import hypermodel, run_search, search
 
 
 def main(config_json, out_dir, max_trials):
