@@ -2,6 +2,13 @@
 
     python benchmarks/memory_soak.py [--epochs 20] [--steps-per-epoch 20]
         [--norm per-domain] [--batching per-type] [--width-multiplier 0.25]
+        [--precision float32]
+
+`--steps-per-epoch 0` trains a full pass over the training split each epoch,
+as `kpair train` does without the flag; with `--precision auto` that is the
+demo's settings (`make demo`), here for 20 epochs:
+
+    python benchmarks/memory_soak.py --steps-per-epoch 0 --precision auto
 
 Trains on the demo data as `kpair train` does (the same callbacks: inference
 losses every epoch, history, checkpoints, backup, TensorBoard) and reads the
@@ -23,6 +30,7 @@ import keras  # noqa: E402
 
 import kpair  # noqa: E402, F401  (imports TensorFlow quietly)
 from kpair.config import TrainConfig  # noqa: E402
+from kpair.precision import resolve_precision  # noqa: E402
 from kpair.training import train  # noqa: E402
 
 GOAL = 1.10
@@ -52,10 +60,13 @@ class RecordRSS(keras.callbacks.Callback):
 def main():
     p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     p.add_argument("--epochs", type=int, default=20)
-    p.add_argument("--steps-per-epoch", type=int, default=20)
+    p.add_argument("--steps-per-epoch", type=int, default=20,
+                   help="0: a full pass over the training split, as kpair train")
     p.add_argument("--norm", default="per-domain")
     p.add_argument("--batching", default="per-type")
     p.add_argument("--width-multiplier", type=float, default=0.25)
+    p.add_argument("--precision", default="float32",
+                   help="a dtype policy, or auto (kpair train's default)")
     p.add_argument("--out", help="run directory (default: a temporary one)")
     args = p.parse_args()
 
@@ -64,8 +75,8 @@ def main():
         config = TrainConfig(
             out=args.out or os.path.join(tmp, "run"), norm=args.norm,
             batching=args.batching, epochs=args.epochs,
-            steps_per_epoch=args.steps_per_epoch,
-            width_multiplier=args.width_multiplier,
+            steps_per_epoch=args.steps_per_epoch or None,
+            width_multiplier=args.width_multiplier, precision=args.precision,
         )
         before = rss_mib()
         train(config, extra_callbacks=[record], out=open(os.devnull, "w"))
@@ -73,7 +84,9 @@ def main():
     base = dict((e, r) for e, r, _ in record.rows)[min(2, len(record.rows))]
     print(f"\nMemory soak, {time.strftime('%Y-%m-%d')}, {platform.machine()}, "
           f"{os.cpu_count()} CPUs: norm={args.norm} batching={args.batching} "
-          f"width={args.width_multiplier} steps/epoch={args.steps_per_epoch}; "
+          f"width={args.width_multiplier} "
+          f"precision={resolve_precision(args.precision)} "
+          f"steps/epoch={args.steps_per_epoch or 'full pass'}; "
           f"RSS before training {before:.0f} MiB\n")
     print("| epoch | RSS MiB | vs epoch 2 | epoch s |")
     print("|---|---|---|---|")

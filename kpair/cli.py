@@ -423,6 +423,10 @@ def _add_data(p):
     demo.add_argument("--ba-fraction", type=float, default=0.0,
                       help="share of the A-B pairs stored the other way round, "
                       "as B-A pairs (default 0)")
+    demo.add_argument("--images", metavar="DIR",
+                      help="also write the images as PNG files in DIR, with "
+                      "DIR/pairs.csv for `data import` and `predict` (default: "
+                      "not written)")
     demo.set_defaults(run=_data_demo, flags=_flags_of(demo))
 
 
@@ -438,8 +442,10 @@ def _data_demo(args):
     from kpair.data import build_demo
 
     path = build_demo(args.out, seed=args.seed, image_size=args.image_size,
-                      ba_fraction=args.ba_fraction)
+                      ba_fraction=args.ba_fraction, images_dir=args.images)
     print(f"Wrote the demo data set to {path}")
+    if args.images:
+        print(f"Wrote its images and {Path(args.images) / 'pairs.csv'}")
 
 
 # --- tune ----------------------------------------------------------------

@@ -44,7 +44,7 @@ from kpair.data.records import (
     write_split,
 )
 from kpair.errors import ConfigError
-from kpair.files import directory_aside
+from kpair.files import directory_aside, write_csv
 
 DEFAULT_PAIRS_PER_TYPE = (1500, 300, 300)
 # Bump when the construction changes, so that stale caches are not reused.
@@ -152,7 +152,7 @@ def _check_args(image_size, pairs_per_type, ba_fraction=0.0):
 
 
 def build_demo(out_dir, seed=0, image_size=32, pairs_per_type=DEFAULT_PAIRS_PER_TYPE,
-               ba_fraction=0.0):
+               ba_fraction=0.0, images_dir=None):
     """Builds the demo data set: `out_dir/{train,val,test}` plus `demo.json`.
 
     Args:
@@ -164,6 +164,9 @@ def build_demo(out_dir, seed=0, image_size=32, pairs_per_type=DEFAULT_PAIRS_PER_
         ba_fraction: share of the A-B pairs stored the other way round, as
             B-A pairs (left image from B, right from A, the target of that
             order). 0 keeps every pair A-B, and the data set as it always was.
+        images_dir: if given, also write the images as PNG files there, with
+            `pairs.csv` (`left,right,left_domain,right_domain,target,split`):
+            the input of `kpair data import` and `kpair predict`.
 
     Returns:
         `Path(out_dir)`.
@@ -177,11 +180,13 @@ def build_demo(out_dir, seed=0, image_size=32, pairs_per_type=DEFAULT_PAIRS_PER_
     indices = _split_indices(len(labels), rng)
     encoded = _render_images(indices, masks, photos, rng)
 
+    rows = []
     with directory_aside(out_dir) as tmp_dir:
         for name, count in zip(SPLITS, pairs_per_type):
             pairs = _split_pairs(
                 indices[name], labels, count, ba_fraction, rng, flip_rng
             )
+            rows += [(*pair, name) for pair in pairs]
             write_split(
                 (Pair(encoded[left], encoded[right], *rest)
                  for left, right, *rest in pairs),
@@ -190,7 +195,25 @@ def build_demo(out_dir, seed=0, image_size=32, pairs_per_type=DEFAULT_PAIRS_PER_
             )
         info = _info(seed, image_size, pairs_per_type, ba_fraction, indices)
         (tmp_dir / INFO_NAME).write_text(json.dumps(info) + "\n")
+    if images_dir is not None:
+        _write_image_files(Path(images_dir), encoded, rows)
     return out_dir
+
+
+def _write_image_files(images_dir, encoded, rows):
+    """The demo as image files and a pairs CSV, as a user's own data come."""
+    with directory_aside(images_dir) as tmp_dir:
+        used = sorted({index for row in rows for index in row[:2]})
+        for index in used:
+            (tmp_dir / f"{index:04d}.png").write_bytes(encoded[index])
+        write_csv(
+            tmp_dir / "pairs.csv",
+            ["left", "right", "left_domain", "right_domain", "target", "split"],
+            [{"left": f"{left:04d}.png", "right": f"{right:04d}.png",
+              "left_domain": left_domain, "right_domain": right_domain,
+              "target": repr(float(target)), "split": split}
+             for left, right, left_domain, right_domain, target, split in rows],
+        )
 
 
 def _sources(image_size):

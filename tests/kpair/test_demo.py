@@ -216,3 +216,25 @@ def test_cli_data_demo_ba_fraction(tmp_path, capsys):
     # Every A-B pair is stored B-A.
     assert {(r[2], r[3]) for r in _records(out / "train")} == {
         (0, 0), (1, 1), (1, 0)}
+
+
+def test_demo_images_import_to_the_same_records(tmp_path):
+    """`kpair data demo --images`: the files a newcomer feeds to `data import`
+    and `predict` hold the demo's pairs, pixel for pixel."""
+    from kpair.data import import_pairs
+
+    built = build_demo(tmp_path / "d", seed=3, images_dir=tmp_path / "img", **SMALL)
+    header = (tmp_path / "img" / "pairs.csv").read_text().splitlines()[0]
+    assert header == "left,right,left_domain,right_domain,target,split"
+    imported = import_pairs(tmp_path / "img" / "pairs.csv", tmp_path / "img",
+                            tmp_path / "imported")
+    assert imported
+    for split in SPLITS:
+        decode = lambda b: np.asarray(tf.io.decode_png(b))  # noqa: E731
+        ours = sorted((decode(r[0]).tobytes(), decode(r[1]).tobytes(), *r[2:])
+                      for r in _records(built / split))
+        theirs = sorted((decode(r[0]).tobytes(), decode(r[1]).tobytes(), *r[2:])
+                        for r in _records(tmp_path / "imported" / split))
+        assert len(ours) == sum(SMALL["pairs_per_type"][SPLITS.index(split)]
+                                for _ in range(3))
+        assert ours == theirs
