@@ -52,9 +52,11 @@ _API = {
     "TrainConfig": ("kpair.config", "TrainConfig"),
     "train": ("kpair.training", "train"),
     "evaluate": ("kpair.evaluation", "evaluate_run"),
+    "infer_domains": ("kpair.unknown_domains", "infer_domains"),
 }
 
-__all__ = ["TrainConfig", "train", "evaluate", "load_model", "__version__"]
+__all__ = ["TrainConfig", "train", "evaluate", "infer_domains", "load_model",
+           "__version__"]
 
 
 def __getattr__(name):

@@ -7,7 +7,8 @@ The search directory (`out_dir`) holds:
 - `search/`: keras-tuner's project (`oracle.json`, one `trial_<id>/` per
   trial with `trial.json` and the best epoch's weights). Started again,
   finished trials are kept and the trial in flight is run again from its
-  start (keras-tuner restarts, it does not resume, a trial: #439).
+  start (keras-tuner restarts, it does not resume, a trial: #439), unless
+  its results were recorded before the kill.
 - `summary.csv`, `summary.md`, `val_loss_by_norm.png`: the table and plot.
 - `best/`: `model.keras` (float32) and `config.json` of the best trial, a
   run directory that `kpair evaluate` and `kpair train --config` accept.
@@ -20,6 +21,7 @@ best model; workers run trials. All of them must share `out_dir`.
 
 import functools
 import json
+import math
 import os
 import socket
 import sys
@@ -265,6 +267,49 @@ class _KpairOracle:
 
     def save(self):
         _write_state(self._get_oracle_fname(), self.get_state())
+
+    def reload(self):
+        super().reload()
+        self._settle_killed_trials()
+
+    def _settle_killed_trials(self):
+        """Makes a trial's trial.json and oracle.json agree after a kill.
+
+        keras-tuner writes a trial's trial.json, then oracle.json, and its
+        `reload` puts every trial oracle.json calls ongoing back in the
+        retry queue. A kill between the two writes would otherwise
+        - keep a trial created just before the kill that oracle.json does not
+          name: it counted towards `max_trials` and never ran. It is
+          forgotten, and created again under its id;
+        - run again a trial that had ended, or whose results were recorded
+          (its training done, its best weights saved): the new run's
+          results would be dropped (keras-tuner keeps those recorded) while
+          its weights replaced the first run's, and a second kill would fail
+          it. It is ended with the results it has.
+        """
+        settled = [t for t in self.trials if t not in self.start_order]
+        for trial_id in settled:
+            del self.trials[trial_id]
+        for trial_id in list(self._retry_queue):
+            trial = self.trials[trial_id]
+            if trial.status == TrialStatus.RUNNING:
+                if not trial.metrics.exists(self.objective.name):
+                    continue  # killed while it trained: it runs again
+                self.score_trial(trial)
+                # As end_trial does: a trial without a finite score is invalid.
+                finite = trial.score is not None and math.isfinite(trial.score)
+                trial.status = TrialStatus.COMPLETED if finite else TrialStatus.INVALID
+                self._save_trial(trial)
+                print(f"Trial {trial_id}: its results were recorded before the "
+                      "search stopped; kept, not run again.", flush=True)
+            elif trial.status not in (TrialStatus.COMPLETED, TrialStatus.FAILED):
+                continue  # not ended: a retry keras-tuner asked for
+            self._retry_queue.remove(trial_id)
+            if trial_id not in self.end_order:
+                self.end_order.append(trial_id)
+            settled.append(trial_id)
+        if settled:
+            self.save()
 
     def _save_trial(self, trial):
         trial_dir = self._get_trial_dir(trial.trial_id)

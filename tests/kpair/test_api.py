@@ -53,12 +53,15 @@ def test_the_api_names_are_the_library_functions():
     from kpair.config import TrainConfig
     from kpair.evaluation import evaluate_run
     from kpair.training import train
+    from kpair.unknown_domains import infer_domains
 
     # kpair.training imported (above) leaves kpair.train the function.
     assert kpair.train is train and kpair.TrainConfig is TrainConfig
     assert kpair.evaluate is evaluate_run
-    assert {"train", "TrainConfig", "evaluate", "load_model"} <= set(dir(kpair))
-    for name in ("train", "TrainConfig", "evaluate", "load_model"):
+    assert kpair.infer_domains is infer_domains
+    names = ("train", "TrainConfig", "evaluate", "infer_domains", "load_model")
+    assert set(names) <= set(dir(kpair))
+    for name in names:
         assert getattr(kpair, name).__doc__, name
 
 
