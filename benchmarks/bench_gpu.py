@@ -93,9 +93,8 @@ def keras_step(spec):
             {"num_domains": 2} if spec["norm"] == "per-domain" else {}
         ),
     )
+    # XLA-compiled steps on JAX, as `kpair train --backend jax` runs them.
     model = training_model(build_pair_model(config), config)
-    if keras.backend.backend() == "jax":
-        model.jit_compile = True  # XLA: `model_builder` turns it off for TF.
     features, y = synthetic_batch(spec["pairs"], spec["size"])
     step = lambda: model.train_on_batch(features, y)  # noqa: E731  (syncs)
 

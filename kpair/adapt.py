@@ -33,6 +33,12 @@ from kpair.pair_types import PAIR_TYPES, domain_name
 from kpair.progress import Progress
 
 PER_DOMAIN = layers.PerDomainBatchNormalization
+# Images of the domain read (and pairs evaluated) by default. From
+# `kpair adapt --curve` on the demo data (kpair/adapt_curve.py): the spread
+# of the statistics across draws falls below 0.02 at 256 images, where the
+# loss stops improving; 4x that halves the spread again (0.0085 measured at
+# 1024, as 1/sqrt(n)), a margin for domains whose images vary more.
+DEFAULT_MAX_IMAGES = 1024
 
 
 def adapt_model(model, images, domain, like=None, batch_size=64, progress=None):
@@ -61,20 +67,39 @@ def adapt_model(model, images, domain, like=None, batch_size=64, progress=None):
     """
     num_domains = check_domain(model, domain, like)
     images = _check_images(images)
-    batch_size = _positive_int("batch_size", batch_size)
+    batch_size = positive_int("batch_size", batch_size)
     if num_domains is not None and domain == num_domains:
         model = add_domain(model, like)
-    for owner, owner_norms in norms_by_owner(stateful_norm_layers(model)):
-        moments = _moments_function(owner, owner_norms)
-        # In network order: each pass sees the layers before `index` adapted.
-        for index, layer in enumerate(owner_norms):
-            mean, variance = _population_moments(
-                moments, index, owner, images, domain, batch_size
-            )
-            _assign(layer, mean, variance, domain)
-            if progress is not None:
-                progress.advance()
+    statistics_estimator(model)(images, domain, batch_size, progress)
     return model
+
+
+def statistics_estimator(model):
+    """A function `(images, domain, batch_size, progress=None)` that sets
+    every norm layer's statistics for `domain` from `images`, as
+    `adapt_model` does, without its checks.
+
+    Traced once: `kpair adapt --curve` estimates many times from other
+    draws of images, and tracing costs more than a tiny model's pass.
+    """
+    groups = [
+        (owner, owner_norms, _moments_function(owner, owner_norms))
+        for owner, owner_norms in norms_by_owner(stateful_norm_layers(model))
+    ]
+
+    def estimate(images, domain, batch_size, progress=None):
+        for owner, owner_norms, moments in groups:
+            # In network order: each pass sees the layers before `index`
+            # adapted.
+            for index, layer in enumerate(owner_norms):
+                mean, variance = _population_moments(
+                    moments, index, owner, images, domain, batch_size
+                )
+                _assign(layer, mean, variance, domain)
+                if progress is not None:
+                    progress.advance()
+
+    return estimate
 
 
 def check_domain(model, domain, like=None):
@@ -276,7 +301,7 @@ def _check_images(images):
     return images
 
 
-def _positive_int(name, value):
+def positive_int(name, value):
     if isinstance(value, bool) or not isinstance(value, int) or value <= 0:
         raise ConfigError(
             f"`{name}` must be a positive integer. Received: {name}={value!r}"
@@ -285,12 +310,14 @@ def _positive_int(name, value):
 
 
 def adapt_file(model_path, data_dir, domain, out, split="train", batch_size=64,
-               max_images=1024, like=None):
+               max_images=DEFAULT_MAX_IMAGES, like=None):
     """What `kpair adapt` does: load, adapt, compare losses, save to `out`.
 
     The losses are inference-mode losses on up to `max_images` pairs of the
     split that include `domain`, before and after (before is None for a new
-    domain, which the original model cannot take).
+    domain, which the original model cannot take). `max_images` defaults to
+    `DEFAULT_MAX_IMAGES` (1024), 4x the count from which
+    `kpair adapt --curve` finds the statistics stable on the demo data.
 
     Returns:
         A dict: `domain`, `images`, `layers`, `kinds` (the norm classes
@@ -298,33 +325,17 @@ def adapt_file(model_path, data_dir, domain, out, split="train", batch_size=64,
         `after`, `pairs`, `out`.
     """
     from kpair import runs
-    from kpair.data import DataError, read_split
     from kpair.evaluation import evaluate_pairs
     from kpair.files import write_model
 
     run = runs.resolve(model_path)
     out = _check_out(out, run.model_path)
-    max_images = _positive_int("max_images", max_images)
-    batch_size = _positive_int("batch_size", batch_size)
+    max_images = positive_int("max_images", max_images)
+    batch_size = positive_int("batch_size", batch_size)
     opened = runs.open_for_evaluation(run, data_dir)
     model, losses = opened.model, opened.losses
     num_domains = check_domain(model, domain, like)
-    # The split may hold the ids the model knows, and the one it gains.
-    known = opened.num_domains
-    split_dir = opened.data_dir / split
-    dataset = read_split(
-        split_dir, opened.image_size,
-        num_domains=None if known is None else max(known, domain + 1),
-    ).dataset
-    images = domain_images(dataset, domain, max_images)
-    if images is None:
-        raise DataError(
-            f"{split_dir} has no image of domain {domain}: nothing "
-            "to estimate its statistics from."
-        )
-    pairs = dataset.filter(
-        lambda f, y: (f["left_domain"] == domain) | (f["right_domain"] == domain)
-    ).take(max_images)
+    images, pairs = domain_data(opened, split, domain, max_images)
     added = num_domains is not None and domain == num_domains
     if not added:
         with Progress("evaluating pairs before", None) as progress:
@@ -354,6 +365,34 @@ def adapt_file(model_path, data_dir, domain, out, split="train", batch_size=64,
         "pairs": after["pairs"],
         "out": str(out),
     }
+
+
+def domain_data(opened, split, domain, max_images):
+    """`(images, pairs)` of `domain` in a split of an opened run's data.
+
+    Up to `max_images` images of the domain (from either side of the
+    pairs), and up to `max_images` pairs that include it (an unbatched
+    dataset).
+    """
+    from kpair.data import DataError, read_split
+
+    # The split may hold the ids the model knows, and the one it gains.
+    known = opened.num_domains
+    split_dir = opened.data_dir / split
+    dataset = read_split(
+        split_dir, opened.image_size,
+        num_domains=None if known is None else max(known, domain + 1),
+    ).dataset
+    images = domain_images(dataset, domain, max_images)
+    if images is None:
+        raise DataError(
+            f"{split_dir} has no image of domain {domain}: nothing "
+            "to estimate its statistics from."
+        )
+    pairs = dataset.filter(
+        lambda f, y: (f["left_domain"] == domain) | (f["right_domain"] == domain)
+    ).take(max_images)
+    return images, pairs
 
 
 def _check_out(out, model_path):

@@ -15,7 +15,7 @@ from pathlib import Path
 
 import keras
 
-from kpair import files, gap
+from kpair import files, gap, jax_predictions
 from kpair.errors import BackupError, TrainingDiverged
 from kpair.evaluation import evaluate_pairs
 from kpair.pair_types import PAIR_TYPES, TYPE_KEYS
@@ -53,7 +53,12 @@ class EpochLosses(keras.callbacks.Callback):
             if key in logs:
                 logs[gap.RUNNING + key[len("loss"):]] = logs.pop(key)
         logs.update(self.probe.measure(self.pair_model, runner=self.model))
-        val = evaluate_pairs(self.pair_model, self.val_data, self.losses)
+        if keras.backend.backend() == "jax":
+            val = jax_predictions.evaluate_pairs(
+                self.pair_model, self.val_data, self.losses
+            )
+        else:
+            val = evaluate_pairs(self.pair_model, self.val_data, self.losses)
         logs["val_loss"] = val["total"]
         for name, key in zip(PAIR_TYPES, TYPE_KEYS):
             logs[f"val_loss_{key}"] = val[name]

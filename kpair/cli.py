@@ -7,6 +7,7 @@ one line and exit code 1. No Python traceback for either.
 
 import argparse
 import json
+import os
 import re
 import sys
 import warnings
@@ -20,6 +21,8 @@ EXIT_BAD_INPUT = 2
 RUNS_ROOT = "runs"
 # Bad rows of `data import` listed one per line, then a count of the rest.
 MAX_LISTED_LINES = 20
+# The Keras backends `kpair train --backend` chooses from.
+BACKENDS = ("tensorflow", "jax", "torch")
 
 
 def main(argv=None):
@@ -27,11 +30,20 @@ def main(argv=None):
     # Flags only for the command given: `kpair --help` and `--version` load
     # neither the config nor the tuner.
     command = next((a for a in argv if not a.startswith("-")), "")
+    if command == "train":
+        # Keras picks its backend once, when first imported: before that.
+        problem = _select_backend(argv)
+        if problem is not None:
+            print(f"kpair: error: {problem}", file=sys.stderr)
+            return EXIT_BAD_INPUT
     if command in COMMANDS:
         # A command's flags come from the config and the norm registry,
-        # which load Keras: TensorFlow first, quietly.
+        # which load Keras: TensorFlow first, quietly (on another backend
+        # too: it reads the data).
         import kpair
+        from kpair.quiet import import_tensorflow_quietly
 
+        import_tensorflow_quietly()
         kpair.register_keras_objects()
     parser = _parser(only=command)
     args = parser.parse_args(argv)
@@ -58,6 +70,34 @@ def main(argv=None):
     except KeyboardInterrupt:
         print("kpair: interrupted; a run resumes from its last epoch.", file=sys.stderr)
         return 130
+
+
+def _select_backend(argv):
+    """Sets `KERAS_BACKEND` from `--backend VALUE` in `argv`, if given.
+
+    Returns None, or why it cannot be: Keras already loaded in this process
+    on another backend. An unknown VALUE is left to the parser to refuse.
+    """
+    value = None
+    for arg, following in zip(argv, [*argv[1:], None]):
+        if arg == "--backend":
+            value = following
+        elif arg.startswith("--backend="):
+            value = arg.partition("=")[2]
+    if value not in BACKENDS:
+        return None
+    keras = sys.modules.get("keras")
+    loaded = keras.backend.backend() if keras is not None else value
+    if loaded != value:
+        from kpair.errors import ConfigError
+
+        return str(ConfigError(
+            f"Keras is loaded in this process on the {loaded} backend already; "
+            "it cannot switch. Run kpair train in a fresh process. "
+            f"Received: --backend {value}"
+        ))
+    os.environ["KERAS_BACKEND"] = value
+    return None
 
 
 def _lines(error):
@@ -132,6 +172,13 @@ def _add_train(p):
         help="continue the run of --config in its own directory (the out of "
         "its config.json) instead of starting a fresh one (default: off)",
     )
+    p.add_argument(
+        "--backend", choices=BACKENDS,
+        help="Keras backend that trains: tensorflow (graph steps), jax "
+        "(XLA-compiled steps; fastest on GPUs) or torch (eager steps, "
+        "slowest); the data pipeline is TensorFlow's on each (default: "
+        "$KERAS_BACKEND if set, else tensorflow)",
+    )
     p.set_defaults(run=_train)
 
 
@@ -188,6 +235,8 @@ def _train(args):
 
 
 def _add_evaluate(p):
+    from kpair.unknown_domains import POLICIES
+
     p.add_argument("model", metavar="RUN_OR_MODEL", help=RUN_OR_MODEL_HELP)
     p.add_argument("--data", help=DATA_HELP)
     p.add_argument("--split", default="val", choices=SPLITS,
@@ -208,6 +257,14 @@ def _add_evaluate(p):
         "(default: mixed)",
     )
     _add_batch_size(p)
+    p.add_argument(
+        "--domain", default="given", choices=POLICIES,
+        help="domain ids the images are normalized with, in inference mode: "
+        "given (the stored ones), nearest or auto (each image's domain "
+        "inferred from its statistics; prints the inferred domain's accuracy "
+        "against the stored ids), pooled (statistics pooled over the known "
+        "domains) (default: given)",
+    )
     p.add_argument("--json", action="store_true", help="print JSON (default: off)")
     p.set_defaults(run=_evaluate)
 
@@ -251,12 +308,18 @@ def _evaluate(args):
 
     result = evaluate_run(
         args.model, data=args.data, split=args.split, mode=args.mode,
-        batch_size=args.batch_size, batching=args.batching,
+        batch_size=args.batch_size, batching=args.batching, domain=args.domain,
     )
     if args.json:
         print(json.dumps(result, indent=2))
         return
     print(f"{args.split} split, {result['mode']} mode, {result['pairs']} pairs")
+    if "domain_accuracy" in result:
+        print(f"Domains inferred ({args.domain}): {result['domain_accuracy']:.1%} "
+              "agree with the stored ids, mean confidence "
+              f"{result['domain_confidence']:.3f}")
+    elif "pooled_weights" in result:
+        print(f"Pooled domain statistics, {result['pooled_weights']}")
     print(f"{'pair type':<10} {'loss':>8}")
     for name in (*PAIR_TYPES, "total"):
         print(f"{name:<10} {result[name]:>8.4f}")
@@ -306,29 +369,69 @@ def _diagnose(args):
 
 
 def _add_adapt(p):
+    from kpair.adapt import DEFAULT_MAX_IMAGES
+    from kpair.adapt_curve import DEFAULT_DRAWS, STABLE_SPREAD
+
     p.description = (
         "Set the moving statistics of every batch-norm layer to "
         "the exact statistics of one domain's images; no weight changes. A "
         "per-domain model changes only that domain's statistics, or gains the "
-        "domain when --domain is the next id."
+        "domain when --domain is the next id. With --curve, only measure how "
+        "many images that takes."
     )
     p.add_argument("model", metavar="RUN_OR_MODEL", help=RUN_OR_MODEL_HELP)
     p.add_argument("--data", required=True, help="dataset directory")
     p.add_argument("--domain", type=int, required=True, help="domain id")
-    p.add_argument("--out", required=True, help=".keras file to write")
+    p.add_argument("--out", help=".keras file to write (required without "
+                   "--curve; no default)")
     p.add_argument("--like", type=int, help="a new domain starts from this "
                    "domain's affine parameters (default 0)")
     p.add_argument("--split", default="train", choices=SPLITS,
                    help="split whose images give the statistics (default: train)")
     _add_batch_size(p)
-    p.add_argument("--max-images", type=int, default=1024,
-                   help="images of the domain to measure (default: 1024)")
+    p.add_argument(
+        "--max-images", type=int, default=DEFAULT_MAX_IMAGES,
+        help=f"images of the domain to measure, and pairs to evaluate (default: "
+        f"{DEFAULT_MAX_IMAGES}: on the demo data `--curve` puts the spread of "
+        f"the statistics below {STABLE_SPREAD:g} from 256 images on; 4x that "
+        "halves the spread again, a margin for domains that vary more)",
+    )
+    p.add_argument(
+        "--curve", action="store_true",
+        help="measure only: re-estimate the statistics from 16, 32, ... "
+        "--max-images images, --draws random draws each, and write the loss "
+        "and the spread of the statistics per count to adapt_curve.csv and "
+        "adapt_curve.png beside the model; the model is not changed and no "
+        "--out is written (default: off)",
+    )
+    p.add_argument("--draws", type=int, default=DEFAULT_DRAWS,
+                   help=f"random draws per image count with --curve (default: "
+                   f"{DEFAULT_DRAWS})")
     p.set_defaults(run=_adapt)
 
 
 def _adapt(args):
     from kpair.adapt import adapt_file, format_report
+    from kpair.errors import ConfigError
 
+    if args.curve:
+        from kpair.adapt_curve import adapt_curve_file, format_curve
+
+        if args.out is not None:
+            raise ConfigError(
+                "--curve only measures and writes no model; its CSV and PNG go "
+                f"beside the model. Drop --out. Received: --out {args.out}"
+            )
+        report = adapt_curve_file(
+            args.model, args.data, args.domain, split=args.split,
+            batch_size=args.batch_size, max_images=args.max_images,
+            draws=args.draws, like=args.like,
+        )
+        print(format_curve(report))
+        return
+    if args.out is None:
+        raise ConfigError("kpair adapt writes the adapted model to --out (a "
+                          ".keras file); give --out, or --curve to measure only.")
     report = adapt_file(
         args.model, args.data, args.domain, args.out, split=args.split,
         batch_size=args.batch_size, max_images=args.max_images, like=args.like,
@@ -340,6 +443,8 @@ def _adapt(args):
 
 
 def _add_predict(p):
+    from kpair.unknown_domains import POLICIES
+
     p.add_argument("model", metavar="MODEL", help="a .keras model file")
     p.add_argument(
         "--pairs", required=True,
@@ -348,17 +453,37 @@ def _add_predict(p):
     p.add_argument("--root", required=True, help="image paths are relative to it")
     p.add_argument("--out", required=True, help="CSV to write")
     _add_batch_size(p)
+    p.add_argument(
+        "--domain", default="given", choices=POLICIES,
+        help="domain ids: given (the CSV's; -1 is an error), nearest (a -1 is "
+        "inferred from the image, with a confidence column), pooled (a -1 gets "
+        "statistics pooled over the known domains), auto (every image's domain "
+        "inferred; the domain columns may be left out) (default: given)",
+    )
     p.set_defaults(run=_predict)
 
 
 def _predict(args):
     from kpair.predict import predict_csv
 
-    count = predict_csv(args.model, args.pairs, args.root, args.out, args.batch_size)
-    print(f"Wrote {count} predictions to {args.out}")
+    summary = predict_csv(args.model, args.pairs, args.root, args.out,
+                          args.batch_size, domain=args.domain)
+    print(f"Wrote {summary['pairs']} predictions to {args.out}")
+    if summary["inferred"]:
+        print(f"Inferred the domain of {summary['inferred']} images (mean "
+              f"confidence {summary['confidence']:.3f})")
+    if summary["pooled"]:
+        print(f"Pooled domain statistics for {summary['pooled']} images, "
+              f"{summary['weights']}")
 
 
 def _add_export(p):
+    p.description = (
+        "Export a TensorFlow SavedModel: signature `serve` takes left, right, "
+        "left_domain and right_domain; `serving_domain_<d>` takes left and "
+        "right of domain d. A model whose predictions depend on the batch is "
+        "refused."
+    )
     p.add_argument("model", metavar="MODEL", help="a .keras model file")
     p.add_argument("--out", required=True, help="SavedModel directory to write")
     p.add_argument(
@@ -367,14 +492,21 @@ def _add_export(p):
         choices=("float32", "mixed_float16", "mixed_bfloat16"),
         help="compute precision of the exported model (default float32)",
     )
+    p.add_argument(
+        "--fold-norm", action="store_true",
+        help="fold each batch norm into the convolution before it (inference "
+        "only; a per-domain norm gives one folded backbone per domain, chosen "
+        "by each image's domain id); refused for group norm (default: off)",
+    )
     p.set_defaults(run=_export)
 
 
 def _export(args):
     from kpair.export import export_saved_model
 
-    export_saved_model(args.model, args.out, args.precision)
-    print(f"Exported a SavedModel to {args.out}")
+    export_saved_model(args.model, args.out, args.precision, args.fold_norm)
+    folded = " with normalization folded" if args.fold_norm else ""
+    print(f"Exported a SavedModel{folded} to {args.out}")
 
 
 def _add_check(p):

@@ -156,8 +156,56 @@ def evaluate_pairs(model, pairs, losses, batch_size=256, mode="inference", seed=
     return result
 
 
+def domain_policy_predictions(model, pairs, domain, batch_size=256, weights=None,
+                              progress=None):
+    """Inference-mode predictions with every image's stored domain replaced.
+
+    `domain` is `"nearest"` or `"auto"` (each image's domain inferred by
+    `kpair.unknown_domains.infer_domains`) or `"pooled"` (every image
+    normalized with statistics pooled over the known domains, weighted by
+    `weights`, see `with_pooled_domain`). The pair types of the rows stay
+    the stored ones.
+
+    Returns:
+        `(preds, rows, guesses)`: as `predictions`, and for an inferring
+        policy a dict of `stored`, `inferred` (int arrays over left then
+        right images) and `confidence`, else None.
+    """
+    from kpair import unknown_domains
+
+    if domain == "pooled":
+        model, pooled_id = unknown_domains.with_pooled_domain(model, weights)
+    stored, inferred, confidence = [], [], []
+
+    def predict(features):
+        features = {name: np.asarray(value) for name, value in features.items()}
+        for side in ("left", "right"):
+            key = f"{side}_domain"
+            if domain == "pooled":
+                features[key] = np.full_like(features[key], pooled_id)
+                continue
+            guess, sure = unknown_domains.infer_domains(
+                model, features[side], batch_size=len(features[side])
+            )
+            stored.append(features[key])
+            inferred.append(guess)
+            confidence.append(sure)
+            features[key] = guess
+        return model.predict_on_batch(features)
+
+    batches = pairs_dataset(pairs).batch(batch_size).prefetch(tf.data.AUTOTUNE)
+    preds, rows = _collect(batches, predict, progress)
+    if domain == "pooled":
+        return preds, rows, None
+    guesses = {"stored": stored, "inferred": inferred, "confidence": confidence}
+    return preds, rows, {
+        key: np.concatenate(value) if value else np.zeros((0,))
+        for key, value in guesses.items()
+    }
+
+
 def evaluate_run(run_or_model, data=None, split="val", mode="inference",
-                 batch_size=48, batching="mixed"):
+                 batch_size=48, batching="mixed", domain="given"):
     """Losses per pair type of a run directory or `.keras` file on a split.
 
     This is `kpair.evaluate`, the function `kpair evaluate` calls. A count
@@ -175,11 +223,20 @@ def evaluate_run(run_or_model, data=None, split="val", mode="inference",
         batch_size: Integer, pairs per batch.
         batching: With `mode="batch-stats"`: `"mixed"` or `"per-type"`
             batches.
+        domain: Which domain ids the images are normalized with, in
+            inference mode (see `kpair.unknown_domains`): `"given"` (the
+            stored ids), `"nearest"` or `"auto"` (each image's inferred
+            domain, the stored ids ignored), or `"pooled"` (statistics
+            pooled over the known domains, weighted by the run's training
+            images per domain, else equally).
 
     Returns:
         A dict: the loss of each pair type (`"A-A"`, ...), their sum
-        `"total"`, the number of `"pairs"`, and the `mode`, `split` and
-        `model` evaluated.
+        `"total"`, the number of `"pairs"`, and the `mode`, `split`,
+        `domain` and `model` evaluated. With an inferring policy also
+        `domain_accuracy` (the share of images whose inferred domain is
+        the stored one) and `domain_confidence` (the mean confidence);
+        with `"pooled"`, `pooled_weights` (how the domains were weighted).
 
     Raises:
         kpair.data.DataError: the split cannot be read or holds no pairs.
@@ -192,9 +249,19 @@ def evaluate_run(run_or_model, data=None, split="val", mode="inference",
     from kpair import runs
     from kpair.data import DataError, read_split
     from kpair.data.batching import check_pair_types
+    from kpair.errors import ConfigError
     from kpair.losses import sign_targets
+    from kpair.unknown_domains import POLICIES, per_domain_owner
 
+    if domain not in POLICIES:
+        raise ConfigError(f"Unknown domain policy. Expected one of {list(POLICIES)}."
+                          f" Received: domain={domain!r}")
+    if domain != "given" and mode != "inference":
+        raise ConfigError("A domain policy other than 'given' applies in inference "
+                          f"mode only. Received: domain={domain!r}, mode={mode!r}")
     opened = runs.open_for_evaluation(run_or_model, data)
+    if domain != "given":
+        per_domain_owner(opened.model)  # refuses before reading the split
     data_dir, losses = opened.data_dir, opened.losses
     # Targets are checked against the losses of a run, not a model file's
     # default guess at them.
@@ -208,10 +275,37 @@ def evaluate_run(run_or_model, data=None, split="val", mode="inference",
                         "evaluate.")
     if mode == "batch-stats":
         check_pair_types(counts, batching, where=f"split {data_dir / split}")
+    if domain != "given":
+        return _evaluate_with_policy(opened, pairs, domain, batch_size, split)
     with Progress("evaluating pairs", sum(counts.values())) as progress:
         result = evaluate_pairs(opened.model, pairs, losses, batch_size, mode,
                                 batching=batching, progress=progress)
-    result.update(mode=mode, split=split, model=str(opened.model_path))
+    result.update(mode=mode, split=split, domain=domain,
+                  model=str(opened.model_path))
     if mode == "batch-stats":
         result["batching"] = batching
+    return result
+
+
+def _evaluate_with_policy(opened, pairs, domain, batch_size, split):
+    """`evaluate_run`'s result with the domains chosen by `domain`."""
+    from kpair.unknown_domains import training_domain_weights
+
+    weights = source = None
+    if domain == "pooled":
+        weights, source = training_domain_weights(opened.run, opened.num_domains)
+    with Progress("evaluating pairs", sum(pairs.counts.values())) as progress:
+        preds, rows, guesses = domain_policy_predictions(
+            opened.model, pairs, domain, batch_size, weights, progress
+        )
+    result = pair_losses_numpy(rows, preds[:, None], opened.losses)
+    result.update(pairs=int(len(rows)), mode="inference", split=split,
+                  domain=domain, model=str(opened.model_path))
+    if guesses is not None:
+        result["domain_accuracy"] = float(
+            np.mean(guesses["inferred"] == guesses["stored"])
+        )
+        result["domain_confidence"] = float(np.mean(guesses["confidence"]))
+    else:
+        result["pooled_weights"] = source
     return result

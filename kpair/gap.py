@@ -16,8 +16,10 @@ while the weights change, is another quantity and is never divided into it.
 
 import dataclasses
 
+import keras
 import tensorflow as tf
 
+from kpair import jax_predictions
 from kpair.data import make_batches
 from kpair.evaluation import training_mode_predictions
 from kpair.losses import pair_losses_numpy
@@ -107,16 +109,23 @@ class GapProbe:
         `runner` is the model that takes the run's batches: the training
         model `fit` runs (for `per-type`, `build_per_type_model`'s wrapper);
         built here when not given. Per-type keys end in `_aa`, `_bb`, `_ab`,
-        as in history.csv.
+        as in history.csv. On JAX, the same batches run through jitted
+        stateless calls (`kpair.jax_predictions`): the same figures.
         """
         if runner is None:
             runner = (
                 build_per_type_model(pair_model)
                 if self.batching == "per-type" else pair_model
             )
-        training, inference, rows = training_mode_predictions(
-            runner, pair_model, self.batches, with_inference=True
-        )
+        if keras.backend.backend() == "jax":
+            # Jitted stateless calls: XLA-compiled, and nothing to restore.
+            training, inference, rows = jax_predictions.gap_predictions(
+                runner, self.batches
+            )
+        else:
+            training, inference, rows = training_mode_predictions(
+                runner, pair_model, self.batches, with_inference=True
+            )
         by_mode = {
             TRAINING_MODE: pair_losses_numpy(rows, training[:, None], self.losses),
             INFERENCE_MODE: pair_losses_numpy(rows, inference[:, None], self.losses),

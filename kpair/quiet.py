@@ -26,16 +26,30 @@ def import_tensorflow_quietly():
     """Imports TensorFlow and Keras with their start-up messages silenced.
 
     Also asks for TensorFlow's oneDNN CPU kernels (`kpair.onednn`), which
-    only count if asked for before TensorFlow loads.
+    only count if asked for before TensorFlow loads. On another Keras
+    backend, TensorFlow only feeds the data (tf.data): it is kept off the
+    GPUs, whose memory belongs to the backend. Calling it again is cheap.
     """
     request_onednn()
     os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
     os.environ.setdefault("KERAS_BACKEND", "tensorflow")
     with _stderr_to_devnull():
-        import keras  # noqa: F401
+        import keras
         import tensorflow as tf
 
+        if keras.backend.backend() != "tensorflow":
+            hide_gpus(tf)
         tf.constant(0)  # Device discovery logs too; do it while silenced.
     tf.get_logger().setLevel(logging.ERROR)
     logging.getLogger("absl").setLevel(logging.ERROR)
     return tf
+
+
+def hide_gpus(tf):
+    """Keeps TensorFlow off the GPUs, unless it has started using them."""
+    try:
+        tf.config.set_visible_devices([], "GPU")
+    except RuntimeError:
+        # Its devices are set up already (a caller ran TensorFlow first):
+        # they can no longer be hidden, and the data pipeline still runs.
+        pass

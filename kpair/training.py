@@ -9,6 +9,7 @@ trains on when given more epochs.
 
 import json
 import math
+import os
 import sys
 import time
 from pathlib import Path
@@ -25,17 +26,24 @@ from kpair.data import (
     read_split,
     steps_per_epoch,
 )
+from kpair.errors import ConfigError
 from kpair.model_builder import build_pair_model, training_model, with_precision
 from kpair.onednn import describe_cpu_kernels, onednn_enabled
 from kpair.pair_types import TYPE_KEYS
 from kpair.precision import describe_precision, detect_gpus, resolve_precision
 from kpair.preflight import check_training_data
+from kpair.quiet import hide_gpus
 from kpair.run_dir import claim, run_record
 
 BATCH_NORM_FAMILY = ("batch", "batch-renorm")
 # Config fields a run directory may be resumed with other values of: train
 # longer, or on with a lower learning rate after a NaN.
 RESUMABLE_CHANGES = {"epochs", "learning_rate"}
+# The Keras backends `train` runs on; the data pipeline is tf.data on each.
+# torch's steps run eagerly (no compilation): slower than the others.
+TRAINING_BACKENDS = ("tensorflow", "jax", "torch")
+# XLA's flag that makes its GPU kernels deterministic (on CPU they are).
+XLA_GPU_DETERMINISM = "--xla_gpu_deterministic_ops=true"
 
 
 def resolve_data(config, out=None):
@@ -107,10 +115,16 @@ def train(config, out=None, extra_callbacks=()):
     >>> metrics = kpair.train(kpair.TrainConfig(epochs=2, out="runs/mine"))
     >>> model = kpair.load_model("runs/mine")
 
+    Trains on the Keras backend of the process (`KERAS_BACKEND`):
+    TensorFlow, JAX with XLA-compiled steps, or torch (eager steps); the
+    data come from the same tf.data pipeline on each.
+
     Raises:
         kpair.errors.TrainingDiverged: the loss became NaN or infinite;
             the last good checkpoint and the backup are kept.
-        kpair.config.ConfigError: `out` holds a run of another config.
+        kpair.config.ConfigError: `out` holds a run of another config; the
+            backend is none of `TRAINING_BACKENDS`; or `deterministic` on
+            JAX with a GPU without XLA's deterministic GPU kernels.
         kpair.data.DataError: the data cannot be read, or break the data
             contract for `config` (see `kpair.preflight.check_training_data`);
             nothing is written then.
@@ -118,6 +132,7 @@ def train(config, out=None, extra_callbacks=()):
     out = out if out is not None else sys.stdout
     run_dir = Path(config.out)
     started = time.perf_counter()
+    check_backend(config)
     # Data that cannot train fail here, in one line, before the run
     # directory exists (the data are read only after it is claimed).
     check_training_data(config)
@@ -129,7 +144,9 @@ def train(config, out=None, extra_callbacks=()):
     batches, steps, probe, val_pairs = training_data(config, data_dir)
 
     if config.deterministic:
-        # Same seed, same kernels: the same metrics and weights every time.
+        # Same seed, same kernels: the same metrics and weights every time
+        # (on JAX this covers the data pipeline; XLA's kernels are checked
+        # by check_backend).
         tf.config.experimental.enable_op_determinism()
     epochs_done = kcb.restore_point(run_dir / "backup", out)
     finished = _finished_metrics(run_dir, config, epochs_done)
@@ -151,6 +168,30 @@ def train(config, out=None, extra_callbacks=()):
     )
     seconds = time.perf_counter() - started
     return _write_outputs(run_dir, config, pair_model, seconds, out)
+
+
+def check_backend(config):
+    """Refuses, in one line, a backend or setting this run cannot train with.
+
+    On JAX, TensorFlow only feeds the data and is kept off the GPUs.
+    """
+    backend = keras.backend.backend()
+    if backend not in TRAINING_BACKENDS:
+        raise ConfigError(
+            f"kpair trains on the Keras backends {', '.join(TRAINING_BACKENDS)}; "
+            f"{backend} has no training loop that takes tf.data batches. "
+            f"Received: KERAS_BACKEND={backend}"
+        )
+    if backend == "tensorflow":
+        return
+    hide_gpus(tf)
+    if (config.deterministic and detect_gpus()
+            and XLA_GPU_DETERMINISM not in os.environ.get("XLA_FLAGS", "")):
+        raise ConfigError(
+            "--deterministic on JAX with a GPU needs XLA's deterministic GPU "
+            f"kernels: set XLA_FLAGS={XLA_GPU_DETERMINISM} (on CPU, XLA is "
+            "deterministic already). Received: --deterministic --backend jax"
+        )
 
 
 def _claim_run_dir(run_dir, config):
@@ -182,7 +223,8 @@ def _start_or_resume(config, batches, steps, epochs_done, data_dir, out):
     run_dir = Path(config.out)
     if config.precision == "auto":
         print(describe_precision(config.precision), file=out, flush=True)
-    if not detect_gpus():
+    backend = keras.backend.backend()
+    if not detect_gpus() and backend == "tensorflow":
         print(describe_cpu_kernels(), file=out, flush=True)
     pair_model = build_pair_model(config)
     model = training_model(pair_model, config)
@@ -197,8 +239,8 @@ def _start_or_resume(config, batches, steps, epochs_done, data_dir, out):
         batches = batches.skip(epochs_done * steps)
     print(
         f"Training norm={config.norm} batching={config.batching} "
-        f"precision={resolve_precision(config.precision)} on {data_dir} -> "
-        f"{run_dir}",
+        f"precision={resolve_precision(config.precision)} backend={backend} on "
+        f"{data_dir} -> {run_dir}",
         file=out,
         flush=True,
     )
@@ -280,7 +322,10 @@ def _final_metrics(run_dir, config, seconds):
     metrics["norm"], metrics["batching"] = config.norm, config.batching
     # The policy the run trained in ("auto" stays in config.json).
     metrics["precision"] = resolve_precision(config.precision)
-    metrics["onednn"] = onednn_enabled()
+    backend = keras.backend.backend()
+    metrics["backend"] = backend
+    # TensorFlow's CPU kernels; on JAX, XLA's compute (TensorFlow reads data).
+    metrics["onednn"] = onednn_enabled() if backend == "tensorflow" else None
     return metrics
 
 

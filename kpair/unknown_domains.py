@@ -14,17 +14,20 @@ policies are offered, on every Keras backend:
 
 Example:
 
+>>> from kpair.unknown_domains import infer_domains, with_pooled_domain
 >>> model = kpair.load_model("runs/demo")
->>> domains, confidence = kpair.unknown_domains.infer_domains(model, images)
->>> pooled, pooled_id = kpair.unknown_domains.with_pooled_domain(model)
+>>> domains, confidence = infer_domains(model, images)  # (n,) each
+>>> pooled, pooled_id = with_pooled_domain(model)
+>>> pooled.predict({"left": images, "right": images,
+...                 "left_domain": np.full(len(images), pooled_id),
+...                 "right_domain": np.full(len(images), pooled_id)})
 """
 
-import keras
 import numpy as np
 from keras import ops
 
-from kpair import layers
 from kpair.errors import ConfigError
+from kpair.layers import PerDomainBatchNormalization
 from kpair.norm_layers import (
     norm_input_probe,
     norms_by_owner,
@@ -36,7 +39,6 @@ from kpair.norm_layers import (
 # for every image, whatever ids the pairs carry.
 POLICIES = ("given", "nearest", "pooled", "auto")
 UNKNOWN = -1
-PER_DOMAIN = layers.PerDomainBatchNormalization
 
 
 def infer_domains(model, images, layers=3, batch_size=64):
@@ -136,7 +138,8 @@ def _first_per_domain_layers(model, count):
     """`(owner, [layers])`: the first `count` per-domain layers of one model."""
     count = _positive_int("layers", count)
     owner = per_domain_owner(model)
-    found = [layer for layer in owner.layers if isinstance(layer, PER_DOMAIN)]
+    found = [layer for layer in owner.layers
+             if isinstance(layer, PerDomainBatchNormalization)]
     return owner, found[:count]
 
 
@@ -149,7 +152,7 @@ def per_domain_owner(model):
             no domain to infer or pool.
     """
     for owner, norms in norms_by_owner(stateful_norm_layers(model)):
-        if any(isinstance(layer, PER_DOMAIN) for layer in norms):
+        if any(isinstance(layer, PerDomainBatchNormalization) for layer in norms):
             return owner
     backbone = getattr(model, "backbone", model)
     norm = getattr(backbone, "norm", None)
@@ -166,7 +169,8 @@ def per_domain_owner(model):
 
 
 def _positive_int(name, value):
-    if isinstance(value, bool) or not isinstance(value, (int, np.integer)) or value <= 0:
+    if (isinstance(value, bool) or not isinstance(value, (int, np.integer))
+            or value <= 0):
         raise ConfigError(
             f"`{name}` must be a positive integer. Received: {name}={value!r}"
         )
@@ -203,7 +207,7 @@ def with_pooled_domain(model, weights=None):
     grown = add_domain(model)
     pooled_id = None
     for _, layer in stateful_norm_layers(grown):
-        if not isinstance(layer, PER_DOMAIN):
+        if not isinstance(layer, PerDomainBatchNormalization):
             continue
         pooled_id = layer.num_domains - 1
         w = _weights(weights, pooled_id)
@@ -211,15 +215,16 @@ def with_pooled_domain(model, weights=None):
         variance_table = np.asarray(layer.moving_variance, "float64")
         mean = w @ mean_table[:-1]
         second = w @ (variance_table[:-1] + np.square(mean_table[:-1]))
-        tables = {
-            layer.moving_mean: mean,
-            layer.moving_variance: np.maximum(second - np.square(mean), 0.0),
-        }
+        rows = [
+            (layer.moving_mean, mean),
+            (layer.moving_variance, np.maximum(second - np.square(mean), 0.0)),
+        ]
         if layer.per_domain_affine:
-            for variable in (layer.gamma, layer.beta):
-                if variable is not None:
-                    tables[variable] = w @ np.asarray(variable, "float64")[:-1]
-        for variable, row in tables.items():
+            rows.extend(
+                (variable, w @ np.asarray(variable, "float64")[:-1])
+                for variable in (layer.gamma, layer.beta) if variable is not None
+            )
+        for variable, row in rows:
             table = np.array(variable)
             table[pooled_id] = row
             variable.assign(table.astype(variable.dtype))
@@ -265,7 +270,8 @@ def training_domain_weights(run, num_domains, data=None):
     if num_domains != len(DOMAIN_NAMES):
         return None, (f"equal weights (the split counts pairs of domains A and B "
                       f"only; the model has {num_domains} domains)")
-    size = runs.image_size_of_config(run.config) if data is None else None
+    # The size matters only for the demo data a run without `data` used.
+    size = (run.config.image_size,) * 2 if run.config is not None else None
     split = runs.data_dir_for(run, data, size) / "train"
     counts = count_split(split)
     images = [2 * counts["A-A"] + counts["A-B"], 2 * counts["B-B"] + counts["A-B"]]

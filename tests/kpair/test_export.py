@@ -1,12 +1,17 @@
-"""kpair export: a SavedModel that serves the same predictions."""
+"""kpair export: a SavedModel that serves the same predictions, for every
+domain and pair of domains, with and without --fold-norm; refusals."""
 
+import keras
 import numpy as np
 import pytest
 import tensorflow as tf
 
 from kpair.backbone import ResNet18Backbone
-from kpair.export import export_saved_model
+from kpair.cli import main
+from kpair.errors import KpairError
+from kpair.export import export_model, export_saved_model
 from kpair.files import write_model
+from kpair.norm_layers import stateful_norm_layers
 from kpair.pair_model import PairModel
 
 
@@ -31,16 +36,6 @@ def features(n=3):
     }
 
 
-def test_exported_saved_model_serves_the_same_predictions(saved_model_file, tmp_path):
-    model, path = saved_model_file
-    out = export_saved_model(path, tmp_path / "serving")
-    served = tf.saved_model.load(str(out))
-    f = features()
-    np.testing.assert_allclose(
-        served.serve(f).numpy(), model.predict_on_batch(f), rtol=1e-5, atol=1e-6
-    )
-
-
 def test_export_in_mixed_precision_computes_in_float16(saved_model_file, tmp_path):
     model, path = saved_model_file
     out = export_saved_model(path, tmp_path / "fp16", precision="mixed_float16")
@@ -57,3 +52,90 @@ def test_export_refuses_a_non_empty_directory(saved_model_file, tmp_path):
     (tmp_path / "busy" / "file").write_text("x")
     with pytest.raises(ValueError, match="not empty"):
         export_saved_model(path, tmp_path / "busy")
+
+
+def _varied(model, seed=0):
+    """Statistics and affine parameters far from 0/1 and different for each
+    domain, so that a fold or a routing that mixes domains shows."""
+    rng = np.random.default_rng(seed)
+    for _, layer in stateful_norm_layers(model):
+        layer.moving_mean.assign(rng.normal(0.0, 0.3, layer.moving_mean.shape))
+        layer.moving_variance.assign(
+            rng.uniform(0.5, 2.0, layer.moving_variance.shape))
+        layer.gamma.assign(rng.uniform(0.5, 1.5, layer.gamma.shape))
+        layer.beta.assign(rng.normal(0.0, 0.2, layer.beta.shape))
+    return model
+
+
+def _tiny(norm):
+    return PairModel(ResNet18Backbone(norm=norm, width_multiplier=0.125,
+                                      image_size=16, embedding_dim=8))
+
+
+def _every_domain_pair(n=2):
+    """`n` pairs of each (left domain, right domain): A-A, A-B, B-A, B-B."""
+    rng = np.random.default_rng(1)
+    domains = np.repeat([(0, 0), (0, 1), (1, 0), (1, 1)], n, axis=0)
+    count = len(domains)
+    return {
+        "left": rng.random((count, 16, 16, 3), "float32"),
+        "right": rng.random((count, 16, 16, 3), "float32"),
+        "left_domain": domains[:, 0].astype("int32"),
+        "right_domain": domains[:, 1].astype("int32"),
+    }
+
+
+@pytest.mark.parametrize("norm,fold_norm", [
+    ("per-domain", False), ("per-domain", True), ("batch", True),
+])
+def test_export_matches_keras_for_every_domain(norm, fold_norm, tmp_path):
+    model = _varied(_tiny(norm))
+    path = tmp_path / "model.keras"
+    write_model(model, path)
+    out = export_saved_model(path, tmp_path / "serving", fold_norm=fold_norm)
+    served = tf.saved_model.load(str(out))
+    inputs = served.signatures["serve"].structured_input_signature[1]
+    assert set(inputs) == {"left", "right", "left_domain", "right_domain"}
+    assert inputs["left_domain"].dtype == tf.int32
+
+    f = _every_domain_pair()
+    expected = model.predict(f, verbose=0)
+    assert np.ptp(expected) > 0.1  # predictions that differ, not a constant
+    # 1e-5 relative to predictions of about 10 (statistics far from 0/1).
+    np.testing.assert_allclose(served.serve(f).numpy(), expected, rtol=1e-5,
+                               atol=1e-5)
+    for domain in (0, 1):
+        ids = np.full(len(f["left"]), domain, "int32")
+        expected = model.predict(dict(f, left_domain=ids, right_domain=ids),
+                                 verbose=0)
+        serve_domain = getattr(served, f"serving_domain_{domain}")
+        np.testing.assert_allclose(serve_domain(f["left"], f["right"]).numpy(),
+                                   expected, rtol=1e-5, atol=1e-5)
+    assert "serving_domain_2" not in served.signatures
+
+
+def test_fold_norm_refuses_group_norm_in_one_line(tmp_path, capsys):
+    path = tmp_path / "group.keras"
+    write_model(_tiny("group"), path)
+    code = main(["export", str(path), "--out", str(tmp_path / "out"), "--fold-norm"])
+    err = capsys.readouterr().err
+    assert code == 2, err
+    assert len(err.strip().splitlines()) == 1, err
+    assert "cannot fold GroupNormalization" in err, err
+    assert not (tmp_path / "out").exists()
+
+
+class _BatchNormStuckInTraining(keras.layers.BatchNormalization):
+    """Batch norm forced into training mode: batch statistics at inference."""
+
+    def call(self, inputs, training=None, mask=None):
+        return super().call(inputs, training=True, mask=mask)
+
+
+def test_export_refuses_a_model_whose_output_depends_on_the_batch(tmp_path):
+    pair_model = _tiny("group")
+    inputs = {t.name: t for t in pair_model.inputs}
+    model = keras.Model(inputs, _BatchNormStuckInTraining()(pair_model(inputs)))
+    with pytest.raises(KpairError, match="batch invariance.*batch statistics"):
+        export_model(model, tmp_path / "out")
+    assert not (tmp_path / "out").exists()
