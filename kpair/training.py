@@ -19,6 +19,7 @@ import tensorflow as tf
 
 from kpair import callbacks as kcb
 from kpair import files, gap
+from kpair.check import check_model, failed
 from kpair.config import TrainConfig
 from kpair.data import (
     ensure_demo,
@@ -194,6 +195,12 @@ def check_backend(config):
         )
 
 
+# Random pairs of the deployment check run on every model `kpair train`
+# writes: a few of each pair type, a second on a full-width CPU model.
+# `kpair check` takes 64.
+CHECK_PAIRS = 16
+
+
 def _claim_run_dir(run_dir, config):
     """Writes config.json, refusing a directory that holds another run."""
     run_dir.mkdir(parents=True, exist_ok=True)
@@ -276,10 +283,34 @@ def _write_outputs(run_dir, config, pair_model, seconds, out):
     """Writes model.keras and metrics.json, prints the verdict; the metrics."""
     metrics = _final_metrics(run_dir, config, seconds)
     model = with_precision(pair_model, "float32")
+    findings = check_model(model, pairs=CHECK_PAIRS)
+    metrics["check"] = _check_status(findings)
     files.write_model(model, run_dir / "model.keras")
     files.write_json(run_dir / "metrics.json", metrics)
     print(verdict(metrics, config), file=out, flush=True)
+    _print_check(findings, run_dir, out)
     return metrics
+
+
+def _check_status(findings):
+    """"ok", "warning" or "failure": the worst level of `kpair check`."""
+    levels = {f.level for f in findings}
+    if failed(findings):
+        return "failure"
+    return "warning" if "warning" in levels else "ok"
+
+
+def _print_check(findings, run_dir, out):
+    """One line when the model passes `kpair check`, else a line a finding."""
+    problems = [f for f in findings if f.level not in ("ok",)]
+    if not problems:
+        print("kpair check: the model passes (statistics finite, every domain "
+              "trained, predictions independent of the batch).", file=out)
+        return
+    for finding in problems:
+        print(f"kpair check: {finding.line()}", file=out)
+    print(f"(`kpair check {run_dir}` repeats the checks on more pairs.)",
+          file=out, flush=True)
 
 
 def _finished_metrics(run_dir, config, epochs_done):

@@ -40,6 +40,9 @@ def test_run_directory_has_everything(demo_data, tiny_config, tmp_path, capsys):
     assert [int(r["epoch"]) for r in read_history(run / "history.csv")] == [1, 2]
     printed = capsys.readouterr().out
     assert "epoch 2/2" in printed and "(inference mode)" in printed
+    # The deployment check ran on the model written.
+    assert saved["check"] == "ok"
+    assert "kpair check: the model passes" in printed
 
     # The same command again: nothing to do, the same metrics.
     assert train(tiny_config(demo_data, run, epochs=2)) == saved
@@ -195,3 +198,26 @@ def test_cli_names_the_run_directory_of_a_diverged_run(tmp_path, monkeypatch,
         f"good checkpoint and the backup are kept in {seen[0]}; resume "
         "with a lower --learning-rate."
     ]
+
+
+def test_train_reports_a_failed_deployment_check(demo_data, tiny_config, tmp_path,
+                                                 capsys, monkeypatch):
+    from kpair import training
+    from kpair.check import Finding
+
+    seen = []
+
+    def planted(model, pairs):
+        seen.append(pairs)
+        return [Finding("statistics", "ok", "finite"),
+                Finding("batch invariance", "failure", "differ by at most 0.3")]
+
+    monkeypatch.setattr(training, "check_model", planted)
+    metrics = train(tiny_config(demo_data, tmp_path / "run", epochs=1))
+    assert seen == [training.CHECK_PAIRS]
+    assert metrics["check"] == "failure"
+    assert json.loads((tmp_path / "run" / "metrics.json").read_text())["check"] == (
+        "failure")
+    lines = capsys.readouterr().out.splitlines()
+    assert "kpair check: FAILURE  batch invariance: differ by at most 0.3" in lines
+    assert not any("statistics: finite" in line for line in lines)
