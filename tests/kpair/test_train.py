@@ -200,24 +200,25 @@ def test_cli_names_the_run_directory_of_a_diverged_run(tmp_path, monkeypatch,
     ]
 
 
-def test_train_reports_a_failed_deployment_check(demo_data, tiny_config, tmp_path,
-                                                 capsys, monkeypatch):
+def test_a_failed_deployment_check_is_reported_line_by_line(tmp_path):
+    """What `kpair train` prints and records when its model fails `kpair check`
+    (its passing case: test_run_directory_has_everything)."""
+    import io
+
     from kpair import training
     from kpair.check import Finding
 
-    seen = []
-
-    def planted(model, pairs):
-        seen.append(pairs)
-        return [Finding("statistics", "ok", "finite"),
+    findings = [Finding("statistics", "ok", "finite"),
+                Finding("every domain trained", "warning", "domain 1 at 0/1"),
                 Finding("batch invariance", "failure", "differ by at most 0.3")]
-
-    monkeypatch.setattr(training, "check_model", planted)
-    metrics = train(tiny_config(demo_data, tmp_path / "run", epochs=1))
-    assert seen == [training.CHECK_PAIRS]
-    assert metrics["check"] == "failure"
-    assert json.loads((tmp_path / "run" / "metrics.json").read_text())["check"] == (
-        "failure")
-    lines = capsys.readouterr().out.splitlines()
-    assert "kpair check: FAILURE  batch invariance: differ by at most 0.3" in lines
-    assert not any("statistics: finite" in line for line in lines)
+    assert training._check_status(findings) == "failure"
+    assert training._check_status(findings[:2]) == "warning"
+    assert training._check_status(findings[:1]) == "ok"
+    out = io.StringIO()
+    training._print_check(findings, tmp_path / "run", out)
+    lines = out.getvalue().splitlines()
+    assert lines[:2] == [
+        "kpair check: WARNING  every domain trained: domain 1 at 0/1",
+        "kpair check: FAILURE  batch invariance: differ by at most 0.3",
+    ]
+    assert str(tmp_path / "run") in lines[2] and len(lines) == 3
