@@ -89,13 +89,9 @@ def _select_backend(argv):
     keras = sys.modules.get("keras")
     loaded = keras.backend.backend() if keras is not None else value
     if loaded != value:
-        from kpair.errors import ConfigError
-
-        return str(ConfigError(
-            f"Keras is loaded in this process on the {loaded} backend already; "
-            "it cannot switch. Run kpair train in a fresh process. "
-            f"Received: --backend {value}"
-        ))
+        return (f"Keras is loaded in this process on the {loaded} backend "
+                "already; it cannot switch. Run kpair train in a fresh process. "
+                f"Received: --backend {value}")
     os.environ["KERAS_BACKEND"] = value
     return None
 

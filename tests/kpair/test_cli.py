@@ -393,3 +393,16 @@ def test_the_installed_command_answers_version():
     result = subprocess.run([str(command), "--version"], capture_output=True,
                             text=True, timeout=600)
     assert result.returncode == 0 and result.stdout.startswith("kpair "), result
+
+
+def test_backend_cannot_switch_once_keras_is_loaded(monkeypatch, capsys):
+    import keras
+
+    from kpair.cli import main
+
+    monkeypatch.delenv("KERAS_BACKEND", raising=False)
+    other = "jax" if keras.backend.backend() != "jax" else "torch"
+    assert main(["train", "--backend", other, "--epochs", "1"]) == 2
+    err = capsys.readouterr().err
+    assert "cannot switch" in err and f"Received: --backend {other}" in err
+    assert "KERAS_BACKEND" not in os.environ
