@@ -74,7 +74,9 @@ def test_each_norm_trains_a_step_in_each_batching(norm, batching, demo_data,
 def test_killed_run_resumes_from_its_last_epoch(demo_data, tiny_config, tmp_path,
                                                 capsys):
     out = tmp_path / "run"
-    config = tiny_config(demo_data, out, epochs=3, batching="mixed")
+    # Stock batch norm on mixed batches: the cheapest graph to trace; resume
+    # and the NaN stop do not depend on the norm.
+    config = tiny_config(demo_data, out, epochs=3, norm="batch", batching="mixed")
 
     class Kill(keras.callbacks.Callback):
         def on_epoch_begin(self, epoch, logs=None):
@@ -96,7 +98,7 @@ def test_nan_loss_stops_with_epoch_and_step_and_keeps_checkpoint(
     demo_data, tiny_config, tmp_path
 ):
     out = tmp_path / "run"
-    config = tiny_config(demo_data, out, epochs=3, batching="mixed")
+    config = tiny_config(demo_data, out, epochs=3, norm="batch", batching="mixed")
 
     class Poison(keras.callbacks.Callback):
         """After one good epoch, the head's weights become NaN."""
@@ -155,7 +157,8 @@ def test_mixed_float16_trains_with_loss_scaling_and_saves_float32(
     }
     assert policies == {"float32"}, policies
     config_bf16 = tiny_config(demo_data, tmp_path / "bf16",
-                              precision="mixed_bfloat16", epochs=1, batching="mixed")
+                              precision="mixed_bfloat16", epochs=1, norm="batch",
+                              batching="mixed")
     assert math.isfinite(train(config_bf16)["val_loss"])
 
 
@@ -167,8 +170,9 @@ def _all_layers(model):
 
 
 def test_same_seed_same_data_order(demo_data, tiny_config, tmp_path):
-    a = train(tiny_config(demo_data, tmp_path / "a", epochs=1, batching="mixed"))
-    b = train(tiny_config(demo_data, tmp_path / "b", epochs=1, batching="mixed"))
+    same = dict(epochs=1, norm="batch", batching="mixed")
+    a = train(tiny_config(demo_data, tmp_path / "a", **same))
+    b = train(tiny_config(demo_data, tmp_path / "b", **same))
     np.testing.assert_allclose(a["running_loss"], b["running_loss"], rtol=1e-4)
     assert a["train_loss_training_mode"] == pytest.approx(
         b["train_loss_training_mode"], rel=1e-4

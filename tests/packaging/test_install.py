@@ -12,6 +12,9 @@ from pathlib import Path
 
 import pytest
 
+# One worker builds the wheel for both tests.
+pytestmark = pytest.mark.xdist_group("wheel")
+
 ROOT = Path(__file__).resolve().parents[2]
 
 

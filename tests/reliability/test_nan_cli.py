@@ -16,7 +16,7 @@ def test_nan_through_the_command_names_epoch_step_and_run_directory(
     # A relative --out, as typed: the message names it as given.
     monkeypatch.chdir(tmp_path)
     config = tiny_config(demo_data, epochs=1, steps_per_epoch=2,
-                         precision="float32", batching="mixed")
+                         precision="float32", norm="batch", batching="mixed")
     (tmp_path / "tiny.json").write_text(json.dumps(config.to_dict()))
     flags = ("train", "--config", "tiny.json", "--out", "runs/nan")
     code, _, err = kpair_cli(*flags)
