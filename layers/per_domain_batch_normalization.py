@@ -11,18 +11,23 @@ MAX_DOMAINS = 1024
 
 
 # Masked sums, never a matmul: GPUs run float32 matmuls in TF32 (11 bits).
-# Products with the 0/1 mask are exact; the sums (and their gradients) are
-# reductions, deterministic on GPUs where scatter-adds are not.
+# The mask selects (`where`) rather than multiplies: 0 * NaN is NaN, so a
+# multiplied mask would spread one domain's non-finite statistics (or one
+# sample's) to every sample of the batch. The sums over the masked values are
+# exact (one non-zero term per sample, or reductions), and reductions are
+# deterministic on GPUs where scatter-adds are not.
 
 
-def _to_domains(per_sample, one_hot):
-    """`(batch, channels)` -> `(domains, channels)`: each domain's sum."""
-    return ops.sum(one_hot[:, :, None] * per_sample[:, None, :], axis=0)
+def _to_domains(per_sample, mask):
+    """`(batch, channels)` -> `(domains, channels)`: each domain's sum.
+
+    `mask` is `(batch, domains, 1)`, True where a sample is of a domain."""
+    return ops.sum(ops.where(mask, ops.expand_dims(per_sample, 1), 0.0), axis=0)
 
 
-def _to_samples(table, one_hot):
+def _to_samples(table, mask):
     """`(domains, channels)` -> `(batch, channels)`: each sample's row."""
-    return ops.sum(one_hot[:, :, None] * table[None, :, :], axis=1)
+    return ops.sum(ops.where(mask, ops.expand_dims(table, 0), 0.0), axis=1)
 
 
 @keras.saving.register_keras_serializable(package="kpair")
@@ -159,7 +164,14 @@ class PerDomainBatchNormalization(keras.layers.Layer):
         # Statistics in float32: float16 sums of squares overflow at ~1e3.
         x = ops.cast(x, "float32")
         domain = _validation.domain_ids(domain, self.num_domains)
-        one_hot = ops.one_hot(domain, self.num_domains, dtype="float32")
+        # (batch, domains, 1): True where the sample belongs to the domain.
+        mask = ops.expand_dims(
+            ops.equal(
+                ops.expand_dims(domain, 1),
+                ops.arange(self.num_domains, dtype="int32"),
+            ),
+            2,
+        )
         ndim = len(x.shape)
         reduce_axes = [a for a in range(1, ndim) if a != self._feature_axis]
         # (batch, channels) per-sample statistics broadcast back onto x.
@@ -169,13 +181,16 @@ class PerDomainBatchNormalization(keras.layers.Layer):
         def per_sample(*tables):
             """Each sample's rows of `(domains, channels)` tables, shaped to
             broadcast onto x: routed together, one masked sum for all."""
-            rows = _to_samples(ops.concatenate(tables, axis=-1), one_hot)
-            parts = ops.split(rows, len(tables), axis=-1)
+            if len(tables) == 1:
+                parts = [_to_samples(tables[0], mask)]
+            else:
+                rows = _to_samples(ops.concatenate(tables, axis=-1), mask)
+                parts = ops.split(rows, len(tables), axis=-1)
             return [ops.reshape(part, stats_shape) for part in parts]
 
         if training and self.trainable:
             mean, variance, present, centered = self._domain_moments(
-                x, one_hot, reduce_axes, per_sample
+                x, mask, reduce_axes, per_sample
             )
             self._update_moving_statistics(mean, variance, present)
         else:
@@ -211,7 +226,7 @@ class PerDomainBatchNormalization(keras.layers.Layer):
         shape[self._feature_axis] = -1
         return shape
 
-    def _domain_moments(self, x, one_hot, reduce_axes, per_sample):
+    def _domain_moments(self, x, mask, reduce_axes, per_sample):
         """Mean and (biased) variance of each domain's samples in the batch.
 
         Two passes (mean, then squared deviations from it) rather than
@@ -224,16 +239,17 @@ class PerDomainBatchNormalization(keras.layers.Layer):
         values_per_sample = 1
         for a in reduce_axes:
             values_per_sample *= x.shape[a]
-        counts = self._all_reduce(ops.sum(one_hot, axis=0)) * values_per_sample
+        counts = ops.sum(ops.cast(mask[:, :, 0], "float32"), axis=0)
+        counts = self._all_reduce(counts) * values_per_sample
         safe_counts = ops.expand_dims(ops.maximum(counts, 1.0), -1)
-        sums = _to_domains(ops.sum(x, axis=reduce_axes), one_hot)
+        sums = _to_domains(ops.sum(x, axis=reduce_axes), mask)
         mean = self._all_reduce(sums) / safe_counts
         # x + (-mean), not x - mean: the same bits, but the gradient negates
         # the (domains, channels) table instead of a tensor the size of x.
         (negated_mean,) = per_sample(-mean)
         centered = x + negated_mean
         squares = ops.sum(ops.square(centered), axis=reduce_axes)
-        variance = self._all_reduce(_to_domains(squares, one_hot)) / safe_counts
+        variance = self._all_reduce(_to_domains(squares, mask)) / safe_counts
         return mean, variance, counts > 0, centered
 
     def _update_moving_statistics(self, mean, variance, present):

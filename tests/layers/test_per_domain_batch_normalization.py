@@ -229,3 +229,40 @@ def test_loads_in_a_fresh_process_with_safe_mode(tmp_path):
         [sys.executable, "-c", script], capture_output=True, text=True, timeout=300
     )
     assert "LOAD-OK" in result.stdout, result.stderr[-3000:]
+
+
+def test_non_finite_values_stay_in_their_domain():
+    """One domain's NaN statistics (a diverged or corrupted domain), or one
+    sample's NaN activations, leave every other domain's samples finite and
+    unchanged: the routing selects rows, it does not multiply by a mask
+    (0 * NaN is NaN)."""
+    rng = np.random.default_rng(4)
+    domain = np.array([0, 1, 2, 0, 2, 1], "int32")
+    x = random_batch(rng, domain)
+    layer = make_layer(num_domains=3)
+    layer([x, domain], training=True)
+    clean = np.asarray(layer([x, domain], training=False))
+
+    mean = layer.moving_mean.numpy()
+    mean[1] = np.nan
+    layer.moving_mean.assign(mean)
+    poisoned = np.asarray(layer([x, domain], training=False))
+    others = domain != 1
+    np.testing.assert_array_equal(poisoned[others], clean[others])
+    assert np.isnan(poisoned[~others]).all()
+
+    # Training mode: a NaN image of domain 1 spoils domain 1 only, in the
+    # outputs and in the moving statistics.
+    layer = make_layer(num_domains=3)
+    bad = x.copy()
+    bad[1] = np.nan
+    reference = make_layer(num_domains=3)
+    expected = np.asarray(reference([x, domain], training=True))
+    outputs = np.asarray(layer([bad, domain], training=True))
+    np.testing.assert_array_equal(outputs[others], expected[others])
+    for name in ("moving_mean", "moving_variance"):
+        values = getattr(layer, name).numpy()
+        np.testing.assert_array_equal(
+            values[[0, 2]], getattr(reference, name).numpy()[[0, 2]]
+        )
+        assert np.isnan(values[1]).all()
