@@ -17,7 +17,8 @@ import tensorflow as tf
 from kpair.data import make_batches
 from kpair.data.records import pairs_dataset
 from kpair.losses import pair_losses_numpy
-from kpair.pair_model import build_per_type_model
+from kpair.pair_model import INPUT_NAMES, build_per_type_model
+from kpair.pair_types import TYPE_KEYS
 from kpair.progress import Progress
 
 MODES = ("inference", "batch-stats")
@@ -38,14 +39,7 @@ def predictions(model, pairs, batch_size=256, mode="inference", seed=0,
         )
     if mode == "inference":
         batches = pairs_dataset(pairs).batch(batch_size).prefetch(tf.data.AUTOTUNE)
-        strategy = getattr(model, "distribute_strategy", None)
-        if strategy is not None and strategy.num_replicas_in_sync > 1:
-            # Under a strategy, predict_on_batch runs the whole batch on every
-            # replica and concatenates: each prediction would come n times.
-            return _collect(
-            batches, lambda f: model(f, training=False).numpy(), progress
-        )
-        return _collect(batches, lambda f: model.predict_on_batch(f), progress)
+        return _collect(batches, inference_call(model), progress)
     if batching not in BATCH_STATS_BATCHINGS:
         raise ValueError(
             f"Unknown batching for batch statistics. Expected one of "
@@ -71,16 +65,20 @@ def training_mode_predictions(runner, model, batches, with_inference=False,
     layers use that batch's statistics. Every non-trainable variable of
     `model` (moving statistics, renorm and warm-up state) is put back after
     each batch, so each batch sees the weights as they were and nothing is
-    updated. With `with_inference`, the same batch also runs with
-    `training=False`, so the two modes see the very same pairs. `progress`
-    (a `kpair.progress.Progress` or None) counts the pairs done.
+    updated. With `with_inference`, the same pairs, in the same order, also
+    go through the pair model `model` in inference mode (`inference_call`):
+    in inference mode a pair's prediction does not depend on its batch, and
+    the validation loss uses the same traced function, so a run traces it
+    once. `progress` (a `kpair.progress.Progress` or None) counts the pairs
+    done.
 
     Returns:
         `(training_preds, inference_preds or None, rows)`.
     """
     variables = model.non_trainable_variables
     saved = [v.numpy() for v in variables]
-    in_training, in_inference = traced_call(runner, True), traced_call(runner, False)
+    in_training = traced_call(runner, True)
+    in_inference = inference_call(model)
     training, inference, rows = [], [], []
     try:
         for features, y in batches:
@@ -88,7 +86,7 @@ def training_mode_predictions(runner, model, batches, with_inference=False,
             for variable, value in zip(variables, saved):
                 variable.assign(value)
             if with_inference:
-                inference.append(_flat(in_inference(features)))
+                inference.append(_flat(in_inference(pair_inputs(features))))
             rows.append(y.numpy())
             _advance(progress, rows[-1])
     finally:
@@ -102,6 +100,36 @@ def training_mode_predictions(runner, model, batches, with_inference=False,
         np.concatenate(inference) if with_inference else None,
         np.concatenate(rows),
     )
+
+
+def inference_call(model):
+    """`features -> predictions` of the pair model in inference mode.
+
+    Keras's predict function (traced once per model and shared by every
+    inference-mode measurement of a run); under a multi-replica strategy a
+    plain call, as `predict_on_batch` would run the whole batch on every
+    replica and concatenate: each prediction would come n times.
+    """
+    strategy = getattr(model, "distribute_strategy", None)
+    if strategy is not None and strategy.num_replicas_in_sync > 1:
+        return lambda features: model(features, training=False)
+    return model.predict_on_batch
+
+
+def pair_inputs(features):
+    """The pair model's inputs for a batch of either layout.
+
+    A per-type batch (`aa_left`, ..., `ab_right_domain`) becomes one batch
+    of its groups in the order A-A, B-B, A-B: the order of the per-type
+    model's predictions (`build_per_type_model`). Pair inputs pass as they
+    are.
+    """
+    if INPUT_NAMES[0] in features:
+        return features
+    return {
+        name: tf.concat([features[f"{key}_{name}"] for key in TYPE_KEYS], axis=0)
+        for name in INPUT_NAMES
+    }
 
 
 def traced_call(model, training):
