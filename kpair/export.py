@@ -95,6 +95,7 @@ def export_model(model, out_dir, precision="float32", fold_norm=False):
                             name=name)
         for name in INPUT_NAMES
     }
+    serve = _refusing_unknown_domains(serve, _num_domains(model))
     archive.add_endpoint(SERVE, serve, input_signature=[specs])
     for domain, function in enumerate(per_domain):
         archive.add_endpoint(DOMAIN_ENDPOINT.format(domain), function,
@@ -102,6 +103,31 @@ def export_model(model, out_dir, precision="float32", fold_norm=False):
     with directory_aside(out_dir) as tmp_dir:
         archive.write_out(str(tmp_dir), verbose=False)
     return out_dir
+
+
+def _refusing_unknown_domains(serve, num_domains):
+    """`serve`, failing on a domain id outside `0..num_domains-1`.
+
+    Inside the model such an id gives numbers, not an error: a per-domain
+    layer routes it to no statistics, the folded export's partition to no
+    backbone. The client gets TensorFlow's InvalidArgumentError naming the
+    input and the valid range.
+    """
+
+    def checked(features):
+        checks = []
+        for name in ("left_domain", "right_domain"):
+            ids = features[name]
+            message = f"{name}: every domain id must be in [0, {num_domains})"
+            checks.append(tf.debugging.assert_non_negative(ids, message=message))
+            checks.append(tf.debugging.assert_less(
+                ids, tf.constant(num_domains, ids.dtype), message=message))
+        # Before the model runs: an op of the model may fail on the id first.
+        with tf.control_dependencies(checks):
+            features = {k: tf.identity(v) for k, v in features.items()}
+        return serve(features)
+
+    return checked
 
 
 def _check_pair_model(model):

@@ -112,6 +112,14 @@ def test_export_matches_keras_for_every_domain(norm, fold_norm, tmp_path):
         np.testing.assert_allclose(serve_domain(f["left"], f["right"]).numpy(),
                                    expected, rtol=1e-5, atol=1e-5)
     assert "serving_domain_2" not in served.signatures
+    # An id the model does not know fails, naming the input, instead of
+    # giving numbers (no statistics, or no folded backbone, for it).
+    for name, bad in (("left_domain", 5), ("right_domain", -1)):
+        ids = f[name].copy()
+        ids[0] = bad
+        with pytest.raises(tf.errors.InvalidArgumentError,
+                           match=rf"{name}: every domain id must be in \[0, 2\)"):
+            served.serve(dict(f, **{name: ids}))
 
 
 def test_fold_norm_refuses_group_norm_in_one_line(tmp_path, capsys):
