@@ -120,7 +120,7 @@ class GapProbe:
         if keras.backend.backend() == "jax":
             # Jitted stateless calls: XLA-compiled, and nothing to restore.
             training, inference, rows = jax_predictions.gap_predictions(
-                runner, self.batches
+                runner, pair_model, self.batches
             )
         else:
             training, inference, rows = training_mode_predictions(

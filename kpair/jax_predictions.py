@@ -16,6 +16,7 @@ import keras
 import numpy as np
 
 from kpair.data.records import pairs_dataset
+from kpair.evaluation import pair_inputs
 from kpair.losses import pair_losses_numpy
 
 
@@ -47,21 +48,23 @@ def compiled_call(model, training):
     return run
 
 
-def gap_predictions(runner, batches):
+def gap_predictions(runner, pair_model, batches):
     """`(training_preds, inference_preds, rows)` of each batch of `batches`,
     in both modes on the very same pairs, as
     `kpair.evaluation.training_mode_predictions(..., with_inference=True)`
     gives them on TensorFlow.
 
-    `runner` is the model that takes the batches (the pair model, or the
-    per-type wrapper sharing its weights).
+    `runner` (the pair model, or the per-type wrapper sharing its weights)
+    takes the batches in training mode; the inference half runs the same
+    pairs, in the same order, through `pair_model`'s compiled inference
+    call, which the validation loss also uses.
     """
     in_training = compiled_call(runner, training=True)
-    in_inference = compiled_call(runner, training=False)
+    in_inference = compiled_call(pair_model, training=False)
     training, inference, rows = [], [], []
     for features, y in batches:
         training.append(in_training(features))
-        inference.append(in_inference(features))
+        inference.append(in_inference(pair_inputs(features)))
         rows.append(np.asarray(y))
     if not rows:
         empty = np.zeros((0,), "float32")
