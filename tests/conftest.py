@@ -13,8 +13,10 @@ os.environ.setdefault("TF_ENABLE_ONEDNN_OPTS", "1")
 import keras  # noqa: E402
 import pytest  # noqa: E402
 
-from kpair.config import TrainConfig  # noqa: E402
-from kpair.data import build_demo  # noqa: E402
+# kpair.config and kpair.data load TensorFlow (the data pipeline is tf.data):
+# they are imported inside the fixtures that need them, so that the layer
+# tests also run where only Keras and JAX or PyTorch are installed (a GPU
+# machine: `benchmarks/gpu_checks.sh`).
 
 # The tiny model (flax's `_ResNet1`) trained for a step or two: a run costs
 # seconds, not minutes.
@@ -44,6 +46,8 @@ def demo_data(tmp_path_factory):
     """The demo data set at 16 pixels, 40/12/12 training pairs per type.
 
     Shared by every test of the session: read it, never write into it."""
+    from kpair.data import build_demo
+
     return build_demo(
         tmp_path_factory.mktemp("demo") / "data", image_size=16,
         pairs_per_type=(40, 12, 12),
@@ -54,6 +58,7 @@ def demo_data(tmp_path_factory):
 def tiny_config():
     """Factory: `tiny_config(data=None, out=None, **changes)` is the
     `TrainConfig` of `TINY`, with `changes` over it (paths may be `Path`s)."""
+    from kpair.config import TrainConfig
 
     def make(data=None, out=None, **changes):
         paths = {"data": data, "out": out}

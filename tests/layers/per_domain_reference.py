@@ -10,6 +10,17 @@ from kpair.layers import PerDomainBatchNormalization
 
 EPS = 1e-3
 MOMENTUM = 0.9
+# The exactness bounds: moving statistics within 1e-5, outputs within 1e-4.
+STATS_ATOL = 1e-5
+OUTPUT_ATOL = 1e-4
+# Where activations are ~1e3, a float32 mean is off by at least half its
+# spacing there, 3e-5, which (x - mean) * gamma / std turns into 1e-4 and
+# more: keras.layers.BatchNormalization itself, in plain float32, is off by
+# 2.5e-4 (std 1) to 6.7e-4 (std 0.5) from the float64 reference on the data
+# below. So relative 1e-6 (~16 spacings at 1e3) on top, for the statistics
+# and, through the mean, for the outputs (`output_atol`). TF32 routing is
+# off by ~0.25 in the mean there, hundreds of times these bounds.
+STATS_RTOL = 1e-6
 
 
 def reference_step(x, domain, state, training):
@@ -104,3 +115,15 @@ DOMAIN_BATCHES = (
     np.ones(8, int),  # one domain
     np.array([0, 2, 0, 2, 0, 2, 1, 1]),
 )
+
+
+def output_atol(x, gamma, variances, rtol=STATS_RTOL):
+    """1e-4, plus what a mean off by `rtol` of its size (at most max |x|)
+    changes in `(x - mean) * gamma / sqrt(var + eps)`."""
+    scale = np.max(np.abs(gamma)) / np.sqrt(np.min(variances) + EPS)
+    return OUTPUT_ATOL + rtol * np.max(np.abs(x)) * scale
+
+
+def batch_variances(x, domain):
+    x = x.astype("float64")
+    return [x[domain == k].var(axis=(0, 1, 2)) for k in np.unique(domain)]

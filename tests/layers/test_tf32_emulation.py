@@ -18,10 +18,13 @@ import kpair.layers.per_domain_batch_normalization as per_domain_module
 import kpair.losses
 from tests.layers.per_domain_reference import (
     DOMAIN_BATCHES,
-    EPS,
+    STATS_ATOL,
+    STATS_RTOL,
+    batch_variances,
     initial_state,
     make_layer,
     one_domain_pair,
+    output_atol,
     random_batch,
     reference_step,
 )
@@ -34,17 +37,6 @@ CALLS = {
     "tensordot": lambda op, a, b: op(a, b, axes=1),
     "dot": lambda op, a, b: op(a, b),
 }
-# The issue's bounds: moving statistics within 1e-5, outputs within 1e-4.
-STATS_ATOL = 1e-5
-OUTPUT_ATOL = 1e-4
-# Where activations are ~1e3, a float32 mean is off by at least half its
-# spacing there, 3e-5, which (x - mean) * gamma / std turns into 1e-4 and
-# more: keras.layers.BatchNormalization itself, in plain float32, is off by
-# 2.5e-4 (std 1) to 6.7e-4 (std 0.5) from the float64 reference on the data
-# below. So relative 1e-6 (~16 spacings at 1e3) on top, for the statistics
-# and, through the mean, for the outputs (`output_atol`). TF32 routing is
-# off by ~0.25 in the mean there, hundreds of times these bounds.
-STATS_RTOL = 1e-6
 
 
 def round_to_tf32(x):
@@ -146,18 +138,6 @@ def test_matmul_routing_of_statistics_is_perturbed(tf32):
     assert np.max(np.abs(np.asarray(sums) - expected)) > 1e-2
     # A gather is not a matmul: exact under the patch.
     np.testing.assert_array_equal(ops.take(table, domain, axis=0), table[domain])
-
-
-def output_atol(x, gamma, variances, rtol=STATS_RTOL):
-    """1e-4, plus what a mean off by `rtol` of its size (at most max |x|)
-    changes in `(x - mean) * gamma / sqrt(var + eps)`."""
-    scale = np.max(np.abs(gamma)) / np.sqrt(np.min(variances) + EPS)
-    return OUTPUT_ATOL + rtol * np.max(np.abs(x)) * scale
-
-
-def batch_variances(x, domain):
-    x = x.astype("float64")
-    return [x[domain == k].var(axis=(0, 1, 2)) for k in np.unique(domain)]
 
 
 def assert_statistics_close(layer, state, rtol=STATS_RTOL):
