@@ -160,7 +160,9 @@ def torch_step(spec):
 
 def worker(spec):
     """Builds one contender, warms it up, times it, prints one result line."""
-    sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+    # The repository, for `benchmarks.torch_reference`; after an installed
+    # kpair (a GPU machine's), whose `kpair.layers` is the repository's `layers/`.
+    sys.path.append(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
     make = torch_step if spec["contender"].startswith("torch") else keras_step
     step, peak = make(spec)
     for _ in range(spec["warmup"]):

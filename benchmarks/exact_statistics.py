@@ -17,10 +17,11 @@ tests (`tests/layers/per_domain_reference.py`) with the tests' bounds:
 - inference with the moving statistics;
 - one domain of the layer against `keras.layers.BatchNormalization` fed the
   same batches (moving statistics and outputs within 1e-5);
-- a control that is not kpair's layer: the same per-domain sums routed
-  through a one-hot matmul, as a layer that uses a matmul would. On a device
-  that rounds matmuls it misses its bound, which shows that the device
-  really ran reduced precision while the layer's rows held.
+- a control that is not kpair's layer: per-domain means routed to their
+  samples through a one-hot matmul, as a layer that uses a matmul would,
+  small and large. On a device that rounds matmuls it misses its bound,
+  which shows that the device really ran reduced precision while the
+  layer's rows held.
 
 Prints one row per check (worst error as a share of its bound: <= 1 holds)
 and exits 1 if any check of the layer fails. Imports no TensorFlow unless
@@ -117,13 +118,21 @@ def compiled_step(layer):
     return None
 
 
-def check_reference(rows, mode, offset, per_domain_affine):
+# name -> (batch repeats of DOMAIN_BATCHES, spatial size, channels). Large
+# enough, the backend hands a matmul to the GPU's matmul library (TF32 there);
+# a tiny one it may compute in plain float32 (the control rows show which).
+SHAPES = {"8x3x3x5": (1, 3, 5), "48x8x8x64": (6, 8, 64)}
+
+
+def check_reference(rows, mode, offset, per_domain_affine, shape="8x3x3x5"):
     """Training steps then inference, against the float64 reference."""
     rng = np.random.default_rng(3)
+    repeats, size, channels = SHAPES[shape]
     # The tests' bounds: exactly 1e-4 / 1e-5 at mean 0; at 1e3, relative
     # 1e-6 on top (float32 itself is off by that much there).
     rtol = STATS_RTOL if offset else 0.0
-    layer = make_layer(num_domains=3, per_domain_affine=per_domain_affine)
+    layer = make_layer(num_domains=3, per_domain_affine=per_domain_affine,
+                       channels=channels, size=size)
     state = initial_state(layer)
     if mode == "compiled":
         call = compiled_step(layer)
@@ -135,7 +144,8 @@ def check_reference(rows, mode, offset, per_domain_affine):
 
     worst = {"outputs": 0.0, "moving mean": 0.0, "moving variance": 0.0}
     for domain in DOMAIN_BATCHES:
-        x = random_batch(rng, domain, offset=offset)
+        domain = np.tile(domain, repeats)
+        x = random_batch(rng, domain, channels, offset, size)
         atol = output_atol(x, state["gamma"][domain], batch_variances(x, domain), rtol)
         expected = reference_step(x, domain, state, training=True)
         got = call(x, domain.astype("int32"), True)
@@ -145,8 +155,8 @@ def check_reference(rows, mode, offset, per_domain_affine):
             layer.moving_mean, state["mean"], rtol, STATS_ATOL))
         worst["moving variance"] = max(worst["moving variance"], share_of_bound(
             layer.moving_variance, state["var"], rtol, STATS_ATOL))
-    domain = np.array([2, 0, 1, 1, 0, 2])
-    x = random_batch(rng, domain, offset=offset)
+    domain = np.tile([2, 0, 1, 1, 0, 2], repeats)
+    x = random_batch(rng, domain, channels, offset, size)
     atol = output_atol(x, state["gamma"][domain], state["var"][domain], rtol)
     got = call(x, domain.astype("int32"), False)
     inference = share_of_bound(
@@ -154,7 +164,8 @@ def check_reference(rows, mode, offset, per_domain_affine):
     )
     affine = "per-domain" if per_domain_affine else "shared"
     for what, share in (*worst.items(), ("inference outputs", inference)):
-        rows.append((f"{mode}, mean {offset:g}, {affine} affine: {what}", share, True))
+        rows.append((f"{mode}, {shape}, mean {offset:g}, {affine} affine: {what}",
+                     share, True))
 
 
 def check_one_domain_equals_keras(rows):
@@ -198,18 +209,22 @@ def check_one_domain_equals_keras(rows):
 
 
 def check_matmul_control(rows):
-    """Not kpair's layer: per-domain sums through a one-hot matmul."""
+    """Not kpair's layer: per-domain means (~1e3, as at mean 1e3 above)
+    handed to their samples through a one-hot matmul, as a layer that routes
+    with a matmul would. Exact in float32 (one nonzero product per output);
+    TF32 rounds each mean to 11 bits, up to 0.25 at 1e3, under the bound of
+    the moving statistics above."""
     rng = np.random.default_rng(2)
-    domain = np.array([0, 1, 1, 0, 1, 0, 0, 1], "int32")
-    per_sample = (1e3 + rng.normal(size=(8, 5))).astype("float32")
-    expected = np.stack(
-        [per_sample[domain == k].astype("float64").sum(0) for k in (0, 1)]
-    )
-    one_hot = ops.one_hot(ops.convert_to_tensor(domain), 2, dtype="float32")
-    sums = ops.matmul(ops.transpose(one_hot), ops.convert_to_tensor(per_sample))
-    # Sums of four values ~1e3: float32 holds them to ~2e-4, TF32 to ~1.
-    rows.append(("control, not kpair: sums by one-hot matmul (1e-5 relative)",
-                 share_of_bound(sums, expected, STATS_RTOL * 10, STATS_ATOL), False))
+    for samples, channels in ((8, 5), (4096, 64)):
+        domain = rng.integers(0, 2, samples).astype("int32")
+        table = (1e3 + rng.normal(size=(2, channels))).astype("float32")
+        one_hot = ops.one_hot(ops.convert_to_tensor(domain), 2, dtype="float32")
+        routed = ops.matmul(one_hot, ops.convert_to_tensor(table))
+        rows.append((
+            f"control, not kpair: {samples}x{channels} means routed by one-hot"
+            " matmul", share_of_bound(routed, table[domain], STATS_RTOL, STATS_ATOL),
+            False,
+        ))
 
 
 def table(rows):
@@ -229,6 +244,7 @@ def main(argv=None):
         for offset in (0.0, 1e3):
             for per_domain_affine in (True, False):
                 check_reference(rows, mode, offset, per_domain_affine)
+            check_reference(rows, mode, offset, True, shape="48x8x8x64")
     check_one_domain_equals_keras(rows)
     check_matmul_control(rows)
     text = (f"Device: {device_name()}; Keras {keras.__version__} on "

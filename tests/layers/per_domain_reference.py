@@ -44,8 +44,8 @@ def reference_step(x, domain, state, training):
     return out
 
 
-def random_batch(rng, domain, channels=5, offset=0.0):
-    """`(batch, 3, 3, channels)` float32 activations of the given domains.
+def random_batch(rng, domain, channels=5, offset=0.0, size=3):
+    """`(batch, size, size, channels)` float32 activations of the given domains.
 
     `offset` is added to every value: a large one (1e3, say) against a
     spread of ~1 is what exposes statistics routed with too few bits.
@@ -53,16 +53,16 @@ def random_batch(rng, domain, channels=5, offset=0.0):
     # Domains differ in location and scale, as images of two domains do.
     loc = np.array([0.0, 3.0, -2.0])[domain][:, None, None, None]
     scale = np.array([1.0, 0.5, 2.0])[domain][:, None, None, None]
-    x = rng.normal(size=(len(domain), 3, 3, channels)) * scale + loc + offset
+    x = rng.normal(size=(len(domain), size, size, channels)) * scale + loc + offset
     return x.astype("float32")
 
 
-def make_layer(num_domains=2, channels=5, seed=0, **kwargs):
+def make_layer(num_domains=2, channels=5, seed=0, size=3, **kwargs):
     """A built layer with random (not trivial) gamma and beta."""
     layer = PerDomainBatchNormalization(
         num_domains=num_domains, momentum=MOMENTUM, epsilon=EPS, **kwargs
     )
-    layer.build([(None, 3, 3, channels), (None,)])
+    layer.build([(None, size, size, channels), (None,)])
     rng = np.random.default_rng(seed)
     layer.gamma.assign(rng.uniform(0.5, 1.5, layer.gamma.shape))
     layer.beta.assign(rng.normal(size=layer.beta.shape))
