@@ -26,6 +26,20 @@ TINY = dict(
 )
 
 
+def pytest_collection_modifyitems(items):
+    """The longest work first: tests marked `slow` and the groups that share
+    a session fixture (`xdist_group`), then the rest, each part in file order.
+
+    `pytest -n 2 --dist loadgroup` hands out tests in this order as workers
+    free up; a two-minute test started last would keep one worker busy
+    while the other idles."""
+    def later(item):
+        marks = {mark.name for mark in item.iter_markers()}
+        return not marks & {"slow", "xdist_group"}
+
+    items.sort(key=later)  # stable: file order within each part
+
+
 @pytest.fixture(autouse=True)
 def _float32_policy_and_clean_session():
     """Each test starts in float32 and leaves no global policy behind."""

@@ -61,6 +61,7 @@ def test_truncated_shard_names_the_file(demo_data, tmp_path):
     assert_clean_error(result, 2, shard.name)
 
 
+@pytest.mark.slow
 def test_train_evaluate_predict_and_load_in_a_fresh_process(demo_data, tmp_path):
     out = tmp_path / "run"
     result = run(["train", "--data", demo_data, "--out", out, "--epochs", "1",

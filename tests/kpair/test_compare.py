@@ -85,6 +85,7 @@ def cell_dir(out, norm, batching):
     return out / "cells" / f"{norm}__{batching}"
 
 
+@pytest.mark.slow
 def test_two_norms_by_two_batchings_then_resume(demo_data, tiny_config, tmp_path,
                                                 trainings, monkeypatch):
     out = tmp_path / "cmp"

@@ -18,6 +18,7 @@ TINY_FLAGS = [
 ]
 
 
+@pytest.mark.slow
 def test_tune_over_the_demo_data(demo_data, tmp_path, trials, capsys):
     out_dir = tmp_path / "tune"
     code = main([

@@ -22,6 +22,7 @@ def statuses(result):
     return {row["trial"]: row["status"] for row in result["trials"]}
 
 
+@pytest.mark.slow
 def test_killed_search_resumes_with_the_remaining_trials(base_config, tmp_path, trials):
     out_dir = tmp_path / "tune"
     kwargs = dict(norms=["batch", "group"], max_trials=3, out_dir=out_dir)
@@ -76,6 +77,7 @@ def test_killed_search_resumes_with_the_remaining_trials(base_config, tmp_path, 
     assert config.width_multiplier == 0.125
 
 
+@pytest.mark.slow
 def test_graph_mode_trial_and_best_model_in_a_fresh_process(base_config, tmp_path):
     # The one trial of these tests that runs as `kpair tune` runs it: traced.
     result = run_search(
