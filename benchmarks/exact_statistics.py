@@ -11,7 +11,8 @@ backend's default precision, against the float64 NumPy reference of the
 tests (`tests/layers/per_domain_reference.py`) with the tests' bounds:
 
 - a training step of the layer, eager and compiled (`jax.jit` of
-  `stateless_call` on JAX; `tf.function` on TensorFlow), on batches of mixed
+  `stateless_call` on JAX; `tf.function` on TensorFlow; eager alone on
+  torch), on batches of mixed
   and single domains, at a mean of 0 and of 1e3 (std ~1): outputs, moving
   means and variances;
 - inference with the moving statistics;
