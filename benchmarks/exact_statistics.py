@@ -12,9 +12,8 @@ tests (`tests/layers/per_domain_reference.py`) with the tests' bounds:
 
 - a training step of the layer, eager and compiled (`jax.jit` of
   `stateless_call` on JAX; `tf.function` on TensorFlow; eager alone on
-  torch), on batches of mixed
-  and single domains, at a mean of 0 and of 1e3 (std ~1): outputs, moving
-  means and variances;
+  torch), on batches of mixed and single domains, at a mean of 0 and of
+  1e3 (std ~1): outputs, moving means and variances;
 - inference with the moving statistics;
 - one domain of the layer against `keras.layers.BatchNormalization` fed the
   same batches (moving statistics and outputs within 1e-5);
