@@ -14,9 +14,9 @@ import keras  # noqa: E402
 import pytest  # noqa: E402
 
 # kpair.config and kpair.data load TensorFlow (the data pipeline is tf.data):
-# they are imported inside the fixtures that need them, so that the layer
-# tests also run where only Keras and JAX or PyTorch are installed (a GPU
-# machine: `benchmarks/gpu_checks.sh`).
+# they are imported inside the fixtures that need them, so that test modules
+# that need no TensorFlow also run where only Keras and JAX or PyTorch are
+# installed (a lent GPU machine; see CONTRIBUTING.md).
 
 # The tiny model (flax's `_ResNet1`) trained for a step or two: a run costs
 # seconds, not minutes.
