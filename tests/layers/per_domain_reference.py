@@ -87,10 +87,11 @@ def initial_state(layer):
     }
 
 
-def one_domain_pair(rng, steps=4):
+def one_domain_pair(rng, steps=4, on_step=None):
     """Our layer (domain 1 of 2) and keras's BatchNormalization, the same
     affine weights, after `steps` training steps on the same one-domain
-    batches. Returns `(ours, stock, domain)`."""
+    batches; `on_step(ours, x, ours_output, stock_output)` sees each step.
+    Returns `(ours, stock, domain)`."""
     import keras
 
     ours = make_layer(num_domains=2)
@@ -101,8 +102,9 @@ def one_domain_pair(rng, steps=4):
     domain = np.ones(8, "int32")
     for _ in range(steps):
         x = random_batch(rng, domain)
-        ours([x, domain], training=True)
-        stock(x, training=True)
+        outputs = ours([x, domain], training=True), stock(x, training=True)
+        if on_step is not None:
+            on_step(ours, x, *outputs)
     return ours, stock, domain
 
 
