@@ -96,7 +96,7 @@ def _add_field_flag(group, field, text, choices):
     elif field.type is dict:
         flag = "--norm-option"
         kwargs.update(action="append", metavar="KEY=VALUE")
-        text += " One option per flag, e.g. --norm-option momentum=0.9."
+        text += " One option per flag, e.g. --norm-option momentum=0.8."
         default = "the norm's own"
     elif field.type is tuple:
         kwargs.update(type=_comma_tuple, metavar=",".join(default))

@@ -184,7 +184,7 @@ def verdict(report):
             f"batch statistics of their domain (largest mean shift "
             f"{worst['shift']:.2f} in {worst['layer']}): too few training steps "
             "for the momentum. Fix: train longer, or lower the momentum "
-            "(--norm-option momentum=0.9)."
+            "below the run's (e.g. --norm-option momentum=0.8)."
         )
     if shifted and ratio > LOSS_RATIO_ALARM:
         domain = domain_name(worst["domain"])

@@ -40,7 +40,7 @@ class PairHyperModel(keras_tuner.HyperModel):
       the first).
     - Under `hp.conditional_scope("norm", ...)`, each active only for the
       norms whose registry options include it: `groups` (4, 8, 16, 32;
-      default 32), `momentum` (0.9, 0.99, 0.997; default 0.99),
+      default 32), `momentum` (0.9, 0.99, 0.997; default 0.9),
       `warmup_steps` (0, 100, 500; default 0). Defaults are the registry's.
     - `learning_rate`: 1e-4 to 1e-2, log sampling (default
       `base_config.learning_rate`).

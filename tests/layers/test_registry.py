@@ -50,7 +50,7 @@ def test_entries_make_the_right_class(name, cls, takes_domain):
 
 
 def test_options_reach_the_layer():
-    assert layers.get("batch", momentum=0.9)(8).momentum == 0.9
+    assert layers.get("batch", momentum=0.8)(8).momentum == 0.8
     assert layers.get("batch-renorm")(8).renorm is True
     assert layers.get("eval-mode", warmup_steps=7)(8).warmup_steps == 7
     layer = layers.get("per-domain", num_domains=3, per_domain_affine=False)(8)
@@ -70,3 +70,11 @@ def test_options_returns_a_copy_of_the_defaults():
     opts = layers.options("per-domain")
     opts["num_domains"] = 99
     assert layers.options("per-domain")["num_domains"] == 2
+
+
+def test_every_norm_with_moving_statistics_builds_them_with_one_momentum():
+    # kpair's default (0.9), not Keras's 0.99, and the same for every norm,
+    # so that the post's comparison of stock and per-domain is fair.
+    with_momentum = [n for n in layers.names() if "momentum" in layers.options(n)]
+    assert with_momentum == ["batch", "per-domain", "eval-mode", "batch-renorm"]
+    assert {layers.get(n)(8).momentum for n in with_momentum} == {0.9}

@@ -24,7 +24,7 @@ def test_defaults_are_explicit(base_config):
     # per-domain takes momentum only: warm-up and groups stay inactive.
     assert hp.values["momentum"] == layers.options("per-domain")["momentum"]
     assert "groups" not in hp.values and "warmup_steps" not in hp.values
-    assert config.norm_options == {"momentum": 0.99}
+    assert config.norm_options == {"momentum": 0.9}
     assert config.learning_rate == base_config.learning_rate
     assert space(hp)["learning_rate"].sampling == "log"
     assert list(space(hp)["batching"].values) == list(BATCHINGS)
@@ -34,11 +34,11 @@ def test_defaults_are_explicit(base_config):
 @pytest.mark.parametrize(
     "norm, expected",
     [
-        ("batch", {"momentum": 0.99}),
-        ("per-domain", {"momentum": 0.99}),
+        ("batch", {"momentum": 0.9}),
+        ("per-domain", {"momentum": 0.9}),
         ("group", {"groups": 32}),
-        ("eval-mode", {"momentum": 0.99, "warmup_steps": 0}),
-        ("batch-renorm", {"momentum": 0.99}),
+        ("eval-mode", {"momentum": 0.9, "warmup_steps": 0}),
+        ("batch-renorm", {"momentum": 0.9}),
     ],
 )
 def test_conditional_hyperparameters_only_for_their_norm(base_config, norm, expected):
@@ -83,7 +83,7 @@ def test_fixed_overrides_reach_the_config(base_config):
     hp.Fixed("learning_rate", 3e-3)
     hp.Fixed("batching", "balanced")
     config = PairHyperModel(base_config).config_for(hp)
-    assert config.norm_options == {"momentum": 0.99, "warmup_steps": 500}
+    assert config.norm_options == {"momentum": 0.9, "warmup_steps": 500}
     assert config.learning_rate == 3e-3
     assert config.batching == "balanced"
     # Fixed arguments are the base config's.
