@@ -45,8 +45,10 @@ def _channels_from_input(layer_class, **fixed):
 # fast, and more so for per-domain batch norm under per-type batching, whose
 # statistics of a domain move only at the backbone calls that hold it (half
 # of them): at full width in float32 its gap ended at 1.30x with 0.99 and
-# 0.98x with 0.9 (benchmarks/RESULTS.md). One value for all keeps the post's
-# comparison fair; the layers' own defaults stay Keras's.
+# 0.93x with 0.9 (benchmarks/RESULTS.md). One value for all keeps the post's
+# comparison fair; the layers' own defaults stay Keras's. Not settled: stock
+# batch norm on balanced batches at full width in mixed_bfloat16 ended at
+# 1.72x with 0.9 against 1.23x with 0.99 on the same weights.
 MOMENTUM = 0.9
 
 _ENTRIES = {
