@@ -39,17 +39,19 @@ def _channels_from_input(layer_class, **fixed):
     return make
 
 
-# The momentum of the moving statistics, for every norm that keeps them:
-# 0.9 (PyTorch's default, 0.1 in its convention), not Keras's 0.99. Runs of
-# a few hundred steps leave 0.99's averages behind weights that still move
-# fast, and more so for per-domain batch norm under per-type batching, whose
-# statistics of a domain move only at the backbone calls that hold it (half
-# of them): at full width in float32 its gap ended at 1.30x with 0.99 and
-# 0.93x with 0.9 (benchmarks/RESULTS.md). One value for all keeps the post's
-# comparison fair; the layers' own defaults stay Keras's. Not settled: stock
-# batch norm on balanced batches at full width in mixed_bfloat16 ended at
-# 1.72x with 0.9 against 1.23x with 0.99 on the same weights.
-MOMENTUM = 0.9
+# The momentum of the moving statistics. Keras's 0.99 for the norms that
+# see every backbone call, 0.9 (PyTorch's default, 0.1 in its convention)
+# for per-domain batch norm: under per-type batching a domain's statistics
+# move only at the backbone calls that hold it (half of them), and in a run
+# of a few hundred steps 0.99 leaves them behind weights that still move
+# fast; at full width in float32 its gap ended at 1.30x with 0.99 and 0.93x
+# with 0.9. The stock norms keep 0.99 because 0.9 made one of their rows
+# worse: stock batch norm on balanced batches, full width, mixed_bfloat16,
+# ended at 1.72x with 0.9, 1.51x with 0.95 and 1.23x with 0.99 on the same
+# weights (benchmarks/RESULTS.md). A user can set any value with
+# `--norm-option momentum=...`.
+MOMENTUM = 0.99
+PER_DOMAIN_MOMENTUM = 0.9
 
 _ENTRIES = {
     "batch": _Entry(
@@ -62,7 +64,7 @@ _ENTRIES = {
         takes_domain=True,
         defaults={
             "num_domains": 2,
-            "momentum": MOMENTUM,
+            "momentum": PER_DOMAIN_MOMENTUM,
             "epsilon": 1e-3,
             "per_domain_affine": True,
             "synchronized": False,
