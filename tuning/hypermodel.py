@@ -40,8 +40,10 @@ class PairHyperModel(keras_tuner.HyperModel):
       the first).
     - Under `hp.conditional_scope("norm", ...)`, each active only for the
       norms whose registry options include it: `groups` (4, 8, 16, 32;
-      default 32), `momentum` (0.9, 0.99, 0.997; default 0.9),
-      `warmup_steps` (0, 100, 500; default 0). Defaults are the registry's.
+      default 32), `momentum` (0.9, 0.99, 0.997), `warmup_steps` (0, 100,
+      500; default 0). Each default is the registry's for the default norm
+      when it takes the option (momentum: 0.9 under per-domain, 0.99 under
+      the other norms), else for the first norm that does.
     - `learning_rate`: 1e-4 to 1e-2, log sampling (default
       `base_config.learning_rate`).
     - `batching`: one of `batchings` (default `base_config.batching` when
@@ -117,20 +119,24 @@ class PairHyperModel(keras_tuner.HyperModel):
         tuner's first look at the space both come through here.
         """
         base = self.base_config
-        norm = hp.Choice(
-            "norm",
-            list(self.norms),
-            default=base.norm if base.norm in self.norms else self.norms[0],
-        )
+        default_norm = base.norm if base.norm in self.norms else self.norms[0]
+        norm = hp.Choice("norm", list(self.norms), default=default_norm)
         options = {}
         for key, choices in NORM_CHOICES.items():
             scope = [n for n in self.norms if key in layers.options(n)]
             if not scope:
                 continue
+            # One hyperparameter per option (keras-tuner does not keep two of
+            # one name apart), so one default: the registry's for the
+            # search's default norm when it takes the option, so that the
+            # first trial of a grid search is what `kpair train` would run.
+            # Momentum's defaults differ by norm (0.9 for per-domain, 0.99
+            # for the others); the search tries every choice for each norm.
+            owner = default_norm if default_norm in scope else scope[0]
             with hp.conditional_scope("norm", scope):
                 # Inactive (None) unless `norm` is in `scope`.
                 value = hp.Choice(
-                    key, list(choices), default=layers.options(scope[0])[key]
+                    key, list(choices), default=layers.options(owner)[key]
                 )
             if norm in scope:
                 options[key] = value

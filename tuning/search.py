@@ -33,7 +33,7 @@ import keras_tuner
 from keras_tuner.engine.trial import TrialStatus
 
 import kpair
-from kpair import files
+from kpair import files, layers
 from kpair.config import ConfigError
 from kpair.data import count_split
 from kpair.model_builder import build_pair_model, float32_copy, training_model
@@ -357,10 +357,24 @@ class _KpairOracle:
             for hp in space:
                 hps.merge([hp])
                 if hps.is_active(hp):
-                    hps.values[hp.name] = name if hp is norm else hp.default
+                    hps.values[hp.name] = (
+                        name if hp is norm else _default_under(hp, name)
+                    )
             if not self._duplicate(hps.values):
                 return hps.values
         return None
+
+
+def _default_under(hp, norm):
+    """`hp`'s default in a trial of `norm`: the norm's own registry default.
+
+    A norm's option is one hyperparameter shared by the norms that take it,
+    with one default; momentum's registry defaults differ by norm (0.9 for
+    per-domain, 0.99 for the others), and a norm's first trial is to run as
+    `kpair train --norm NAME` would.
+    """
+    own = layers.options(norm).get(hp.name) if hp.conditions else None
+    return own if own in getattr(hp, "values", ()) else hp.default
 
 
 class _RandomOracle(_KpairOracle, keras_tuner.oracles.RandomSearchOracle):

@@ -34,24 +34,42 @@ def test_defaults_are_explicit(base_config):
 @pytest.mark.parametrize(
     "norm, expected",
     [
-        ("batch", {"momentum": 0.9}),
+        ("batch", {"momentum": 0.99}),
         ("per-domain", {"momentum": 0.9}),
         ("group", {"groups": 32}),
-        ("eval-mode", {"momentum": 0.9, "warmup_steps": 0}),
-        ("batch-renorm", {"momentum": 0.9}),
+        ("eval-mode", {"momentum": 0.99, "warmup_steps": 0}),
+        ("batch-renorm", {"momentum": 0.99}),
     ],
 )
 def test_conditional_hyperparameters_only_for_their_norm(base_config, norm, expected):
+    # The search's default norm is the norm itself, as when `kpair tune`
+    # is given one norm: every default is then that norm's registry default.
     hp = keras_tuner.HyperParameters()
     hp.Fixed("norm", norm)
-    config = PairHyperModel(base_config).config_for(hp)
+    config = PairHyperModel(base_config.replace(norm=norm)).config_for(hp)
     assert config.norm == norm
     assert config.norm_options == expected
     active = {k for k in hp.values if k in NORM_CHOICES}
     assert active == set(expected)
-    # Defaults are the registry's own.
     for key, value in expected.items():
         assert value == layers.options(norm)[key]
+
+
+@pytest.mark.parametrize(
+    "base_norm, norms, expected",
+    [
+        ("per-domain", None, 0.9),  # the default norm's own
+        ("batch", None, 0.99),
+        ("group", ["group", "batch", "per-domain"], 0.99),  # first with momentum
+        ("group", ["group", "per-domain", "batch"], 0.9),
+    ],
+)
+def test_one_momentum_default_from_the_default_norm(
+    base_config, base_norm, norms, expected
+):
+    hp = keras_tuner.HyperParameters()
+    PairHyperModel(base_config.replace(norm=base_norm), norms=norms).config_for(hp)
+    assert space(hp)["momentum"].default == expected
 
 
 def test_scopes_follow_the_registry(base_config):
@@ -79,11 +97,12 @@ def test_a_subset_of_norms_drops_scopes_nobody_uses(base_config):
 def test_fixed_overrides_reach_the_config(base_config):
     hp = keras_tuner.HyperParameters()
     hp.Fixed("norm", "eval-mode")
+    hp.Fixed("momentum", 0.997)
     hp.Fixed("warmup_steps", 500)
     hp.Fixed("learning_rate", 3e-3)
     hp.Fixed("batching", "balanced")
     config = PairHyperModel(base_config).config_for(hp)
-    assert config.norm_options == {"momentum": 0.9, "warmup_steps": 500}
+    assert config.norm_options == {"momentum": 0.997, "warmup_steps": 500}
     assert config.learning_rate == 3e-3
     assert config.batching == "balanced"
     # Fixed arguments are the base config's.

@@ -221,16 +221,20 @@ def test_every_norm_gets_a_trial_at_its_defaults_first(
     base_config, tmp_path, monkeypatch, kind
 ):
     monkeypatch.setattr(PairHyperModel, "fit", no_training)
-    norms = ["group", "batch", "eval-mode"]
-    result = run_search(base_config, norms=norms, tuner=kind, max_trials=4,
-                        out_dir=tmp_path)
+    norms = ["group", "batch", "eval-mode", "per-domain"]
+    result = run_search(base_config.replace(norm="group"), norms=norms,
+                        tuner=kind, max_trials=5, out_dir=tmp_path)
     by_id = sorted(result["trials"], key=lambda row: int(row["trial"]))
     # The first trials sweep the norms, at every default; then sampling.
-    assert [row["norm"] for row in by_id[:3]] == norms
-    for row in by_id[:3]:
+    assert [row["norm"] for row in by_id[:4]] == norms
+    for row in by_id[:4]:
         values = row["hyperparameters"]
         assert values["learning_rate"] == base_config.learning_rate
         assert values["batching"] == base_config.batching
     assert by_id[0]["hyperparameters"]["groups"] == 32
     assert by_id[2]["hyperparameters"]["warmup_steps"] == 0
-    assert len(by_id) == 4
+    # Each norm's own momentum, though the norms share one hyperparameter.
+    assert [by_id[i]["hyperparameters"]["momentum"] for i in (1, 2, 3)] == [
+        0.99, 0.99, 0.9
+    ]
+    assert len(by_id) == 5
