@@ -6,8 +6,8 @@
         [--repeats 20] [--steps 5] [--warmup 3] [--out table.md]
 
 Timed: one training step (forward, backward, Adam update) of the pair model
-that `kpair train --batching mixed` builds (`kpair.model_builder`: the
-ResNet-18 backbone of `kpair.backbone` with the norm named, the pair loss),
+that `kpair train --batching mixed` builds (`kpair.models.model_builder`: the
+ResNet-18 backbone of `kpair.models.backbone` with the norm named, the pair loss),
 XLA-compiled on the JAX backend, per norm (`batch` is stock
 `keras.layers.BatchNormalization`, the baseline) and precision; beside the
 plain PyTorch ResNet-18 pair model of `torch_reference.py` (BatchNorm2d,
@@ -80,7 +80,7 @@ def keras_step(spec):
     import keras
 
     import kpair  # noqa: F401  (registers the layers; loads no TensorFlow)
-    from kpair.model_builder import build_pair_model, training_model
+    from kpair.models.model_builder import build_pair_model, training_model
 
     # The fields `model_builder` reads, without `kpair.config`, which
     # imports the (TensorFlow) data pipeline.
@@ -121,7 +121,7 @@ def torch_step(spec):
     import torch
     from torch_reference import PairNet, pair_loss  # beside this script
 
-    from kpair.backbone import BLOCKS_PER_STAGE, STAGE_WIDTHS
+    from kpair.models.backbone import BLOCKS_PER_STAGE, STAGE_WIDTHS
 
     torch.manual_seed(0)
     device = "cuda" if torch.cuda.is_available() else "cpu"
@@ -298,7 +298,7 @@ def main(argv=None):
     text = table(rows)
     print(text)
     if args.out:
-        from kpair.files import write_text
+        from kpair.utils.files import write_text
 
         write_text(args.out, text + "\n")
 

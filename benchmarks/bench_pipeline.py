@@ -24,7 +24,7 @@ import kpair  # noqa: E402, F401
 from kpair import layers  # noqa: E402
 from kpair.config import TrainConfig  # noqa: E402
 from kpair.data import ensure_demo, make_batches, read_split  # noqa: E402
-from kpair.model_builder import build_pair_model, training_model  # noqa: E402
+from kpair.models.model_builder import build_pair_model, training_model  # noqa: E402
 
 
 def pipeline_rate(batches, steps, pairs_per_step):

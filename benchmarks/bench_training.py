@@ -10,7 +10,7 @@ Size 224 (ImageNet stem) with `--sizes 32,64,224`; sizes up to 32 get the
 small stem, larger ones the ImageNet stem.
 
 Timed: one training step, `train_on_batch` of the compiled model that
-`kpair train --batching mixed` builds (`kpair.model_builder`: the shared
+`kpair train --batching mixed` builds (`kpair.models.model_builder`: the shared
 ResNet-18, the pair loss and its per-type metrics, the config's optimizer),
 on a synthetic batch of pairs of all types held in memory, after warm-up
 steps. The input pipeline is not timed (`bench_pipeline.py` is).
@@ -22,7 +22,7 @@ on the left and on the right images, a float32 linear head on the two
 embeddings, the same pair loss and optimizer; `BatchNorm2d`, channels_last,
 and `torch.autocast(bfloat16)` for the mixed_bfloat16 column.
 
-kpair loads TensorFlow with its oneDNN CPU kernels (`kpair.onednn`);
+kpair loads TensorFlow with its oneDNN CPU kernels (`kpair.utils.onednn`);
 `--eigen` adds `batch` with TensorFlow's Eigen kernels, which TensorFlow
 itself chooses on CPUs without AVX-512 VNNI/BF16 or AMX, to show the gain.
 
@@ -98,7 +98,7 @@ def keras_step(spec):
     import tensorflow as tf
 
     from kpair.config import TrainConfig
-    from kpair.model_builder import build_pair_model, training_model
+    from kpair.models.model_builder import build_pair_model, training_model
 
     config = TrainConfig(
         norm=spec["norm"], batching="mixed", precision=spec["precision"],
@@ -328,7 +328,7 @@ def _parse_args():
 
 
 def machine():
-    from kpair.precision import read_cpu_flags
+    from kpair.models.precision import read_cpu_flags
 
     name = platform.processor() or platform.machine()
     try:
@@ -349,9 +349,9 @@ def main():
     import keras
     import tensorflow as tf
 
-    from kpair import onednn
-    from kpair.backbone import BLOCKS_PER_STAGE, STAGE_WIDTHS
     from kpair.config import TrainConfig
+    from kpair.models.backbone import BLOCKS_PER_STAGE, STAGE_WIDTHS
+    from kpair.utils import onednn
 
     has_torch = not args.no_torch and importlib.util.find_spec("torch") is not None
     torch_version = "not measured"

@@ -30,8 +30,8 @@ import keras  # noqa: E402
 
 import kpair  # noqa: E402, F401  (imports TensorFlow quietly)
 from kpair.config import TrainConfig  # noqa: E402
-from kpair.precision import resolve_precision  # noqa: E402
-from kpair.training import train  # noqa: E402
+from kpair.models.precision import resolve_precision  # noqa: E402
+from kpair.training.trainer import train  # noqa: E402
 
 GOAL = 1.10
 

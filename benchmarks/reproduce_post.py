@@ -11,7 +11,7 @@ number of steps (every other setting at `kpair train`'s defaults):
 2. `--norm per-domain --batching per-type`: at most 1.3x.
 3. `--norm batch --batching balanced`: at most 1.3x.
 
-The gap is `kpair train`'s own (`kpair.gap`): on one fixed sample of
+The gap is `kpair train`'s own (`kpair.training.gap`): on one fixed sample of
 training pairs with each run's final weights, the inference-mode loss over
 the training-mode loss (the run's own batches, nothing updated). For run 1
 the table adds the post's diagnostic: the training split evaluated with
@@ -37,8 +37,8 @@ from bench_training import machine  # noqa: E402  (beside this script)
 import kpair  # noqa: E402,F401  (first: oneDNN, as users' code gets it)
 from kpair.config import PRECISIONS, TrainConfig  # noqa: E402
 from kpair.data import ensure_demo  # noqa: E402
-from kpair.evaluation import evaluate_run  # noqa: E402
-from kpair.training import train  # noqa: E402
+from kpair.inspection.evaluation import evaluate_run  # noqa: E402
+from kpair.training.trainer import train  # noqa: E402
 
 RUNS = (
     ("batch", "per-type", ">= 2.5x", lambda r: r >= 2.5),

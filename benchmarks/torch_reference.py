@@ -1,12 +1,12 @@
 """The PyTorch reference of kpair's pair model, for `bench_training.py`.
 
-The same architecture as `kpair.backbone.ResNet18Backbone` with stock batch
-norm and `kpair.pair_model.PairModel`: ResNet-18 basic blocks with
+The same architecture as `kpair.models.backbone.ResNet18Backbone` with stock batch
+norm and `kpair.models.pair_model.PairModel`: ResNet-18 basic blocks with
 projection shortcuts (1x1 convolution and norm) where the shape changes,
 convolutions without bias, the small or ImageNet stem, global average
 pooling and a linear embedding; one backbone called on the left and on the
 right images; a float32 linear head on the two concatenated embeddings. The
-loss is `kpair.losses.PairLoss` with the default losses (L2 on A-A, hinge on
+loss is `kpair.models.losses.PairLoss` with the default losses (L2 on A-A, hinge on
 B-B and A-B), each pair type's mean summed.
 """
 
@@ -81,7 +81,8 @@ class PairNet(nn.Module):
 
 
 def pair_loss(pred, y):
-    """`kpair.losses.PairLoss(("l2", "hinge", "hinge"))`; `y` = (target, type)."""
+    """`kpair.models.losses.PairLoss(("l2", "hinge", "hinge"))`;
+    `y` = (target, type)."""
     pred, target, kind = pred.float().reshape(-1), y[:, 0], y[:, 1].long()
     one_hot = F.one_hot(kind, 3).float()
     hinge = F.relu(1.0 - target * pred)

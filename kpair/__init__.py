@@ -21,13 +21,13 @@ def register_keras_objects():
             and "tensorflow" not in sys.modules):
         # First to load TensorFlow: keep its C++ start-up log lines (CUDA
         # probes, CPU feature notices) out of the user's terminal.
-        from kpair.quiet import import_tensorflow_quietly
+        from kpair.utils.quiet import import_tensorflow_quietly
 
         import_tensorflow_quietly()
-    import kpair.backbone  # noqa: F401  (registers ResNet18Backbone)
     import kpair.layers  # noqa: F401  (registers the normalization layers)
-    import kpair.losses  # noqa: F401  (registers PairLoss, PairTypeLoss)
-    import kpair.pair_model  # noqa: F401  (registers PairModel)
+    import kpair.models.backbone  # noqa: F401  (registers ResNet18Backbone)
+    import kpair.models.losses  # noqa: F401  (registers PairLoss, PairTypeLoss)
+    import kpair.models.pair_model  # noqa: F401  (registers PairModel)
 
 
 def _started_as_command():
@@ -47,12 +47,12 @@ if not _started_as_command():
 
 # The Python API. Each name is imported on first use, so `import kpair` does
 # not pay for the training code, and `kpair.train` stays the function (no
-# module of that name exists: training lives in `kpair.training`).
+# module of that name exists: training lives in `kpair.training.trainer`).
 _API = {
     "TrainConfig": ("kpair.config", "TrainConfig"),
-    "train": ("kpair.training", "train"),
-    "evaluate": ("kpair.evaluation", "evaluate_run"),
-    "infer_domains": ("kpair.unknown_domains", "infer_domains"),
+    "train": ("kpair.training.trainer", "train"),
+    "evaluate": ("kpair.inspection.evaluation", "evaluate_run"),
+    "infer_domains": ("kpair.inspection.unknown_domains", "infer_domains"),
 }
 
 __all__ = ["TrainConfig", "train", "evaluate", "infer_domains", "load_model",
@@ -82,7 +82,7 @@ def load_model(path):
             file. Only `.keras` files load, always with `safe_mode=True`.
 
     Returns:
-        The `keras.Model` (a `kpair.pair_model.PairModel`), computing in
+        The `keras.Model` (a `kpair.models.pair_model.PairModel`), computing in
         float32. Its inputs are a dict of `left` and `right`, float32 image
         batches of shape `(batch, height, width, 3)` with values in
         `[0, 1]` at the size it was trained at (`TrainConfig.image_size`),
@@ -103,6 +103,6 @@ def load_model(path):
     >>> model.predict({"left": images, "right": images,
     ...                "left_domain": domains, "right_domain": domains})
     """
-    from kpair import runs
+    from kpair.runs import model_files as runs
 
     return runs.load_model(runs.resolve(path).model_path)

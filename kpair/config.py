@@ -8,9 +8,9 @@ from pathlib import Path
 from kpair import layers
 from kpair.data.batching import BATCHINGS
 from kpair.errors import ConfigError
-from kpair.loss_names import check_losses
-from kpair.precision import PRECISIONS
-from kpair.stems import STEMS
+from kpair.models.loss_names import check_losses
+from kpair.models.precision import PRECISIONS
+from kpair.models.stems import STEMS
 
 OPTIMIZERS = ("adam", "sgd")
 
@@ -28,7 +28,7 @@ class TrainConfig:
         batching: `per-type` (the post's: one batch per pair type each step),
             `mixed` or `balanced`.
         precision: `float32`, `mixed_float16`, `mixed_bfloat16`, or `auto`
-            (resolved when the model is built: `kpair.precision`).
+            (resolved when the model is built: `kpair.models.precision`).
         epochs: Passes over the training pairs.
         batch_size: Pairs per training step.
         learning_rate: Step size of the optimizer.

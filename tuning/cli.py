@@ -1,6 +1,6 @@
 """The flags of `kpair tune` beyond the config's, and the run of a search.
 
-`kpair.cli` declares the config flags (`kpair.cli_config`, shared with
+`kpair.cli` declares the config flags (`kpair.cli.config_flags`, shared with
 `train` and `compare`) and resolves the base config; `add_tune_flags` adds
 the search's own flags. A KpairError (bad flags, bad data, a search
 directory of another search) ends as one line with exit code 2.

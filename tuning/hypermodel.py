@@ -5,15 +5,15 @@ import time
 
 import keras_tuner
 
-from kpair import callbacks as kcb
 from kpair import layers
 from kpair.config import ConfigError, TrainConfig
 from kpair.data import (
     BATCHINGS,
 )
-from kpair.model_builder import build_pair_model, training_model
-from kpair.pair_model import PairModel
-from kpair.training import resolve_data, training_data
+from kpair.models.model_builder import build_pair_model, training_model
+from kpair.models.pair_model import PairModel
+from kpair.training import callbacks as kcb
+from kpair.training.trainer import resolve_data, training_data
 
 # Hyperparameters that only some norms use, keyed by the registry option they
 # set: (choices, searched). The norms that take an option are read from the
@@ -32,7 +32,7 @@ class PairHyperModel(keras_tuner.HyperModel):
     Fixed arguments (data, input size, precision, backbone width, epochs,
     batch size, losses, seed) come from `base_config`; `build(hp)` chooses
     the rest and builds the same compiled model `kpair train` builds
-    (`kpair.model_builder`), in `base_config.precision`.
+    (`kpair.models.model_builder`), in `base_config.precision`.
 
     The search space, with its defaults:
 
@@ -53,7 +53,7 @@ class PairHyperModel(keras_tuner.HyperModel):
     trains for `base_config.epochs` (or the epochs a Hyperband tuner asks
     for). Each epoch's logs get `val_loss`, the inference-mode loss on the
     validation split (the objective to minimize), and the gap of
-    `kpair.gap`, as in `kpair train`: on one fixed sample of training pairs
+    `kpair.training.gap`, as in `kpair train`: on one fixed sample of training pairs
     and the epoch's final weights, `train_loss_training_mode` (the run's
     batches, nothing updated), `train_loss_inference_mode` and
     `gap_ratio`, their ratio. Keras's running loss is `running_loss`. A

@@ -33,13 +33,14 @@ import keras_tuner
 from keras_tuner.engine.trial import TrialStatus
 
 import kpair
-from kpair import files, layers
+from kpair import layers
 from kpair.config import ConfigError
 from kpair.data import count_split
-from kpair.model_builder import build_pair_model, float32_copy, training_model
-from kpair.progress import estimate
-from kpair.run_dir import claim, run_record
-from kpair.training import resolve_data
+from kpair.models.model_builder import build_pair_model, float32_copy, training_model
+from kpair.training.run_directory import claim, run_record
+from kpair.training.trainer import resolve_data
+from kpair.utils import files
+from kpair.utils.progress import estimate
 
 from . import summary
 from .hypermodel import PairHyperModel

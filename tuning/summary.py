@@ -9,7 +9,8 @@ over gRPC, its directory on the shared file system does.
 import math
 from pathlib import Path
 
-from kpair import files, gap, tables
+from kpair.training import gap
+from kpair.utils import files, tables
 
 # A failed trial's one-line reason, written into its trial directory.
 FAILURE_FILE = "failure.txt"

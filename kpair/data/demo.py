@@ -44,7 +44,7 @@ from kpair.data.records import (
     write_split,
 )
 from kpair.errors import ConfigError
-from kpair.files import directory_aside, write_csv
+from kpair.utils.files import directory_aside, write_csv
 
 DEFAULT_PAIRS_PER_TYPE = (1500, 300, 300)
 # Bump when the construction changes, so that stale caches are not reused.

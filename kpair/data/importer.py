@@ -31,8 +31,8 @@ from kpair.data.records import (
     valid_domains,
     write_split,
 )
-from kpair.files import directory_aside
-from kpair.progress import Progress
+from kpair.utils.files import directory_aside
+from kpair.utils.progress import Progress
 
 REQUIRED_COLUMNS = ("left", "right", "left_domain", "right_domain", "target")
 OPTIONAL_COLUMNS = ("split",)
@@ -256,7 +256,7 @@ def import_pairs(
         seed: seed of the hash split (ignored when the CSV has `split`).
         records_per_shard: records per TFRecord shard.
         progress: count the rows checked and written on stderr (see
-            `kpair.progress.Progress`).
+            `kpair.utils.progress.Progress`).
         overwrite: replace an existing `out_dir`.
 
     Every image must decode (in PIL and in TensorFlow, which training

@@ -20,8 +20,8 @@ import numpy as np
 import tensorflow as tf
 
 from kpair.errors import DataError
-from kpair.files import directory_aside
 from kpair.pair_types import PAIR_TYPES, pair_type
+from kpair.utils.files import directory_aside
 
 FORMAT = "kpair-pairs/1"
 MANIFEST_NAME = "manifest.json"

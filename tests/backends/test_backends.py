@@ -8,7 +8,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from kpair.model_builder import build_pair_model
+from kpair.models.model_builder import build_pair_model
 
 ROOT = Path(__file__).resolve().parents[2]
 

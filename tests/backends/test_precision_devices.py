@@ -6,9 +6,9 @@ import types
 import keras
 import pytest
 
-from kpair import precision
 from kpair.config import TrainConfig
-from kpair.model_builder import build_pair_model, training_model
+from kpair.models import precision
+from kpair.models.model_builder import build_pair_model, training_model
 
 
 @pytest.mark.parametrize(

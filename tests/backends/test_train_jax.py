@@ -11,8 +11,8 @@ from pathlib import Path
 
 import pytest
 
-from kpair.callbacks import backup_epochs_done, read_history
 from kpair.cli import main
+from kpair.training.callbacks import backup_epochs_done, read_history
 
 ROOT = Path(__file__).resolve().parents[2]
 

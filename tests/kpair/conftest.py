@@ -7,7 +7,7 @@ import pytest
 from PIL import Image
 
 from kpair.data import Pair, build_demo, write_split
-from kpair.training import train
+from kpair.training.trainer import train
 
 # Pixel value of every image of a domain in `tiny_split`: a batch's images
 # then show which domain they came from.

@@ -8,7 +8,7 @@ import pytest
 
 import kpair
 from kpair.errors import ModelFileError
-from kpair.progress import Progress, estimate
+from kpair.utils.progress import Progress, estimate
 
 
 @pytest.mark.slow
@@ -53,11 +53,11 @@ def test_train_load_and_predict_from_python(demo_data, tiny_config, tmp_path,
 
 def test_the_api_names_are_the_library_functions():
     from kpair.config import TrainConfig
-    from kpair.evaluation import evaluate_run
-    from kpair.training import train
-    from kpair.unknown_domains import infer_domains
+    from kpair.inspection.evaluation import evaluate_run
+    from kpair.inspection.unknown_domains import infer_domains
+    from kpair.training.trainer import train
 
-    # kpair.training imported (above) leaves kpair.train the function.
+    # kpair.training.trainer imported (above) leaves kpair.train the function.
     assert kpair.train is train and kpair.TrainConfig is TrainConfig
     assert kpair.evaluate is evaluate_run
     assert kpair.infer_domains is infer_domains

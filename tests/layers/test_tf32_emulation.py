@@ -15,7 +15,7 @@ import tensorflow as tf
 from keras import ops
 
 import kpair.layers.per_domain_batch_normalization as per_domain_module
-import kpair.losses
+import kpair.models.losses
 from tests.layers.per_domain_reference import (
     DOMAIN_BATCHES,
     STATS_ATOL,
@@ -105,7 +105,7 @@ def test_round_to_tf32_matches_rounding_the_bits():
 
 
 def test_patch_reaches_the_modules_that_use_keras_ops(tf32):
-    for module in (per_domain_module, kpair.losses):
+    for module in (per_domain_module, kpair.models.losses):
         assert module.ops is keras.ops
         for name in TF32_OPS:
             assert getattr(module.ops, name) is not tf32[name]
@@ -218,6 +218,6 @@ def test_pair_loss_type_counts_exact_under_tf32(tf32):
     target = np.where(kind == 0, rng.random(kind.size), rng.choice([-1, 1], kind.size))
     y_true = np.stack([target, kind], axis=1).astype("float32")
     y_pred = rng.normal(size=(kind.size, 1)).astype("float32")
-    expected = kpair.losses.pair_losses_numpy(y_true, y_pred)["total"]
-    got = float(kpair.losses.PairLoss()(y_true, y_pred))
+    expected = kpair.models.losses.pair_losses_numpy(y_true, y_pred)["total"]
+    got = float(kpair.models.losses.PairLoss()(y_true, y_pred))
     np.testing.assert_allclose(got, expected, rtol=1e-5)

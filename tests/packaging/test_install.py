@@ -37,7 +37,7 @@ def test_the_wheel_holds_only_the_kpair_package(wheel):
     assert top == {"kpair"}, top
     for module in ("kpair/layers/__init__.py", "kpair/layers/registry.py",
                    "kpair/tuning/__init__.py", "kpair/tuning/search.py",
-                   "kpair/data/__init__.py", "kpair/cli.py"):
+                   "kpair/data/__init__.py", "kpair/cli/__init__.py"):
         assert module in names, module
 
 

@@ -28,7 +28,7 @@ def tiny_run(tmp_path_factory, tiny_config):
     default losses l2/hinge/hinge). Built and saved, never trained."""
     import json
 
-    from kpair.model_builder import build_pair_model
+    from kpair.models.model_builder import build_pair_model
 
     run = tmp_path_factory.mktemp("tiny-run")
     config = tiny_config(out=run, norm="per-domain", num_domains=2)

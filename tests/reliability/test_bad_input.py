@@ -25,7 +25,7 @@ from kpair.config import TrainConfig
 from kpair.data import DataError, Pair, read_split, write_split
 from kpair.data.importer import MAX_IMAGE_PIXELS
 from kpair.data.records import MANIFEST_NAME
-from kpair.preflight import check_training_data
+from kpair.training.preflight import check_training_data
 from tests.tfrecords import record_offsets
 
 HEADER = "left,right,left_domain,right_domain,target"
@@ -503,7 +503,7 @@ def test_model_commands_refuse_domain_ids(kpair_cli, tmp_path, tiny_run, command
 def test_library_train_checks_the_data_before_writing(tmp_path, tiny_config):
     """`kpair.train(config)` runs the pre-flight checks itself: a bad record
     fails before the run directory exists."""
-    from kpair.training import train
+    from kpair.training.trainer import train
 
     data = write_data(tmp_path / "data")
     replace_train(train_pairs(left_domain=5, right_domain=5))(data)

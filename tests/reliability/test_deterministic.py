@@ -20,7 +20,7 @@ SCRIPT = r"""
 import json, sys
 from pathlib import Path
 import keras, numpy as np
-from kpair import training as ktrain
+from kpair.training import trainer as ktrain
 from kpair.config import TrainConfig
 
 config = TrainConfig.from_dict(json.loads(sys.argv[1]))

@@ -6,8 +6,8 @@ import json
 
 import pytest
 
-from kpair import callbacks as kcb
 from kpair.errors import BackupError
+from kpair.training import callbacks as kcb
 
 
 def write_history(path, epochs):

@@ -21,9 +21,9 @@ import keras
 import numpy as np
 import pytest
 
-from kpair import runs
-from kpair.model_builder import build_pair_model, training_model
-from kpair.pair_model import PairModel
+from kpair.models.model_builder import build_pair_model, training_model
+from kpair.models.pair_model import PairModel
+from kpair.runs import model_files as runs
 from tests.reliability.test_bad_input import png, write_csv, write_data
 
 

@@ -6,7 +6,7 @@ import re
 
 import pytest
 
-from kpair.callbacks import backup_epochs_done, read_history
+from kpair.training.callbacks import backup_epochs_done, read_history
 
 
 @pytest.mark.slow

@@ -14,7 +14,7 @@ import keras
 import numpy as np
 import pytest
 
-from kpair.callbacks import backup_epochs_done, read_history
+from kpair.training.callbacks import backup_epochs_done, read_history
 
 ROOT = Path(__file__).resolve().parents[2]
 HELPER = Path(__file__).with_name("train_process.py")

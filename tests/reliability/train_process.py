@@ -27,10 +27,10 @@ from pathlib import Path
 
 import keras
 
-from kpair import callbacks as kcb
-from kpair import files
-from kpair import training as ktrain
 from kpair.config import TrainConfig
+from kpair.training import callbacks as kcb
+from kpair.training import trainer as ktrain
+from kpair.utils import files
 
 point, at, step = (os.environ.get("KPAIR_TEST_KILL", "none:0") + ":1").split(":")[:3]
 at, step = int(at), int(step)

@@ -11,11 +11,11 @@ import sys
 import keras_tuner
 import pytest
 
-from kpair import files
-from kpair.callbacks import TrainingDiverged
 from kpair.config import ConfigError, TrainConfig
+from kpair.training.callbacks import TrainingDiverged
 from kpair.tuning import PairHyperModel, run_search
 from kpair.tuning.search import TUNERS
+from kpair.utils import files
 
 
 def statuses(result):

@@ -31,10 +31,10 @@ from pathlib import Path
 
 import keras
 
-from kpair import callbacks as kcb
-from kpair import files
 from kpair.config import TrainConfig
+from kpair.training import callbacks as kcb
 from kpair.tuning import hypermodel, run_search, search
+from kpair.utils import files
 
 point, at, step = (os.environ.get("KPAIR_TEST_KILL", "none:-") + ":1").split(":")[:3]
 step = int(step)

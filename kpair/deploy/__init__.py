@@ -1,0 +1,1 @@
+"""Deployment: export a SavedModel, fold normalization, predict a CSV."""

@@ -1,0 +1,263 @@
+"""`kpair diagnose`: find a training/inference gap and show where it comes from.
+
+For every normalization layer that keeps moving statistics, images of one
+domain at a time are run through the model in inference mode, and the
+statistics of the activations reaching the layer (what batch norm would
+normalize with in training, on a one-domain batch) are compared with the
+moving statistics it normalizes with in inference:
+
+- standardized mean shift: `|mean_batch - moving_mean| / sqrt(moving_var + eps)`
+- log variance ratio: `log(var_batch / moving_var)`
+
+both per channel, then summarized over channels (mean of absolute values,
+and the largest). Nothing in the model changes.
+"""
+
+import dataclasses
+from pathlib import Path
+
+import numpy as np
+
+from kpair import layers
+from kpair.data import DataError, read_split
+from kpair.data.records import load_manifest
+from kpair.inspection.evaluation import evaluate_pairs
+from kpair.inspection.norm_statistics import (
+    norm_input_probe,
+    norms_by_owner,
+    owner_inputs,
+    stateful_norm_layers,
+)
+from kpair.pair_types import PAIR_TYPES, domain_name
+from kpair.runs.model_files import num_domains_of
+from kpair.utils import files
+from kpair.utils.progress import Progress
+
+# A mean shift above this many standard deviations means the moving
+# statistics no longer describe that domain.
+SHIFT_ALARM = 0.5
+# |log(var_batch / moving_var)| above this: variances 2x apart.
+LOG_VAR_ALARM = 0.7
+# The inference-mode loss counts as "far above" batch statistics' above this.
+LOSS_RATIO_ALARM = 1.3
+
+
+@dataclasses.dataclass(frozen=True)
+class LayerShift:
+    layer: str
+    domain: int
+    shift: float  # mean over channels of the standardized mean shift
+    max_shift: float
+    log_var_ratio: float  # mean over channels of |log(var_batch / moving_var)|
+
+
+def domain_images(dataset, domain, limit):
+    """Up to `limit` images of one domain, from either side of the pairs."""
+    return images_by_domain(dataset, (domain,), limit).get(domain)
+
+
+def images_by_domain(dataset, domains, limit):
+    """`{domain: images}`, up to `limit` images of each domain, in one pass.
+
+    A domain without images in `dataset` is left out.
+    """
+    found = {domain: [] for domain in domains}
+    for features, _ in dataset:
+        for side in ("left", "right"):
+            images = found.get(int(features[f"{side}_domain"]))
+            if images is not None and len(images) < limit:
+                images.append(features[side].numpy())
+        if all(len(images) >= limit for images in found.values()):
+            break
+    return {d: np.stack(images) for d, images in found.items() if images}
+
+
+def layer_shifts(model, images_by_domain):
+    """`LayerShift` rows for every stateful norm layer and domain."""
+    rows = []
+    for owner, owner_layers in norms_by_owner(stateful_norm_layers(model)):
+        probe = norm_input_probe(owner, owner_layers)
+        for domain, images in images_by_domain.items():
+            activations = probe(owner_inputs(owner, images, domain, "probe"))
+            for layer, act in zip(owner_layers, activations):
+                rows.append(_shift(layer, np.asarray(act, "float64"), domain))
+    return rows
+
+
+def _shift(layer, activations, domain):
+    axis = getattr(layer, "_feature_axis", None)
+    if axis is None:
+        axis = layer.axis % activations.ndim
+    reduce = tuple(a for a in range(activations.ndim) if a != axis)
+    mean = activations.mean(axis=reduce)
+    var = activations.var(axis=reduce)
+    moving_mean = np.asarray(layer.moving_mean, "float64")
+    moving_var = np.asarray(layer.moving_variance, "float64")
+    if moving_mean.ndim == 2:  # per-domain: its own row
+        moving_mean, moving_var = moving_mean[domain], moving_var[domain]
+    shift = np.abs(mean - moving_mean) / np.sqrt(moving_var + layer.epsilon)
+    ratio = np.abs(np.log((var + layer.epsilon) / (moving_var + layer.epsilon)))
+    return LayerShift(layer.path, domain, float(shift.mean()), float(shift.max()),
+                      float(ratio.mean()))
+
+
+def diagnose(model, split_dir, losses, image_size, images_per_domain=64,
+             batch_size=48):
+    """Everything `kpair diagnose` reports, as a dict.
+
+    Every domain of the model is probed (a model that `kpair adapt` gave a
+    third domain has three), each with up to `images_per_domain` images of
+    the split; the split must hold no domain id the model lacks.
+    """
+    check_image_size(split_dir, image_size)
+    num_domains = num_domains_of(model)
+    pairs = read_split(split_dir, image_size, num_domains=num_domains)
+    # A model that does not say its domains: A and B, as the data contract.
+    domains = range(num_domains if num_domains is not None else 2)
+    images = images_by_domain(pairs.dataset, domains, images_per_domain)
+    rows = sorted(layer_shifts(model, images), key=lambda r: -r.shift)
+    # Three passes over the split: one count of the pairs they evaluate.
+    with Progress("evaluating pairs", 3 * sum(pairs.counts.values())) as progress:
+        inference = evaluate_pairs(model, pairs, losses, batch_size, "inference",
+                                   progress=progress)
+        # Batch statistics the way per-type training computed them (one
+        # domain per backbone call), and on shuffled mixed batches (the
+        # post's check).
+        per_type = evaluate_pairs(model, pairs, losses, batch_size,
+                                  "batch-stats", batching="per-type",
+                                  progress=progress)
+        mixed = evaluate_pairs(model, pairs, losses, batch_size, "batch-stats",
+                               progress=progress)
+    report = {
+        "layers": [dataclasses.asdict(r) for r in rows],
+        "inference_loss": inference,
+        "batch_stats_loss": per_type,
+        "mixed_batch_stats_loss": mixed,
+        "stateful_norm_layers": len(stateful_norm_layers(model)),
+        "per_domain_only": all(
+            isinstance(layer, layers.PerDomainBatchNormalization)
+            for _, layer in stateful_norm_layers(model)
+        ),
+        # Network order, for the heat map (rows above are by severity).
+        "layer_order": [layer.path for _, layer in stateful_norm_layers(model)],
+    }
+    report["verdict"] = verdict(report)
+    return report
+
+
+def check_image_size(split_dir, image_size):
+    """Refuses data stored at another size than the model's input.
+
+    Resizing would change the very statistics being compared.
+    """
+    stored = load_manifest(split_dir).get("image_size")
+    if stored and tuple(stored) != tuple(image_size):
+        raise DataError(
+            f"{split_dir} holds {stored[0]}x{stored[1]} images but the model "
+            f"takes {image_size[0]}x{image_size[1]}; resizing would change the "
+            "statistics diagnose compares. Use data of the model's image size."
+        )
+
+
+def verdict(report):
+    """Plain words: is there a gap, does it come from batch composition."""
+    if report["stateful_norm_layers"] == 0:
+        return (
+            "This model has no normalization layer with moving statistics "
+            "(group norm, or none): training and inference normalize alike, "
+            "so there is nothing to diverge."
+        )
+    worst = report["layers"][0] if report["layers"] else None
+    inference = report["inference_loss"]["total"]
+    batch_stats = report["batch_stats_loss"]["total"]
+    ratio = inference / batch_stats if batch_stats > 0 else float("inf")
+    losses = (
+        f"Loss in inference mode {inference:.4f}; with batch statistics of "
+        f"one-domain (per-type) batches {batch_stats:.4f} ({ratio:.2f}x)."
+    )
+    shifted = worst is not None and (
+        worst["shift"] > SHIFT_ALARM
+        or max(r["log_var_ratio"] for r in report["layers"]) > LOG_VAR_ALARM
+    )
+    if shifted and ratio > LOSS_RATIO_ALARM and report.get("per_domain_only"):
+        return (
+            f"{losses} Every norm keeps per-domain statistics, yet they lag the "
+            f"batch statistics of their domain (largest mean shift "
+            f"{worst['shift']:.2f} in {worst['layer']}): too few training steps "
+            "for the momentum. Fix: train longer, or lower the momentum "
+            "below the run's (e.g. --norm-option momentum=0.8)."
+        )
+    if shifted and ratio > LOSS_RATIO_ALARM:
+        domain = domain_name(worst["domain"])
+        return (
+            f"{losses} The moving statistics do not describe the domains: in "
+            f"{worst['layer']}, domain {domain} activations sit "
+            f"{worst['shift']:.2f} standard deviations (mean over channels) "
+            "from the moving mean. The gap comes from batch composition: "
+            "batches that each held one domain trained the model on per-domain "
+            "statistics that inference never uses. Fix: retrain with "
+            "--norm per-domain, or --batching balanced (or mixed)."
+        )
+    if ratio > LOSS_RATIO_ALARM:
+        return (
+            f"{losses} Inference is worse than batch statistics, but the moving "
+            "statistics match each domain (largest mean shift "
+            f"{worst['shift'] if worst else 0:.2f}); look beyond normalization."
+        )
+    return (
+        f"{losses} The normalization statistics are consistent with each "
+        "domain: no training/inference gap from normalization."
+    )
+
+
+def heat_map(report, path):
+    """PNG: layers (rows) x domains (columns), coloured by mean shift."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    names = report["layer_order"]
+    domains = sorted({r["domain"] for r in report["layers"]})
+    grid = np.full((len(names), len(domains)), np.nan)
+    for r in report["layers"]:
+        grid[names.index(r["layer"]), domains.index(r["domain"])] = r["shift"]
+    height = max(3.0, 0.22 * len(names) + 1.5)
+    fig, ax = plt.subplots(figsize=(5.5, height))
+    # A fixed scale from 0: a consistent model must not look alarming.
+    top = max(1.0, float(np.nanmax(grid)))
+    image = ax.imshow(grid, aspect="auto", cmap="magma", vmin=0.0, vmax=top)
+    ax.set_xticks(range(len(domains)), [domain_name(d) for d in domains])
+    ax.set_yticks(range(len(names)), [n.split("/")[-1] for n in names], fontsize=7)
+    ax.set_title("Mean shift from the moving mean (std devs)")
+    fig.colorbar(image, ax=ax)
+    fig.tight_layout()
+    files.write_figure(fig, path, dpi=120)
+    plt.close(fig)
+    return Path(path)
+
+
+def format_table(report):
+    lines = [
+        f"{'layer':<40} {'domain':>6} {'shift':>7} {'max':>7} {'|log var|':>9}"
+    ]
+    for r in report["layers"]:
+        lines.append(
+            f"{r['layer'].split('/')[-1]:<40} {domain_name(r['domain']):>6} "
+            f"{r['shift']:>7.3f} {r['max_shift']:>7.3f} {r['log_var_ratio']:>9.3f}"
+        )
+    lines.append("")
+    lines.append(
+        f"{'pair type':<10} {'inference':>10} {'batch stats':>12} "
+        f"{'batch stats':>12}"
+    )
+    lines.append(f"{'':<10} {'':>10} {'(per-type)':>12} {'(mixed)':>12}")
+    for name in (*PAIR_TYPES, "total"):
+        lines.append(
+            f"{name:<10} {report['inference_loss'][name]:>10.4f} "
+            f"{report['batch_stats_loss'][name]:>12.4f} "
+            f"{report['mixed_batch_stats_loss'][name]:>12.4f}"
+        )
+    lines.append("")
+    lines.append(report["verdict"])
+    return "\n".join(lines)

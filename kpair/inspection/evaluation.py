@@ -1,0 +1,339 @@
+"""Per-pair-type losses of a pair model over a whole split.
+
+Two modes, the two sides of the post:
+- `inference`: the model as it is used (`training=False`): batch norms use
+  their moving statistics.
+- `batch-stats`: batch statistics at evaluation (`training=True`), with
+  every moving statistic restored after each batch, so nothing is updated. With
+  `batching="mixed"`, on shuffled batches that mix the pair types (the
+  post's diagnostic); with `batching="per-type"`, on one batch per pair type
+  as the post trained, so that each backbone call sees one domain.
+"""
+
+import keras
+import numpy as np
+import tensorflow as tf
+
+from kpair.data import make_batches
+from kpair.data.records import pairs_dataset
+from kpair.models.losses import pair_losses_numpy
+from kpair.models.pair_model import INPUT_NAMES, build_per_type_model
+from kpair.pair_types import TYPE_KEYS
+from kpair.utils.progress import Progress
+
+MODES = ("inference", "batch-stats")
+BATCH_STATS_BATCHINGS = ("mixed", "per-type")
+
+
+def predictions(model, pairs, batch_size=256, mode="inference", seed=0,
+                batching="mixed", progress=None):
+    """Predictions and `(target, pair_type)` rows for a `Split`'s pairs.
+
+    `pairs` is a `Split` or any unbatched `(features, y)` dataset (see
+    `make_batches`). `progress`, a `kpair.utils.progress.Progress` or None, counts
+    the pairs done.
+    """
+    if mode not in MODES:
+        raise ValueError(
+            f"Unknown mode. Expected one of {list(MODES)}. Received: mode={mode!r}"
+        )
+    if mode == "inference":
+        batches = pairs_dataset(pairs).batch(batch_size).prefetch(tf.data.AUTOTUNE)
+        return _collect(batches, inference_call(model), progress)
+    if batching not in BATCH_STATS_BATCHINGS:
+        raise ValueError(
+            f"Unknown batching for batch statistics. Expected one of "
+            f"{list(BATCH_STATS_BATCHINGS)}. Received: batching={batching!r}"
+        )
+    batches = make_batches(
+        pairs, batching, batch_size, seed=seed, shuffle=True,
+        drop_remainder=False,
+    )
+    runner = model if batching == "mixed" else build_per_type_model(model)
+    preds, _, rows = training_mode_predictions(
+        runner, model, batches, progress=progress
+    )
+    return preds, rows
+
+
+def training_mode_predictions(runner, model, batches, with_inference=False,
+                              progress=None):
+    """Predictions in training mode with nothing updated, batch by batch.
+
+    `runner` (the pair model, or a wrapper sharing its weights such as the
+    per-type trainer) runs each batch with `training=True`: normalization
+    layers use that batch's statistics. Every non-trainable variable of
+    `model` (moving statistics, renorm and warm-up state) is put back after
+    each batch, so each batch sees the weights as they were and nothing is
+    updated. With `with_inference`, the same pairs, in the same order, also
+    go through the pair model `model` in inference mode (`inference_call`):
+    in inference mode a pair's prediction does not depend on its batch, and
+    the validation loss uses the same traced function, so a run traces it
+    once. `progress` (a `kpair.utils.progress.Progress` or None) counts the pairs
+    done.
+
+    Returns:
+        `(training_preds, inference_preds or None, rows)`.
+    """
+    variables = model.non_trainable_variables
+    saved = [v.numpy() for v in variables]
+    in_training = traced_call(runner, True)
+    in_inference = inference_call(model)
+    training, inference, rows = [], [], []
+    try:
+        for features, y in batches:
+            training.append(_flat(in_training(features)))
+            for variable, value in zip(variables, saved):
+                variable.assign(value)
+            if with_inference:
+                inference.append(_flat(in_inference(pair_inputs(features))))
+            rows.append(y.numpy())
+            _advance(progress, rows[-1])
+    finally:
+        for variable, value in zip(variables, saved):
+            variable.assign(value)
+    if not rows:
+        empty = np.zeros((0,), "float32")
+        return empty, (empty if with_inference else None), np.zeros((0, 2), "float32")
+    return (
+        np.concatenate(training),
+        np.concatenate(inference) if with_inference else None,
+        np.concatenate(rows),
+    )
+
+
+def inference_call(model):
+    """`features -> predictions` of the pair model in inference mode.
+
+    Keras's predict function (traced once per model and shared by every
+    inference-mode measurement of a run); under a multi-replica strategy a
+    plain call, as `predict_on_batch` would run the whole batch on every
+    replica and concatenate: each prediction would come n times.
+    """
+    strategy = getattr(model, "distribute_strategy", None)
+    if strategy is not None and strategy.num_replicas_in_sync > 1:
+        return lambda features: model(features, training=False)
+    return model.predict_on_batch
+
+
+def pair_inputs(features):
+    """The pair model's inputs for a batch of either layout.
+
+    A per-type batch (`aa_left`, ..., `ab_right_domain`) becomes one batch
+    of its groups in the order A-A, B-B, A-B: the order of the per-type
+    model's predictions (`build_per_type_model`). Pair inputs pass as they
+    are.
+    """
+    if INPUT_NAMES[0] in features:
+        return features
+    return {
+        name: tf.concat([features[f"{key}_{name}"] for key in TYPE_KEYS], axis=0)
+        for name in INPUT_NAMES
+    }
+
+
+def traced_call(model, training):
+    """`model(features, training=training)`, traced once per model and mode.
+
+    On TensorFlow a `tf.function` kept on the model (a Keras eager call of a
+    per-type ResNet-18 costs seconds per batch); other backends call it
+    eagerly.
+    """
+    if keras.backend.backend() != "tensorflow":
+        return lambda features: model(features, training=training)
+    cache = model.__dict__.setdefault("_kpair_traced_calls", {})
+    if training not in cache:
+        cache[training] = tf.function(
+            lambda features: model(features, training=training),
+            reduce_retracing=True,
+        )
+    return cache[training]
+
+
+def _flat(prediction):
+    return np.asarray(keras.ops.convert_to_numpy(prediction), "float32").reshape(-1)
+
+
+def _advance(progress, rows):
+    if progress is not None:
+        progress.advance(len(rows))
+
+
+def _collect(batches, predict, progress=None):
+    preds, rows = [], []
+    for features, y in batches:
+        preds.append(_flat(predict(features)))
+        rows.append(y.numpy())
+        _advance(progress, rows[-1])
+    if not rows:
+        return np.zeros((0,), "float32"), np.zeros((0, 2), "float32")
+    return np.concatenate(preds), np.concatenate(rows)
+
+
+def evaluate_pairs(model, pairs, losses, batch_size=256, mode="inference", seed=0,
+                   batching="mixed", progress=None):
+    """Losses per pair type and their sum, as `{"A-A": .., "total": ..}`.
+
+    `pairs`: a `Split`, or any unbatched `(features, y)` dataset; `progress`
+    as in `predictions`.
+    """
+    preds, rows = predictions(model, pairs, batch_size, mode, seed, batching,
+                              progress)
+    result = pair_losses_numpy(rows, preds[:, None], losses)
+    result["pairs"] = int(len(rows))
+    return result
+
+
+def domain_policy_predictions(model, pairs, domain, batch_size=256, weights=None,
+                              progress=None):
+    """Inference-mode predictions with every image's stored domain replaced.
+
+    `domain` is `"nearest"` or `"auto"` (each image's domain inferred by
+    `kpair.inspection.unknown_domains.infer_domains`) or `"pooled"` (every image
+    normalized with statistics pooled over the known domains, weighted by
+    `weights`, see `with_pooled_domain`). The pair types of the rows stay
+    the stored ones.
+
+    Returns:
+        `(preds, rows, guesses)`: as `predictions`, and for an inferring
+        policy a dict of `stored`, `inferred` (int arrays over left then
+        right images) and `confidence`, else None.
+    """
+    from kpair.inspection import unknown_domains
+
+    if domain == "pooled":
+        model, pooled_id = unknown_domains.with_pooled_domain(model, weights)
+    stored, inferred, confidence = [], [], []
+
+    def predict(features):
+        features = {name: np.asarray(value) for name, value in features.items()}
+        for side in ("left", "right"):
+            key = f"{side}_domain"
+            if domain == "pooled":
+                features[key] = np.full_like(features[key], pooled_id)
+                continue
+            guess, sure = unknown_domains.infer_domains(
+                model, features[side], batch_size=len(features[side])
+            )
+            stored.append(features[key])
+            inferred.append(guess)
+            confidence.append(sure)
+            features[key] = guess
+        return model.predict_on_batch(features)
+
+    batches = pairs_dataset(pairs).batch(batch_size).prefetch(tf.data.AUTOTUNE)
+    preds, rows = _collect(batches, predict, progress)
+    if domain == "pooled":
+        return preds, rows, None
+    guesses = {"stored": stored, "inferred": inferred, "confidence": confidence}
+    return preds, rows, {
+        key: np.concatenate(value) if value else np.zeros((0,))
+        for key, value in guesses.items()
+    }
+
+
+def evaluate_run(run_or_model, data=None, split="val", mode="inference",
+                 batch_size=48, batching="mixed", domain="given"):
+    """Losses per pair type of a run directory or `.keras` file on a split.
+
+    This is `kpair.evaluate`, the function `kpair evaluate` calls. A count
+    of the pairs done, with an estimate of the time left, goes to stderr
+    (see `kpair.utils.progress.Progress`).
+
+    Args:
+        run_or_model: A run directory or a `.keras` file.
+        data: Dataset directory; by default the run's own (`config.data`),
+            else the demo data set. Images are resized to the model's
+            input size.
+        split: String, `"train"`, `"val"` or `"test"`.
+        mode: `"inference"` (`training=False`, moving statistics) or
+            `"batch-stats"` (each batch's own statistics, nothing updated).
+        batch_size: Integer, pairs per batch.
+        batching: With `mode="batch-stats"`: `"mixed"` or `"per-type"`
+            batches.
+        domain: Which domain ids the images are normalized with, in
+            inference mode (see `kpair.inspection.unknown_domains`): `"given"` (the
+            stored ids), `"nearest"` or `"auto"` (each image's inferred
+            domain, the stored ids ignored), or `"pooled"` (statistics
+            pooled over the known domains, weighted by the run's training
+            images per domain, else equally).
+
+    Returns:
+        A dict: the loss of each pair type (`"A-A"`, ...), their sum
+        `"total"`, the number of `"pairs"`, and the `mode`, `split`,
+        `domain` and `model` evaluated. With an inferring policy also
+        `domain_accuracy` (the share of images whose inferred domain is
+        the stored one) and `domain_confidence` (the mean confidence);
+        with `"pooled"`, `pooled_weights` (how the domains were weighted).
+
+    Raises:
+        kpair.data.DataError: the split cannot be read or holds no pairs.
+        kpair.errors.ModelFileError: the model does not load.
+
+    Example:
+
+    >>> kpair.evaluate("runs/demo", split="test")["total"]
+    """
+    from kpair.data import DataError, read_split
+    from kpair.data.batching import check_pair_types
+    from kpair.errors import ConfigError
+    from kpair.inspection.unknown_domains import POLICIES, per_domain_owner
+    from kpair.models.losses import sign_targets
+    from kpair.runs import model_files as runs
+
+    if domain not in POLICIES:
+        raise ConfigError(f"Unknown domain policy. Expected one of {list(POLICIES)}."
+                          f" Received: domain={domain!r}")
+    if domain != "given" and mode != "inference":
+        raise ConfigError("A domain policy other than 'given' applies in inference "
+                          f"mode only. Received: domain={domain!r}, mode={mode!r}")
+    opened = runs.open_for_evaluation(run_or_model, data)
+    if domain != "given":
+        per_domain_owner(opened.model)  # refuses before reading the split
+    data_dir, losses = opened.data_dir, opened.losses
+    # Targets are checked against the losses of a run, not a model file's
+    # default guess at them.
+    pairs = read_split(
+        data_dir / split, opened.image_size, num_domains=opened.num_domains,
+        sign_targets=sign_targets(losses) if opened.config is not None else None,
+    )
+    counts = pairs.counts
+    if not sum(counts.values()):
+        raise DataError(f"Split {data_dir / split} holds no pairs: nothing to "
+                        "evaluate.")
+    if mode == "batch-stats":
+        check_pair_types(counts, batching, where=f"split {data_dir / split}")
+    if domain != "given":
+        return _evaluate_with_policy(opened, pairs, domain, batch_size, split)
+    with Progress("evaluating pairs", sum(counts.values())) as progress:
+        result = evaluate_pairs(opened.model, pairs, losses, batch_size, mode,
+                                batching=batching, progress=progress)
+    result.update(mode=mode, split=split, domain=domain,
+                  model=str(opened.model_path))
+    if mode == "batch-stats":
+        result["batching"] = batching
+    return result
+
+
+def _evaluate_with_policy(opened, pairs, domain, batch_size, split):
+    """`evaluate_run`'s result with the domains chosen by `domain`."""
+    from kpair.inspection.unknown_domains import training_domain_weights
+
+    weights = source = None
+    if domain == "pooled":
+        weights, source = training_domain_weights(opened.run, opened.num_domains)
+    with Progress("evaluating pairs", sum(pairs.counts.values())) as progress:
+        preds, rows, guesses = domain_policy_predictions(
+            opened.model, pairs, domain, batch_size, weights, progress
+        )
+    result = pair_losses_numpy(rows, preds[:, None], opened.losses)
+    result.update(pairs=int(len(rows)), mode="inference", split=split,
+                  domain=domain, model=str(opened.model_path))
+    if guesses is not None:
+        result["domain_accuracy"] = float(
+            np.mean(guesses["inferred"] == guesses["stored"])
+        )
+        result["domain_confidence"] = float(np.mean(guesses["confidence"]))
+    else:
+        result["pooled_weights"] = source
+    return result

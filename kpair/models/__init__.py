@@ -1,0 +1,2 @@
+"""The models: backbone, pair model, losses, building from a config,
+precision."""

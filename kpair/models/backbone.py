@@ -1,0 +1,258 @@
+"""ResNet-18 with a swappable, possibly domain-aware, normalization."""
+
+import keras
+
+from kpair import layers
+from kpair.errors import ConfigError
+from kpair.models.functional_config import model_config
+from kpair.models.stems import STEMS
+
+# Basic blocks per stage and base widths (He et al. 2016, ResNet-18).
+BLOCKS_PER_STAGE = (2, 2, 2, 2)
+STAGE_WIDTHS = (64, 128, 256, 512)
+# Bounds that keep a hostile `.keras` config from allocating gigabytes: the
+# embedding's kernel grows with embedding_dim, activations with image_size.
+MAX_EMBEDDING_DIM = 16384
+MAX_IMAGE_SIZE = 4096
+
+
+@keras.saving.register_keras_serializable(package="kpair")
+class ResNet18Backbone(keras.Model):
+    """ResNet-18 that embeds an image, with its normalization chosen by name.
+
+    Every backbone has the same two inputs whatever its norm: the image and
+    the integer domain of each sample. Norms that keep per-domain statistics
+    read the domain; the others ignore it. So saved models are
+    interchangeable, and one backbone serves left and right images of every
+    pair type.
+
+    Args:
+        norm: Registry name of the normalization (`kpair.layers.names()`).
+        norm_options: Dict of that norm's options (`kpair.layers.options(norm)`).
+        image_size: Height and width of the (square) input images.
+        stem: `"small"` (3x3 convolution, stride 1, no pooling: for images of
+            about 32 pixels) or `"imagenet"` (7x7 convolution, stride 2, and
+            3x3 max pooling, stride 2).
+        width_multiplier: Scales every stage's width (64, 128, 256, 512);
+            tests use a tiny backbone with 0.125.
+        embedding_dim: Size of the embedding (128 in the post).
+        num_domains: Domains the domain-aware norms keep statistics for;
+            passed to norms that take `num_domains` unless `norm_options`
+            sets it.
+        dtype: Dtype policy of every layer (`None`: the global policy). It
+            is saved with the model.
+        **kwargs: `keras.Model` arguments (`name`, `trainable`).
+
+    Call arguments:
+        inputs: `[image, domain]` (or a dict with those keys): a float image
+            batch `(batch, image_size, image_size, 3)` and int32 domain ids
+            `(batch,)`, one scalar per sample.
+        training: Python boolean, passed to every normalization layer. With
+            `True` (and the layer trainable), per norm:
+            `"batch"` normalizes with the batch's statistics and moves the
+            moving averages toward them; `"per-domain"` does the same per
+            domain, over the samples of each domain in the batch, and leaves
+            an absent domain's averages untouched; `"group"` is unaffected;
+            `"eval-mode"` normalizes with the moving averages (batch
+            statistics during its warm-up steps) and still updates them;
+            `"batch-renorm"` normalizes with batch statistics corrected
+            toward the moving averages (clipped r, d) and updates them.
+            With `False` every batch-statistics norm uses its moving
+            averages (per domain for `"per-domain"`) and updates nothing.
+
+    Returns:
+        The embedding, `(batch, embedding_dim)`, in the compute dtype of
+        `dtype` (float16 under `"mixed_float16"`). The backbone leaves the
+        cast to float32 to its task model: `PairModel`'s head computes and
+        returns float32, so a backbone can be reused under any head.
+
+    Example:
+
+    >>> images = np.random.rand(4, 32, 32, 3).astype("float32")
+    >>> domains = np.array([0, 0, 1, 1], "int32")
+    >>> backbone = ResNet18Backbone(norm="per-domain", width_multiplier=0.25)
+    >>> backbone([images, domains]).shape  # (4, 128)
+
+    Reference:
+        - [He et al., 2016](https://arxiv.org/abs/1512.03385)
+    """
+
+    def __init__(
+        self,
+        norm="batch",
+        norm_options=None,
+        image_size=32,
+        stem="small",
+        width_multiplier=1.0,
+        embedding_dim=128,
+        num_domains=2,
+        dtype=None,
+        **kwargs,
+    ):
+        _validate_arguments(
+            norm, norm_options, image_size, stem, width_multiplier, embedding_dim,
+            num_domains,
+        )
+        norm_options = dict(norm_options or {})
+        factory = _norm_factory(norm, norm_options, num_domains)
+        widths = [max(1, round(w * width_multiplier)) for w in STAGE_WIDTHS]
+        # Every layer gets the policy explicitly (as keras-hub backbones do):
+        # a saved model then computes in its own precision, whatever the
+        # global policy of the process that loads it.
+        policy = _policy(dtype)
+        layer = _LayerMaker(policy)
+
+        # === Functional Model ===
+        image = keras.Input((image_size, image_size, 3), name="image")
+        domain = keras.Input((), dtype="int32", name="domain")
+        x = _stem(layer, image, domain, factory, widths[0], stem)
+        for stage, (blocks, width) in enumerate(zip(BLOCKS_PER_STAGE, widths)):
+            for block in range(blocks):
+                stride = 2 if stage > 0 and block == 0 else 1
+                name = f"stage{stage + 1}_block{block + 1}"
+                x = _basic_block(layer, x, domain, factory, width, stride, name)
+        x = layer(keras.layers.GlobalAveragePooling2D, name="pool")(x)
+        embedding = layer(keras.layers.Dense, embedding_dim, name="embedding")(x)
+        super().__init__(inputs=[image, domain], outputs=embedding, **kwargs)
+        self.dtype_policy = policy
+
+        # === Config ===
+        self.norm = norm
+        self.norm_options = norm_options
+        self.image_size = image_size
+        self.stem = stem
+        self.width_multiplier = width_multiplier
+        self.embedding_dim = embedding_dim
+        self.num_domains = num_domains
+
+    def get_config(self):
+        return model_config(
+            self,
+            norm=self.norm,
+            norm_options=dict(self.norm_options),
+            image_size=self.image_size,
+            stem=self.stem,
+            width_multiplier=self.width_multiplier,
+            embedding_dim=self.embedding_dim,
+            num_domains=self.num_domains,
+        )
+
+    @classmethod
+    def from_config(cls, config):
+        return cls(**config)
+
+
+def _validate_arguments(
+    norm, norm_options, image_size, stem, width_multiplier, embedding_dim,
+    num_domains,
+):
+    """Type and range checks of `ResNet18Backbone`'s arguments, before any
+    layer exists: a `.keras` file's config reaches the constructor unchecked."""
+    _check_positive_int("image_size", image_size, MAX_IMAGE_SIZE)
+    _check_positive_int("embedding_dim", embedding_dim, MAX_EMBEDDING_DIM)
+    _check_positive_int("num_domains", num_domains)
+    if stem not in STEMS:
+        raise ConfigError(
+            f"Unknown stem. Expected one of {list(STEMS)}. Received: stem={stem!r}"
+        )
+    if (
+        isinstance(width_multiplier, bool)
+        or not isinstance(width_multiplier, (int, float))
+        or not 0 < width_multiplier <= 16
+    ):
+        raise ConfigError(
+            "`width_multiplier` must be a number in (0, 16]. "
+            f"Received: width_multiplier={width_multiplier!r}"
+        )
+    if not isinstance(norm, str):
+        raise ConfigError(
+            f"`norm` must be a registry name, one of {list(layers.names())}. "
+            f"Received: norm={norm!r}"
+        )
+    if norm_options is not None and not isinstance(norm_options, dict):
+        raise ConfigError(
+            "`norm_options` must be a dict of the norm's options "
+            f"(`kpair.layers.options({norm!r})`) or None. "
+            f"Received: norm_options={norm_options!r}"
+        )
+
+
+def _norm_factory(norm, norm_options, num_domains):
+    # `num_domains` reaches only the norms that take it, and never overrides
+    # the one `norm_options` sets.
+    resolved = dict(norm_options)
+    if "num_domains" in layers.options(norm):
+        resolved.setdefault("num_domains", num_domains)
+    return layers.get(norm, **resolved)
+
+
+def _stem(layer, image, domain, factory, width, stem):
+    kernel, stride = (7, 2) if stem == "imagenet" else (3, 1)
+    x = layer.conv(width, kernel, stride, "stem_conv")(image)
+    x = layer.norm(factory, x, domain, width, "stem_norm")
+    x = layer(keras.layers.ReLU, name="stem_relu")(x)
+    if stem == "imagenet":
+        x = layer(
+            keras.layers.MaxPooling2D, 3, 2, padding="same", name="stem_pool"
+        )(x)
+    return x
+
+
+def _policy(dtype):
+    if dtype is None:
+        return keras.config.dtype_policy()
+    return keras.dtype_policies.get(dtype)
+
+
+class _LayerMaker:
+    """Makes layers that all share one dtype policy."""
+
+    def __init__(self, policy):
+        self.policy = policy
+
+    def __call__(self, cls, *args, **kwargs):
+        return cls(*args, dtype=self.policy, **kwargs)
+
+    def conv(self, filters, kernel, stride, name):
+        # No bias: the normalization that follows has its own offset.
+        return self(
+            keras.layers.Conv2D, filters, kernel, strides=stride, padding="same",
+            use_bias=False, kernel_initializer="he_normal", name=name,
+        )
+
+    def norm(self, factory, x, domain, channels, name):
+        return _norm(factory, x, domain, channels, name, dtype=self.policy)
+
+
+def _norm(factory, x, domain, channels, name, dtype=None):
+    """Applies a new norm layer; only the factory knows if it reads domains."""
+    layer = factory(channels, name=name, dtype=dtype)
+    return layer([x, domain]) if factory.takes_domain else layer(x)
+
+
+def _basic_block(layer, x, domain, factory, width, stride, name):
+    shortcut = x
+    y = layer.conv(width, 3, stride, f"{name}_conv1")(x)
+    y = layer.norm(factory, y, domain, width, f"{name}_norm1")
+    y = layer(keras.layers.ReLU, name=f"{name}_relu1")(y)
+    y = layer.conv(width, 3, 1, f"{name}_conv2")(y)
+    y = layer.norm(factory, y, domain, width, f"{name}_norm2")
+    if stride != 1 or x.shape[-1] != width:
+        # Projection shortcut, as torchvision's downsample: 1x1 conv + norm.
+        shortcut = layer.conv(width, 1, stride, f"{name}_shortcut_conv")(x)
+        shortcut = layer.norm(
+            factory, shortcut, domain, width, f"{name}_shortcut_norm"
+        )
+    y = layer(keras.layers.Add, name=f"{name}_add")([y, shortcut])
+    return layer(keras.layers.ReLU, name=f"{name}_out")(y)
+
+
+def _check_positive_int(name, value, maximum=None):
+    if isinstance(value, bool) or not isinstance(value, int) or value <= 0:
+        raise ConfigError(
+            f"`{name}` must be a positive integer. Received: {name}={value!r}"
+        )
+    if maximum is not None and value > maximum:
+        raise ConfigError(
+            f"`{name}` must be at most {maximum}. Received: {name}={value!r}"
+        )

@@ -1,0 +1,2 @@
+"""Training: `train(config)`, its callbacks, the gap probe, preflight checks,
+run directories and the comparison of norms."""

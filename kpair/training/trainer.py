@@ -1,0 +1,395 @@
+"""`kpair.train(config)` (kpair.training.trainer.train): one training run,
+one run directory.
+
+The run directory holds `model.keras` (computing in float32), `config.json`
+(the resolved configuration), `history.csv`, `metrics.json`, TensorBoard
+logs under `logs/`, the last good weights under `checkpoints/` and the
+backup under `backup/` from which a killed run resumes, and a finished one
+trains on when given more epochs.
+"""
+
+import json
+import math
+import os
+import sys
+import time
+from pathlib import Path
+
+import keras
+import tensorflow as tf
+
+from kpair.config import TrainConfig
+from kpair.data import (
+    ensure_demo,
+    make_batches,
+    read_split,
+    steps_per_epoch,
+)
+from kpair.errors import ConfigError
+from kpair.inspection.check import check_model, failed
+from kpair.models.model_builder import build_pair_model, training_model, with_precision
+from kpair.models.precision import describe_precision, detect_gpus, resolve_precision
+from kpair.pair_types import TYPE_KEYS
+from kpair.training import callbacks as kcb
+from kpair.training import gap
+from kpair.training.preflight import check_training_data
+from kpair.training.run_directory import claim, run_record
+from kpair.utils import files
+from kpair.utils.onednn import describe_cpu_kernels, onednn_enabled
+from kpair.utils.quiet import hide_gpus
+
+BATCH_NORM_FAMILY = ("batch", "batch-renorm")
+# Config fields a run directory may be resumed with other values of: train
+# longer, or on with a lower learning rate after a NaN.
+RESUMABLE_CHANGES = {"epochs", "learning_rate"}
+# The Keras backends `train` runs on; the data pipeline is tf.data on each.
+# torch's steps run eagerly (no compilation): slower than the others.
+TRAINING_BACKENDS = ("tensorflow", "jax", "torch")
+# XLA's flag that makes its GPU kernels deterministic (on CPU they are).
+XLA_GPU_DETERMINISM = "--xla_gpu_deterministic_ops=true"
+
+
+def resolve_data(config, out=None):
+    """The dataset directory: `config.data`, or the cached demo data set."""
+    out = out if out is not None else sys.stdout
+    if config.data is not None:
+        return Path(config.data)
+    print("No --data given: using the built-in demo data set.", file=out)
+    return ensure_demo(image_size=config.image_size)
+
+
+def training_data(config, data_dir):
+    """What one run trains on, shared by `kpair train` and the tuner.
+
+    Returns `(batches, steps, probe, val_pairs)`: repeated training batches
+    with a known number of steps per epoch (Keras cannot count the batches
+    of a filtered, zipped dataset, and progress needs a total), the
+    `kpair.training.gap.GapProbe` that measures the gap every epoch on one fixed
+    sample of training pairs in the run's batches, and the validation
+    `Split`.
+    """
+    # Domain ids are checked where the data enter, for the tuner too.
+    train_pairs = read_split(
+        data_dir / "train", config.image_size, num_domains=config.num_domains
+    )
+    val_pairs = read_split(
+        data_dir / "val", config.image_size, num_domains=config.num_domains
+    )
+    sample = gap.fixed_sample(
+        train_pairs, config.batching, config.batch_size, config.eval_pairs,
+        config.seed,
+    )
+    probe = gap.GapProbe.for_run(
+        sample, config.batching, config.batch_size, config.losses
+    )
+    steps = config.steps_per_epoch or steps_per_epoch(
+        train_pairs.counts, config.batching, config.batch_size
+    )
+    batches = make_batches(
+        train_pairs, config.batching, config.batch_size, seed=config.seed,
+        repeat=True,
+    )
+    return batches, steps, probe, val_pairs
+
+
+def train(config, out=None, extra_callbacks=()):
+    """Trains the pair model of `config` and writes its run directory.
+
+    A run directory that holds a backup of an unfinished run with the same
+    configuration is resumed from its last finished epoch. This is
+    `kpair.train`, the function `kpair train` calls.
+
+    Args:
+        config: A `kpair.TrainConfig`; `config.out` is the run directory,
+            `config.data` the dataset directory (`None`: the demo data set).
+        out: Stream for kpair's lines (default `sys.stdout`). Keras's own
+            progress goes to `sys.stdout`: a bar on a terminal, else one
+            line per epoch.
+        extra_callbacks: More `keras.callbacks.Callback`s for `fit`.
+
+    Returns:
+        The metrics dict written to `metrics.json`: the losses of the final
+        weights in training and inference mode and their ratio `gap_ratio`,
+        `val_loss`, per pair type, `epochs` and `seconds`.
+
+    Example:
+
+    >>> import kpair
+    >>> metrics = kpair.train(kpair.TrainConfig(epochs=2, out="runs/mine"))
+    >>> model = kpair.load_model("runs/mine")
+
+    Trains on the Keras backend of the process (`KERAS_BACKEND`):
+    TensorFlow, JAX with XLA-compiled steps, or torch (eager steps); the
+    data come from the same tf.data pipeline on each.
+
+    Raises:
+        kpair.errors.TrainingDiverged: the loss became NaN or infinite;
+            the last good checkpoint and the backup are kept.
+        kpair.config.ConfigError: `out` holds a run of another config; the
+            backend is none of `TRAINING_BACKENDS`; or `deterministic` on
+            JAX with a GPU without XLA's deterministic GPU kernels.
+        kpair.data.DataError: the data cannot be read, or break the data
+            contract for `config` (see `kpair.training.preflight.check_training_data`);
+            nothing is written then.
+    """
+    out = out if out is not None else sys.stdout
+    run_dir = Path(config.out)
+    started = time.perf_counter()
+    check_backend(config)
+    # Data that cannot train fail here, in one line, before the run
+    # directory exists (the data are read only after it is claimed).
+    check_training_data(config)
+    _claim_run_dir(run_dir, config)
+    # Before any dataset is made: tf.data's seeded shuffles also read the
+    # global seed, so a run must not depend on what ran before it.
+    keras.utils.set_random_seed(config.seed)
+    data_dir = resolve_data(config, out)
+    batches, steps, probe, val_pairs = training_data(config, data_dir)
+
+    if config.deterministic:
+        # Same seed, same kernels: the same metrics and weights every time
+        # (on JAX this covers the data pipeline; XLA's kernels are checked
+        # by check_backend).
+        tf.config.experimental.enable_op_determinism()
+    epochs_done = kcb.restore_point(run_dir / "backup", out)
+    finished = _finished_metrics(run_dir, config, epochs_done)
+    if finished is not None:
+        print(f"{run_dir} is a finished run of this configuration; nothing "
+              "to do.", file=out)
+        return finished
+    kcb.trim_history(run_dir / "history.csv", epochs_done, out)
+    pair_model, model, batches = _start_or_resume(
+        config, batches, steps, epochs_done, data_dir, out
+    )
+    callbacks = _callbacks(config, pair_model, probe, val_pairs, out, extra_callbacks)
+    model.fit(
+        batches, epochs=config.epochs, steps_per_epoch=steps, callbacks=callbacks,
+        shuffle=False,  # make_batches shuffled already
+        # Keras's bar on a terminal; in a log, one line per epoch, not a
+        # redrawn bar's hundreds.
+        verbose=1 if sys.stdout.isatty() else 2,
+    )
+    seconds = time.perf_counter() - started
+    return _write_outputs(run_dir, config, pair_model, seconds, out)
+
+
+def check_backend(config):
+    """Refuses, in one line, a backend or setting this run cannot train with.
+
+    On JAX, TensorFlow only feeds the data and is kept off the GPUs.
+    """
+    backend = keras.backend.backend()
+    if backend not in TRAINING_BACKENDS:
+        raise ConfigError(
+            f"kpair trains on the Keras backends {', '.join(TRAINING_BACKENDS)}; "
+            f"{backend} has no training loop that takes tf.data batches. "
+            f"Received: KERAS_BACKEND={backend}"
+        )
+    if backend == "tensorflow":
+        return
+    hide_gpus(tf)
+    if (config.deterministic and detect_gpus()
+            and XLA_GPU_DETERMINISM not in os.environ.get("XLA_FLAGS", "")):
+        raise ConfigError(
+            "--deterministic on JAX with a GPU needs XLA's deterministic GPU "
+            f"kernels: set XLA_FLAGS={XLA_GPU_DETERMINISM} (on CPU, XLA is "
+            "deterministic already). Received: --deterministic --backend jax"
+        )
+
+
+# Random pairs of the deployment check run on every model `kpair train`
+# writes: a few of each pair type, a second on a full-width CPU model.
+# `kpair check` takes 64.
+CHECK_PAIRS = 16
+
+
+def _claim_run_dir(run_dir, config):
+    """Writes config.json, refusing a directory that holds another run."""
+    run_dir.mkdir(parents=True, exist_ok=True)
+    path = run_dir / "config.json"
+    claim(
+        path, config.to_dict(), "a run with another configuration",
+        "Use another --out, or remove it.", load=_readable_config,
+        resumable=RESUMABLE_CHANGES,
+    )
+    files.write_json(path, run_record(config))
+
+
+def _readable_config(path):
+    """The saved config as a dict; None if unreadable: the run is claimed anew."""
+    try:
+        return TrainConfig.load(path).to_dict()
+    except ValueError:
+        return None
+
+
+def _start_or_resume(config, batches, steps, epochs_done, data_dir, out):
+    """Builds the model and says what trains; a resumed run skips done batches.
+
+    Returns `(pair_model, model, batches)`: the pair model, the model that
+    trains it and the batches from where the run goes on.
+    """
+    run_dir = Path(config.out)
+    if config.precision == "auto":
+        print(describe_precision(config.precision), file=out, flush=True)
+    backend = keras.backend.backend()
+    if not detect_gpus() and backend == "tensorflow":
+        print(describe_cpu_kernels(), file=out, flush=True)
+    pair_model = build_pair_model(config)
+    model = training_model(pair_model, config)
+    _build(model, batches)
+    if epochs_done:
+        print(
+            f"Resuming {run_dir}: {epochs_done} of {config.epochs} epochs "
+            "done, continuing from the backup.",
+            file=out,
+        )
+        # The batches a run that was never stopped would see next.
+        batches = batches.skip(epochs_done * steps)
+    print(
+        f"Training norm={config.norm} batching={config.batching} "
+        f"precision={resolve_precision(config.precision)} backend={backend} on "
+        f"{data_dir} -> {run_dir}",
+        file=out,
+        flush=True,
+    )
+    return pair_model, model, batches
+
+
+def _callbacks(config, pair_model, probe, val_pairs, out, extra_callbacks=()):
+    """The callbacks of a run, in the order their epoch ends must run."""
+    run_dir = Path(config.out)
+    return [
+        # First: its line ends the epoch with Keras's running losses, before
+        # the gap measured below adds its keys to the epoch's logs.
+        keras.callbacks.ProgbarLogger(),
+        kcb.StopOnNonFiniteLoss(),
+        kcb.EpochLosses(
+            pair_model, probe, val_pairs, config.losses, config.epochs, out
+        ),
+        kcb.HistoryCSV(run_dir / "history.csv"),
+        kcb.LastGoodCheckpoint(run_dir / "checkpoints"),
+        keras.callbacks.TensorBoard(str(run_dir / "logs"), write_graph=False),
+        kcb.ReleaseFreeMemory(),
+        *extra_callbacks,
+        # Last at an epoch's end: once the backup says an epoch is done, its
+        # history row and checkpoint are written already.
+        kcb.backup_callback(run_dir / "backup"),
+        # After the restore, which brings back the optimizer's old rate: a
+        # run resumed after a NaN trains on with the lower rate it was given.
+        kcb.SetLearningRate(config.learning_rate),
+    ]
+
+
+def _write_outputs(run_dir, config, pair_model, seconds, out):
+    """Writes model.keras and metrics.json, prints the verdict; the metrics."""
+    metrics = _final_metrics(run_dir, config, seconds)
+    model = with_precision(pair_model, "float32")
+    findings = check_model(model, pairs=CHECK_PAIRS)
+    metrics["check"] = _check_status(findings)
+    files.write_model(model, run_dir / "model.keras")
+    files.write_json(run_dir / "metrics.json", metrics)
+    print(verdict(metrics, config), file=out, flush=True)
+    _print_check(findings, run_dir, out)
+    return metrics
+
+
+def _check_status(findings):
+    """"ok", "warning" or "failure": the worst level of `kpair check`."""
+    levels = {f.level for f in findings}
+    if failed(findings):
+        return "failure"
+    return "warning" if "warning" in levels else "ok"
+
+
+def _print_check(findings, run_dir, out):
+    """One line when the model passes `kpair check`, else a line a finding."""
+    problems = [f for f in findings if f.level not in ("ok",)]
+    if not problems:
+        print("kpair check: the model passes (statistics finite, every domain "
+              "trained, predictions independent of the batch).", file=out)
+        return
+    for finding in problems:
+        print(f"kpair check: {finding.line()}", file=out)
+    print(f"(`kpair check {run_dir}` repeats the checks on more pairs.)",
+          file=out, flush=True)
+
+
+def _finished_metrics(run_dir, config, epochs_done):
+    """metrics.json of a run that finished all of `config`'s epochs, or None."""
+    if epochs_done < config.epochs or not (run_dir / "model.keras").is_file():
+        return None
+    try:
+        metrics = json.loads((run_dir / "metrics.json").read_text())
+    except (OSError, ValueError):
+        return None
+    return metrics if metrics.get("epochs") == config.epochs else None
+
+
+def _build(model, batches):
+    """Builds model and optimizer so that BackupAndRestore can load into them."""
+    features, _ = next(iter(batches.take(1)))
+    model(features, training=False)
+    model.optimizer.build(model.trainable_variables)
+
+
+def _final_metrics(run_dir, config, seconds):
+    rows = kcb.read_history(run_dir / "history.csv")
+    last = rows[-1]
+
+    def value(key):
+        return float(last[key]) if last.get(key, "") != "" else float("nan")
+
+    metrics = {"epochs": int(last["epoch"])}
+    for key in (gap.TRAINING_MODE, gap.INFERENCE_MODE, "val_loss", gap.RUNNING):
+        metrics[key] = value(key)
+    metrics[gap.GAP] = gap.ratio(
+        metrics[gap.INFERENCE_MODE], metrics[gap.TRAINING_MODE]
+    )
+    pairs = value("sample_pairs")
+    metrics["sample_pairs"] = int(pairs) if math.isfinite(pairs) else None
+    for key in TYPE_KEYS:
+        for name in (gap.TRAINING_MODE, gap.INFERENCE_MODE, "val_loss", gap.RUNNING):
+            metrics[f"{name}_{key}"] = value(f"{name}_{key}")
+    metrics["seconds"] = round(seconds, 1)
+    metrics["norm"], metrics["batching"] = config.norm, config.batching
+    # The policy the run trained in ("auto" stays in config.json).
+    metrics["precision"] = resolve_precision(config.precision)
+    backend = keras.backend.backend()
+    metrics["backend"] = backend
+    # TensorFlow's CPU kernels; on JAX, XLA's compute (TensorFlow reads data).
+    metrics["onednn"] = onednn_enabled() if backend == "tensorflow" else None
+    return metrics
+
+
+def verdict(metrics, config):
+    """A plain sentence on the training/inference gap."""
+    ratio = metrics[gap.GAP]
+    head = (
+        f"On {metrics['sample_pairs']} training pairs with the final weights: "
+        f"loss {metrics[gap.TRAINING_MODE]:.4f} in training mode "
+        f"({config.batching} batches, nothing updated), "
+        f"{metrics[gap.INFERENCE_MODE]:.4f} in inference mode ({ratio:.2f}x); "
+        f"validation {metrics['val_loss']:.4f} (inference mode)."
+    )
+    if not ratio <= config.gap_warning:
+        if config.norm in BATCH_NORM_FAMILY and config.batching == "per-type":
+            cause = (
+                "Likely cause: each training batch holds one domain, so batch "
+                "norm's batch statistics differ from its moving averages, which "
+                "mix both domains. Fix: --norm per-domain, or --batching "
+                "balanced (or mixed)."
+            )
+        else:
+            cause = (
+                "Likely cause: the normalization statistics used in inference "
+                "differ from those seen in training. Run `kpair evaluate RUN "
+                "--split train --mode batch-stats` to check; try --norm "
+                "per-domain or --batching balanced."
+            )
+        return f"WARNING: the model does worse in inference mode. {head} {cause}"
+    return (
+        f"Done. {head} Inference mode is within {config.gap_warning}x of "
+        "training mode (--gap-warning)."
+    )
+

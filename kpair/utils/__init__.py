@@ -1,0 +1,1 @@
+"""Shared helpers: whole-file writes, progress, tables, TensorFlow set-up."""
