@@ -6,7 +6,8 @@ field (its type, choices, default and help text come from the field and the
 `--print-config`. A command adds only flags of its own. `resolve_config`
 is the one merge of `--config` with the flags.
 
-Nothing here imports TensorFlow until a parser is built for a command.
+Only a command's module imports this one (`kpair --help` does not): it loads
+Keras and TensorFlow.
 """
 
 import argparse
@@ -14,6 +15,13 @@ import dataclasses
 import json
 import re
 import sys
+
+from kpair import layers
+from kpair.config import OPTIMIZERS, TrainConfig
+from kpair.data.batching import BATCHINGS
+from kpair.errors import ConfigError
+from kpair.models.precision import PRECISIONS
+from kpair.models.stems import STEMS
 
 # Defaults of kpair's commands that differ from TrainConfig's own: a command
 # line takes the fastest precision this machine runs natively.
@@ -27,12 +35,6 @@ NONE_MEANS = {"data": "the built-in demo data set", "steps_per_epoch": "one pass
 
 def field_choices():
     """Field name -> the values it accepts, from the modules that own them."""
-    from kpair import layers
-    from kpair.config import OPTIMIZERS
-    from kpair.data.batching import BATCHINGS
-    from kpair.models.precision import PRECISIONS
-    from kpair.models.stems import STEMS
-
     return {
         "norm": tuple(layers.names()),
         "batching": BATCHINGS,
@@ -61,8 +63,6 @@ def field_helps(cls):
 
 def add_config_flags(parser):
     """Adds `--config`, `--print-config` and one flag per config field."""
-    from kpair.config import TrainConfig
-
     group = parser.add_argument_group(
         "configuration",
         "The same flags in train, compare and tune. A flag overrides the value "
@@ -133,8 +133,6 @@ def _comma_tuple(text):
 
 
 def _option(text):
-    from kpair.errors import ConfigError
-
     key, sep, value = text.partition("=")
     if not sep or not key:
         raise ConfigError(f"--norm-option takes KEY=VALUE. Received: {text!r}")
@@ -146,8 +144,6 @@ def _option(text):
 
 def given_flags(args):
     """`{field: value}` of the config flags given on the command line."""
-    from kpair.config import TrainConfig
-
     given = {}
     for field in dataclasses.fields(TrainConfig):
         value = getattr(args, field.name, None)
@@ -163,8 +159,6 @@ def resolve_config(args, **fixed):
 
     `--norm-option`s are added to the options of `--config`'s norm.
     """
-    from kpair.config import TrainConfig
-
     base = TrainConfig.load(args.config).to_dict() if args.config else {}
     given = given_flags(args)
     if "norm_options" in given:

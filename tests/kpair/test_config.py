@@ -60,7 +60,8 @@ def test_per_type_needs_three_pairs_per_batch():
 
 
 def test_cli_flags_override_a_saved_config(tmp_path):
-    from kpair.cli import _parser, build_config
+    from kpair.cli import _parser
+    from kpair.cli.train import build_config
 
     saved = TrainConfig(norm="group", norm_options={"groups": 4}, epochs=3)
     path = tmp_path / "config.json"
@@ -76,7 +77,8 @@ def test_cli_flags_override_a_saved_config(tmp_path):
 
 
 def test_cli_rejects_a_malformed_norm_option():
-    from kpair.cli import _parser, build_config
+    from kpair.cli import _parser
+    from kpair.cli.train import build_config
 
     args = _parser().parse_args(["train", "--norm-option", "momentum"])
     with pytest.raises(ValueError, match="KEY=VALUE"):

@@ -126,14 +126,16 @@ def test_config_keeps_auto_and_still_rejects_unknown_names():
     [([], "auto"), (["--precision", "mixed_float16"], "mixed_float16")],
 )
 def test_kpair_train_defaults_to_auto(flags, expected):
-    from kpair.cli import _parser, build_config
+    from kpair.cli import _parser
+    from kpair.cli.train import build_config
 
     config = build_config(_parser().parse_args(["train", *flags]))
     assert config.precision == expected
 
 
 def test_a_saved_config_keeps_its_precision(tmp_path):
-    from kpair.cli import _parser, build_config
+    from kpair.cli import _parser
+    from kpair.cli.train import build_config
 
     path = tmp_path / "config.json"
     path.write_text('{"precision": "float32"}')

@@ -1,23 +1,40 @@
-"""The flags of `kpair tune` beyond the config's, and the run of a search.
+"""`kpair tune`: a keras-tuner search over the normalization.
 
-`kpair.cli` declares the config flags (`kpair.cli.config_flags`, shared with
-`train` and `compare`) and resolves the base config; `add_tune_flags` adds
-the search's own flags. A KpairError (bad flags, bad data, a search
+The config flags (`kpair.cli.config_flags`, shared with `train` and
+`compare`) give the base config; `add_tune_flags` adds the search's own
+flags. The only module of `kpair.cli` that imports `kpair.tuning`, and it
+is imported only when `kpair tune` runs. A KpairError (bad flags, bad data, a search
 directory of another search) ends as one line with exit code 2.
 """
 
-from kpair.errors import ConfigError
+import tensorflow as tf
 
-from .search import TUNERS
+from kpair.cli.common import add_list_flags, one_or_all
+from kpair.cli.config_flags import add_config_flags, print_config, resolve_config
+from kpair.errors import ConfigError
+from kpair.tuning import search
 
 DEFAULT_OUT = "runs/tune"
 DEFAULT_MAX_TRIALS = 10
 
 
+def add_flags(p):
+    add_config_flags(p)
+    add_tune_flags(p)
+    p.set_defaults(run=_tune)
+
+
+def _tune(args):
+    config = resolve_config(args, out=args.out)
+    if args.print_config:
+        print_config(config)
+        return 0
+    return run_tune(args, config, one_or_all(args.norms, args.norm),
+                    one_or_all(args.batchings, args.batching))
+
+
 def add_tune_flags(p):
     """Adds `kpair tune`'s own flags to its parser `p`."""
-    from kpair.cli import add_list_flags
-
     p.description = (
         "keras-tuner search over the normalization (and its options, the "
         "learning rate and the batching), judged by the inference-mode "
@@ -29,8 +46,8 @@ def add_tune_flags(p):
     group = p.add_argument_group("search")
     add_list_flags(group, "searched over")
     group.add_argument(
-        "--tuner", default="random", choices=TUNERS,
-        help=f"search algorithm, one of {', '.join(TUNERS)} (default: random)",
+        "--tuner", default="random", choices=search.TUNERS,
+        help=f"search algorithm, one of {', '.join(search.TUNERS)} (default: random)",
     )
     group.add_argument(
         "--max-trials", type=int,
@@ -56,8 +73,6 @@ def run_tune(args, base_config, norms, batchings):
             directory.
         norms, batchings: Lists of names to search over; `None`: all.
     """
-    from .search import run_search
-
     max_trials = args.max_trials
     if args.tuner != "hyperband" and max_trials is None:
         max_trials = DEFAULT_MAX_TRIALS
@@ -66,7 +81,7 @@ def run_tune(args, base_config, norms, batchings):
             "--max-trials does not apply to --tuner hyperband: its number of "
             "trials follows from --epochs."
         )
-    run_search(
+    search.run_search(
         base_config,
         norms=norms,
         tuner=args.tuner,
@@ -79,8 +94,6 @@ def run_tune(args, base_config, norms, batchings):
 
 
 def _mirrored():
-    import tensorflow as tf
-
     strategy = tf.distribute.MirroredStrategy()
     print(
         f"Each trial runs on {strategy.num_replicas_in_sync} devices "
