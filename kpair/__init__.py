@@ -5,8 +5,11 @@ package name `kpair`), so that `keras.saving.load_model(path)` can load
 kpair's `.keras` files with `safe_mode` left at True.
 """
 
+import importlib
 import os
 import sys
+
+from kpair.utils.quiet import import_tensorflow_quietly
 
 __version__ = "0.1.0"
 
@@ -21,13 +24,11 @@ def register_keras_objects():
             and "tensorflow" not in sys.modules):
         # First to load TensorFlow: keep its C++ start-up log lines (CUDA
         # probes, CPU feature notices) out of the user's terminal.
-        from kpair.utils.quiet import import_tensorflow_quietly
-
         import_tensorflow_quietly()
-    import kpair.layers  # noqa: F401  (registers the normalization layers)
-    import kpair.models.backbone  # noqa: F401  (registers ResNet18Backbone)
-    import kpair.models.losses  # noqa: F401  (registers PairLoss, PairTypeLoss)
-    import kpair.models.pair_model  # noqa: F401  (registers PairModel)
+    # Registration: kpair.models registers the backbone, the pair model, the
+    # losses and (through the backbone) the normalization layers; imported
+    # here, not at the top, so that `kpair --help` loads no Keras.
+    import kpair.models  # noqa: F401
 
 
 def _started_as_command():
@@ -51,8 +52,9 @@ if not _started_as_command():
 _API = {
     "TrainConfig": ("kpair.config", "TrainConfig"),
     "train": ("kpair.training.trainer", "train"),
-    "evaluate": ("kpair.inspection.evaluation", "evaluate_run"),
+    "evaluate": ("kpair.runs.evaluate_run", "evaluate_run"),
     "infer_domains": ("kpair.inspection.unknown_domains", "infer_domains"),
+    "load_model": ("kpair.runs.model_files", "load_run_or_model"),
 }
 
 __all__ = ["TrainConfig", "train", "evaluate", "infer_domains", "load_model",
@@ -62,8 +64,6 @@ __all__ = ["TrainConfig", "train", "evaluate", "infer_domains", "load_model",
 def __getattr__(name):
     if name not in _API:
         raise AttributeError(f"module 'kpair' has no attribute {name!r}")
-    import importlib
-
     module, attribute = _API[name]
     value = getattr(importlib.import_module(module), attribute)
     globals()[name] = value
@@ -72,37 +72,3 @@ def __getattr__(name):
 
 def __dir__():
     return sorted({*globals(), *_API})
-
-
-def load_model(path):
-    """Loads a model that `kpair.train` (or `kpair train`) wrote.
-
-    Args:
-        path: A run directory (its `model.keras` is loaded) or a `.keras`
-            file. Only `.keras` files load, always with `safe_mode=True`.
-
-    Returns:
-        The `keras.Model` (a `kpair.models.pair_model.PairModel`), computing in
-        float32. Its inputs are a dict of `left` and `right`, float32 image
-        batches of shape `(batch, height, width, 3)` with values in
-        `[0, 1]` at the size it was trained at (`TrainConfig.image_size`),
-        and `left_domain`, `right_domain`, int32 domain ids of shape
-        `(batch,)` in `0..num_domains-1`; it returns predictions of shape
-        `(batch, 1)`, float32.
-
-    Raises:
-        kpair.errors.ModelFileError: no such file, not a `.keras` file, or a
-            file that does not load.
-
-    Example:
-
-    >>> model = kpair.load_model("runs/demo")
-    >>> size = model.inputs[0].shape[1]  # the training image size
-    >>> images = np.random.rand(4, size, size, 3).astype("float32")
-    >>> domains = np.zeros(4, "int32")
-    >>> model.predict({"left": images, "right": images,
-    ...                "left_domain": domains, "right_domain": domains})
-    """
-    from kpair.runs import model_files as runs
-
-    return runs.load_model(runs.resolve(path).model_path)

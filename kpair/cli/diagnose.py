@@ -5,7 +5,7 @@ from pathlib import Path
 
 from kpair.cli.common import DATA_HELP, RUN_OR_MODEL_HELP, SPLITS, note_demo_fallback
 from kpair.inspection.diagnose import diagnose, format_table, heat_map
-from kpair.runs.model_files import open_for_evaluation
+from kpair.runs.evaluate_run import open_for_evaluation
 
 
 def add_flags(p):

@@ -9,9 +9,9 @@ from kpair.cli.common import (
     add_batch_size,
     note_demo_fallback,
 )
-from kpair.inspection.evaluation import evaluate_run
 from kpair.inspection.unknown_domains import POLICIES
 from kpair.pair_types import PAIR_TYPES
+from kpair.runs.evaluate_run import evaluate_run
 
 
 def add_flags(p):

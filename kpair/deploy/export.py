@@ -34,7 +34,7 @@ from kpair.deploy.fold_norm import fold_backbone, foldable_norms
 from kpair.errors import ConfigError, KpairError
 from kpair.inspection.check import check_model, failed
 from kpair.models.model_builder import with_precision
-from kpair.models.pair_model import INPUT_NAMES
+from kpair.models.pair_model import INPUT_NAMES, num_domains_of
 from kpair.runs import model_files as runs
 from kpair.utils.files import directory_aside
 
@@ -150,7 +150,7 @@ def refuse_batch_dependent(model):
 
 
 def _num_domains(model):
-    return runs.num_domains_of(model) or 2
+    return num_domains_of(model) or 2
 
 
 def _functions(model, archive):

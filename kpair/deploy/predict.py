@@ -10,7 +10,7 @@ from kpair.data.importer import inspect_image, parse_domain, resolve_under_root
 from kpair.data.records import DataError, decode_image
 from kpair.errors import ConfigError
 from kpair.inspection import unknown_domains
-from kpair.runs import model_files as runs
+from kpair.runs.evaluate_run import open_for_evaluation, training_domain_weights
 from kpair.utils import files
 from kpair.utils.progress import Progress
 
@@ -46,7 +46,7 @@ def predict_csv(model_path, pairs_csv, root, out_csv, batch_size=64,
         statistics were weighted; None without pooling).
     """
     policy = _check_policy(domain)
-    opened = runs.open_for_evaluation(model_path, with_data=False)
+    opened = open_for_evaluation(model_path, with_data=False)
     model, size = opened.model, opened.image_size
     if policy != "given":
         unknown_domains.per_domain_owner(model)  # refuses before reading images
@@ -62,7 +62,7 @@ def predict_csv(model_path, pairs_csv, root, out_csv, batch_size=64,
     if policy == "auto":
         domains = [np.full_like(d, unknown_domains.UNKNOWN) for d in domains]
     elif policy == "pooled":
-        weights, summary["weights"] = unknown_domains.training_domain_weights(
+        weights, summary["weights"] = training_domain_weights(
             opened.run, opened.num_domains
         )
         model, pooled_id = unknown_domains.with_pooled_domain(model, weights)

@@ -14,23 +14,19 @@ adapted, because a layer's inputs in inference mode depend on the
 statistics of the layers before it.
 """
 
-from pathlib import Path
 
-import keras
 import numpy as np
 import tensorflow as tf
 
 from kpair import layers
-from kpair.errors import ConfigError, KpairError
-from kpair.inspection.diagnose import domain_images
+from kpair.errors import ConfigError
+from kpair.inspection.domain_tables import add_domain, check_domain
 from kpair.inspection.norm_statistics import (
     norm_input_probe,
     norms_by_owner,
     owner_inputs,
     stateful_norm_layers,
 )
-from kpair.pair_types import PAIR_TYPES, domain_name
-from kpair.utils.progress import Progress
 
 PER_DOMAIN = layers.PerDomainBatchNormalization
 # Images of the domain read (and pairs evaluated) by default. From
@@ -100,112 +96,6 @@ def statistics_estimator(model):
                     progress.advance()
 
     return estimate
-
-
-def check_domain(model, domain, like=None):
-    """Validates `domain` and `like`; the per-domain layers' count, or None.
-
-    Raises before any work, so that a bad id costs no image reading.
-    """
-    norms = [layer for _, layer in stateful_norm_layers(model)]
-    if not norms:
-        raise KpairError(
-            f"Model {model.name!r} has no normalization layer with moving "
-            "statistics (group norm, or none): there is nothing to adapt."
-        )
-    if isinstance(domain, bool) or not isinstance(domain, (int, np.integer)):
-        raise ConfigError(f"`domain` must be an integer. Received: domain={domain!r}")
-    if domain < 0:
-        raise ConfigError(
-            f"`domain` must be a non-negative domain id. Received: domain={domain}"
-        )
-    counts = {layer.num_domains for layer in norms if isinstance(layer, PER_DOMAIN)}
-    if len(counts) > 1:
-        raise KpairError(
-            "Cannot adapt a model whose per-domain layers disagree on the "
-            f"number of domains. Received: num_domains={sorted(counts)}"
-        )
-    num_domains = counts.pop() if counts else None
-    if num_domains is not None and domain > num_domains:
-        raise ConfigError(
-            f"The model has domains 0..{num_domains - 1}; a new domain must "
-            f"take the next id, {num_domains}. Received: domain={domain}"
-        )
-    if like is not None and (num_domains is None or domain < num_domains):
-        raise ConfigError(
-            "`like` applies only when adding a domain to a per-domain model. "
-            f"Received: like={like!r}, domain={domain}"
-        )
-    if like is not None and not (
-        isinstance(like, (int, np.integer)) and not isinstance(like, bool)
-        and 0 <= like < num_domains
-    ):
-        raise ConfigError(
-            f"`like` must be an existing domain id in [0, {num_domains}). "
-            f"Received: like={like!r}"
-        )
-    return num_domains
-
-
-def add_domain(model, like=None):
-    """A copy of `model` with one more domain; `model` is left unchanged.
-
-    Rebuilt from its config with every `num_domains` that the per-domain
-    layers read raised by one (the backbone's, or its `norm_options`'), so
-    the copy has the same inputs and layer names. Every weight is copied;
-    per-domain tables get a new last row, a copy of domain `like`'s (its
-    statistics are placeholders until estimated).
-    """
-    num_domains = check_domain(model, 0)
-    if num_domains is None:
-        raise KpairError(
-            f"Cannot add a domain to model {model.name!r}: it has no "
-            "PerDomainBatchNormalization layer, so it keeps no statistics per "
-            "domain."
-        )
-    check_domain(model, num_domains, like)
-    like = 0 if like is None else like
-    config = keras.saving.serialize_keras_object(model)
-    _raise_num_domains(config, num_domains)
-    grown = keras.saving.deserialize_keras_object(config, safe_mode=True)
-    if check_domain(grown, 0) != num_domains + 1:
-        raise KpairError(
-            f"Cannot add a domain to model {model.name!r}: no `num_domains` "
-            "in its config reaches its per-domain layers."
-        )
-    _copy_weights(model, grown, num_domains, like)
-    return grown
-
-
-def _raise_num_domains(config, num_domains):
-    """In place: every `num_domains: N` key of a nested config becomes N + 1."""
-    if isinstance(config, dict):
-        for key, value in config.items():
-            if key == "num_domains" and value == num_domains:
-                config[key] = num_domains + 1
-            else:
-                _raise_num_domains(value, num_domains)
-    elif isinstance(config, list):
-        for value in config:
-            _raise_num_domains(value, num_domains)
-
-
-def _copy_weights(source, target, num_domains, like):
-    if [w.path for w in source.weights] != [w.path for w in target.weights]:
-        raise ValueError(
-            f"Cannot add a domain to model {source.name!r}: the rebuilt model "
-            "has other weights than the original."
-        )
-    for old, new in zip(source.weights, target.weights):
-        value = np.asarray(old)
-        if tuple(new.shape) != value.shape:
-            if tuple(new.shape) != (num_domains + 1, *value.shape[1:]):
-                raise ValueError(
-                    f"Cannot copy weight {old.path}: shape {value.shape} "
-                    f"became {tuple(new.shape)} in the rebuilt model."
-                )
-            value = np.concatenate([value, value[like : like + 1]])
-        new.assign(value)
 
 
 def _moments_function(owner, norms):
@@ -307,145 +197,3 @@ def positive_int(name, value):
             f"`{name}` must be a positive integer. Received: {name}={value!r}"
         )
     return value
-
-
-def adapt_file(model_path, data_dir, domain, out, split="train", batch_size=64,
-               max_images=DEFAULT_MAX_IMAGES, like=None):
-    """What `kpair adapt` does: load, adapt, compare losses, save to `out`.
-
-    The losses are inference-mode losses on up to `max_images` pairs of the
-    split that include `domain`, before and after (before is None for a new
-    domain, which the original model cannot take). `max_images` defaults to
-    `DEFAULT_MAX_IMAGES` (1024), 4x the count from which
-    `kpair adapt --curve` finds the statistics stable on the demo data.
-
-    Returns:
-        A dict: `domain`, `images`, `layers`, `kinds` (the norm classes
-        adapted), `added` (a domain was added), `num_domains`, `before`,
-        `after`, `pairs`, `out`.
-    """
-    from kpair.inspection.evaluation import evaluate_pairs
-    from kpair.runs import model_files as runs
-    from kpair.utils.files import write_model
-
-    run = runs.resolve(model_path)
-    out = _check_out(out, run.model_path)
-    max_images = positive_int("max_images", max_images)
-    batch_size = positive_int("batch_size", batch_size)
-    opened = runs.open_for_evaluation(run, data_dir)
-    model, losses = opened.model, opened.losses
-    num_domains = check_domain(model, domain, like)
-    images, pairs = domain_data(opened, split, domain, max_images)
-    added = num_domains is not None and domain == num_domains
-    if not added:
-        with Progress("evaluating pairs before", None) as progress:
-            before = evaluate_pairs(model, pairs, losses, batch_size,
-                                    progress=progress)
-    else:
-        before = None
-    layer_count = len(stateful_norm_layers(model))
-    with Progress("adapting norm layers", layer_count) as progress:
-        model = adapt_model(model, images, domain, like, batch_size, progress)
-    with Progress("evaluating pairs after", None) as progress:
-        after = evaluate_pairs(model, pairs, losses, batch_size, progress=progress)
-    out.parent.mkdir(parents=True, exist_ok=True)
-    write_model(model, out)
-    norms = [layer for _, layer in stateful_norm_layers(model)]
-    return {
-        "domain": domain,
-        "images": len(images),
-        "layers": len(norms),
-        "kinds": sorted({type(layer).__name__ for layer in norms}),
-        "shared_statistics": any(not isinstance(n, PER_DOMAIN) for n in norms),
-        "added": added,
-        "like": (0 if like is None else like) if added else None,
-        "num_domains": check_domain(model, 0),
-        "before": before,
-        "after": after,
-        "pairs": after["pairs"],
-        "out": str(out),
-    }
-
-
-def domain_data(opened, split, domain, max_images):
-    """`(images, pairs)` of `domain` in a split of an opened run's data.
-
-    Up to `max_images` images of the domain (from either side of the
-    pairs), and up to `max_images` pairs that include it (an unbatched
-    dataset).
-    """
-    from kpair.data import DataError, read_split
-
-    # The split may hold the ids the model knows, and the one it gains.
-    known = opened.num_domains
-    split_dir = opened.data_dir / split
-    dataset = read_split(
-        split_dir, opened.image_size,
-        num_domains=None if known is None else max(known, domain + 1),
-    ).dataset
-    images = domain_images(dataset, domain, max_images)
-    if images is None:
-        raise DataError(
-            f"{split_dir} has no image of domain {domain}: nothing "
-            "to estimate its statistics from."
-        )
-    pairs = dataset.filter(
-        lambda f, y: (f["left_domain"] == domain) | (f["right_domain"] == domain)
-    ).take(max_images)
-    return images, pairs
-
-
-def _check_out(out, model_path):
-    out = Path(out)
-    if out.suffix != ".keras":
-        raise ConfigError(
-            f"`out` must be a .keras file path. Received: out={str(out)!r}"
-        )
-    if out.exists() and out.resolve() == Path(model_path).resolve():
-        raise ConfigError(
-            "`out` must differ from the model being adapted: adapting keeps "
-            f"the original. Received: out={str(out)!r}"
-        )
-    return out
-
-
-def format_report(report):
-    """`kpair adapt`'s output: what changed, and the losses before and after."""
-    domain = report["domain"]
-    name = domain_name(domain)
-    lines = [
-        f"Adapted {report['layers']} normalization layers "
-        f"({', '.join(report['kinds'])}) to domain {name} from "
-        f"{report['images']} images."
-    ]
-    if report["added"]:
-        lines.append(
-            f"Added domain {name} (affine parameters copied from domain "
-            f"{domain_name(report['like'])}): the model now takes domain ids "
-            f"0..{report['num_domains'] - 1}."
-        )
-    elif report["num_domains"] is not None:
-        lines.append(
-            f"Only domain {name}'s statistics changed; the other domains' are "
-            "as they were."
-        )
-    if report["shared_statistics"]:
-        lines.append(
-            "Batch norm keeps one set of statistics for every domain: images "
-            f"of any domain are now normalized with domain {name}'s, so this "
-            f"is a domain-{name} model."
-        )
-    lines.append(
-        f"Inference-mode loss on {report['pairs']} pairs that include domain "
-        f"{name}:"
-    )
-    lines.append(f"{'pair type':<10} {'before':>8} {'after':>8}")
-    before = report["before"] or {}
-    for kind in (*PAIR_TYPES, "total"):
-        after = report["after"][kind]
-        if np.isnan(after):
-            continue
-        was = f"{before[kind]:>8.4f}" if kind in before else f"{'-':>8}"
-        lines.append(f"{kind:<10} {was} {after:>8.4f}")
-    lines.append(f"Wrote {report['out']}")
-    return "\n".join(lines)

@@ -26,7 +26,7 @@ import itertools
 import numpy as np
 
 from kpair.inspection.norm_statistics import stateful_norm_layers
-from kpair.runs.model_files import image_size_of, num_domains_of
+from kpair.models.pair_model import image_size_of, num_domains_of
 
 TOLERANCE = 1e-5
 # Pairs also predicted alone: a batch-size dependence shows on any pair, and

@@ -28,8 +28,8 @@ from kpair.inspection.norm_statistics import (
     owner_inputs,
     stateful_norm_layers,
 )
+from kpair.models.pair_model import num_domains_of
 from kpair.pair_types import PAIR_TYPES, domain_name
-from kpair.runs.model_files import num_domains_of
 from kpair.utils import files
 from kpair.utils.progress import Progress
 

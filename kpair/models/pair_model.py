@@ -3,6 +3,7 @@
 import keras
 from keras import ops
 
+from kpair.errors import ModelFileError
 from kpair.models.functional_config import model_config
 from kpair.pair_types import TYPE_KEYS
 
@@ -152,3 +153,19 @@ def one_domain_embeddings(backbone, group):
     left = ops.where(embedding_swapped, second_embedding, first_embedding)
     right = ops.where(embedding_swapped, first_embedding, second_embedding)
     return left, right
+
+
+def image_size_of(model):
+    """The (height, width) a pair model expects, read from its inputs."""
+    for tensor in model.inputs:
+        if len(tensor.shape) == 4:
+            return tuple(int(d) for d in tensor.shape[1:3])
+    raise ModelFileError(
+        f"Model {model.name!r} has no image input: not a kpair pair model."
+    )
+
+
+def num_domains_of(model):
+    """The domain ids a pair model knows (its backbone's), or None if unknown."""
+    value = getattr(getattr(model, "backbone", None), "num_domains", None)
+    return value if isinstance(value, int) and not isinstance(value, bool) else None

@@ -13,9 +13,9 @@ from pathlib import Path
 
 import keras
 
-import kpair  # noqa: F401  (registers kpair's classes for loading)
 from kpair.config import TrainConfig
 from kpair.errors import ModelFileError
+import kpair.models  # noqa: F401  (registers kpair's classes for loading)
 from kpair.models.loss_names import DEFAULT_LOSSES
 
 
@@ -179,76 +179,33 @@ def _reason(error):
     return f"{type(error).__name__}: {message}"
 
 
-def image_size_of(model):
-    """The (height, width) a pair model expects, read from its inputs."""
-    for tensor in model.inputs:
-        if len(tensor.shape) == 4:
-            return tuple(int(d) for d in tensor.shape[1:3])
-    raise ModelFileError(
-        f"Model {model.name!r} has no image input: not a kpair pair model."
-    )
-
-
-def num_domains_of(model):
-    """The domain ids a pair model knows (its backbone's), or None if unknown."""
-    value = getattr(getattr(model, "backbone", None), "num_domains", None)
-    return value if isinstance(value, int) and not isinstance(value, bool) else None
-
-
-@dataclasses.dataclass(frozen=True)
-class OpenedRun:
-    """A run or model file opened for evaluation (`open_for_evaluation`)."""
-
-    run: Run
-    model: keras.Model
-    image_size: tuple
-    num_domains: int | None
-    losses: tuple
-    data_dir: Path | None
-
-    @property
-    def config(self):
-        return self.run.config
-
-    @property
-    def model_path(self):
-        return self.run.model_path
-
-
-def open_for_evaluation(run_or_model, data=None, with_data=True):
-    """Loads a model and finds what evaluating it takes: size, losses, data.
+def load_run_or_model(path):
+    """Loads a model that `kpair.train` (or `kpair train`) wrote.
 
     Args:
-        run_or_model: a run directory, a `.keras` file, or a resolved `Run`.
-        data: dataset directory; by default the run's own data
-            (`config.data`), else the demo data set at the model's size.
-        with_data: False for a caller that reads pairs of its own (a pair
-            CSV): no data directory is looked for, nor the demo set built,
-            and `data_dir` is None.
+        path: A run directory (its `model.keras` is loaded) or a `.keras`
+            file. Only `.keras` files load, always with `safe_mode=True`.
 
     Returns:
-        An `OpenedRun`. Its losses are the run's, or `DEFAULT_LOSSES` for a
-        model file outside a run directory.
+        The `keras.Model` (a `kpair.models.pair_model.PairModel`), computing in
+        float32. Its inputs are a dict of `left` and `right`, float32 image
+        batches of shape `(batch, height, width, 3)` with values in
+        `[0, 1]` at the size it was trained at (`TrainConfig.image_size`),
+        and `left_domain`, `right_domain`, int32 domain ids of shape
+        `(batch,)` in `0..num_domains-1`; it returns predictions of shape
+        `(batch, 1)`, float32.
+
+    Raises:
+        kpair.errors.ModelFileError: no such file, not a `.keras` file, or a
+            file that does not load.
+
+    Example:
+
+    >>> model = kpair.load_model("runs/demo")
+    >>> size = model.inputs[0].shape[1]  # the training image size
+    >>> images = np.random.rand(4, size, size, 3).astype("float32")
+    >>> domains = np.zeros(4, "int32")
+    >>> model.predict({"left": images, "right": images,
+    ...                "left_domain": domains, "right_domain": domains})
     """
-    run = run_or_model if isinstance(run_or_model, Run) else resolve(run_or_model)
-    model = load_model(run.model_path)
-    size = image_size_of(model)
-    return OpenedRun(
-        run=run,
-        model=model,
-        image_size=size,
-        num_domains=num_domains_of(model),
-        losses=run.config.losses if run.config is not None else DEFAULT_LOSSES,
-        data_dir=data_dir_for(run, data, size) if with_data else None,
-    )
-
-
-def data_dir_for(run, data, image_size):
-    """`data` if given, else the run's own data, else the demo data set."""
-    from kpair.data import ensure_demo
-
-    if data is not None:
-        return Path(data)
-    if run.config is not None and run.config.data is not None:
-        return Path(run.config.data)
-    return ensure_demo(image_size=image_size[0])
+    return load_model(resolve(path).model_path)

@@ -9,6 +9,7 @@ from pathlib import Path
 
 from kpair.data import DataError, validate_split
 from kpair.data.batching import check_pair_types
+from kpair.errors import ConfigError
 from kpair.models.losses import sign_targets
 
 
@@ -60,8 +61,6 @@ def check_free_space(config):
     while model.keras is written, the whole run.
     """
     import shutil
-
-    from kpair.config import ConfigError
 
     path = Path(config.out).absolute()
     while not path.exists() and path != path.parent:

@@ -10,9 +10,11 @@ from PIL import Image
 
 from kpair.errors import ConfigError
 from kpair.inspection import unknown_domains
-from kpair.inspection.adapt import adapt_model, add_domain
+from kpair.inspection.adapt import adapt_model
+from kpair.inspection.domain_tables import add_domain
 from kpair.models.backbone import ResNet18Backbone
 from kpair.models.pair_model import PairModel
+from kpair.runs.evaluate_run import training_domain_weights
 from kpair.utils.files import write_model
 
 SIZE = 16
@@ -116,11 +118,11 @@ def test_pooled_weights_count_the_training_images_of_each_domain(
 
     counts = count_split(demo_data / "train")
     run = Run(tmp_path / "model.keras", tiny_config(demo_data, tmp_path))
-    weights, source = unknown_domains.training_domain_weights(run, 2)
+    weights, source = training_domain_weights(run, 2)
     assert weights == [2 * counts["A-A"] + counts["A-B"],
                        2 * counts["B-B"] + counts["A-B"]]
     assert "training images" in source
-    weights, source = unknown_domains.training_domain_weights(
+    weights, source = training_domain_weights(
         Run(tmp_path / "m.keras", None), 2)
     assert weights is None and source.startswith("equal weights")
 
