@@ -25,10 +25,10 @@ def register_keras_objects():
         # First to load TensorFlow: keep its C++ start-up log lines (CUDA
         # probes, CPU feature notices) out of the user's terminal.
         import_tensorflow_quietly()
-    # Registration: kpair.models registers the backbone, the pair model, the
-    # losses and (through the backbone) the normalization layers; imported
-    # here, not at the top, so that `kpair --help` loads no Keras.
-    import kpair.models  # noqa: F401
+    # kpair.models registers the backbone, the pair model, the losses and
+    # (through the backbone) the normalization layers; imported here, not at
+    # the top, so that `kpair --help` loads no Keras.
+    import kpair.models  # noqa: F401  (registration, deferred for --help)
 
 
 def _started_as_command():

@@ -13,10 +13,9 @@ from pathlib import Path
 
 import keras
 
+import kpair.models  # noqa: F401  (registers kpair's classes for loading)
 from kpair.config import TrainConfig
 from kpair.errors import ModelFileError
-import kpair.models  # noqa: F401  (registers kpair's classes for loading)
-from kpair.models.loss_names import DEFAULT_LOSSES
 
 
 @dataclasses.dataclass(frozen=True)
