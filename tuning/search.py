@@ -20,35 +20,25 @@ best model; workers run trials. All of them must share `out_dir`.
 """
 
 import functools
-import json
 import math
 import os
-import socket
 import sys
 import time
 from pathlib import Path
 
-import keras
 import keras_tuner
 from keras_tuner.engine.trial import TrialStatus
 
-import kpair
 from kpair import layers
 from kpair.config import ConfigError
-from kpair.data import count_split
-from kpair.models.model_builder import build_pair_model, float32_copy, training_model
-from kpair.training.run_directory import claim, run_record
-from kpair.training.trainer import resolve_data
 from kpair.utils import files
 from kpair.utils.progress import estimate
 
-from . import summary
+from . import search_directory, summary
 from .hypermodel import PairHyperModel
 
 TUNERS = ("random", "bayesian", "hyperband")
 OBJECTIVE = "val_loss"
-PROJECT = "search"
-SETTINGS_FILE = "search.json"
 ATTEMPTS_FILE = "attempts.txt"
 # A trial whose process dies this many times before it ends is failed.
 MAX_ATTEMPTS = 2
@@ -103,9 +93,9 @@ def run_search(
     if epochs is not None:
         base_config = base_config.replace(epochs=epochs)
     out_dir = Path(out_dir)
-    role = _role()
+    role = search_directory.role()
     hypermodel = PairHyperModel(base_config, norms=norms, batchings=batchings, out=out)
-    _prepare(role, hypermodel, tuner, out_dir, out)
+    search_directory.prepare(role, hypermodel, tuner, out_dir, out)
     search = _make_tuner(
         tuner, hypermodel, max_trials, base_config, out_dir, distribution_strategy
     )
@@ -113,7 +103,7 @@ def run_search(
     if role == "worker":
         print(f"Worker {os.environ['KERASTUNER_TUNER_ID']} finished.", file=out)
         return {"role": role, "trials": [], "best": None}
-    return {"role": role, **_report(search, hypermodel, out_dir, out)}
+    return {"role": role, **summary.report(search, hypermodel, out_dir, out)}
 
 
 def _check_tuner(tuner, max_trials):
@@ -137,117 +127,7 @@ def _check_tuner(tuner, max_trials):
         )
 
 
-def _role():
-    """keras-tuner's rule: chief/worker mode when KERASTUNER_ORACLE_IP is set."""
-    if "KERASTUNER_ORACLE_IP" not in os.environ:
-        return "local"
-    missing = [
-        name
-        for name in ("KERASTUNER_ORACLE_PORT", "KERASTUNER_TUNER_ID")
-        if not os.environ.get(name)
-    ]
-    if missing:
-        raise ConfigError(
-            f"KERASTUNER_ORACLE_IP is set, so {missing} must be set too: "
-            "KERASTUNER_TUNER_ID=chief on the chief, a unique id (tuner0, "
-            "tuner1, ...) on each worker."
-        )
-    return "chief" if "chief" in os.environ["KERASTUNER_TUNER_ID"] else "worker"
-
-
-def _prepare(role, hypermodel, tuner, out_dir, out):
-    """What a process checks before it searches, by its role.
-
-    Trials read the data, so the chief (which runs none) does not; workers
-    do not own `out_dir`, so they neither claim nor check it.
-    """
-    if role == "worker":
-        _wait_for_chief(out)
-    if role != "chief":
-        # Fail now on unreadable data, not once per trial.
-        data_dir = resolve_data(hypermodel.base_config, out)
-        count_split(data_dir / "train")
-        count_split(data_dir / "val")
-    if role != "worker":
-        _claim(out_dir, _settings(hypermodel, tuner))
-        _check_state(out_dir / PROJECT)
-
-
-def _wait_for_chief(out, poll_seconds=1.0):
-    """Waits, saying so, until the chief's oracle server takes connections.
-
-    keras-tuner's workers wait up to an hour for the chief without a word;
-    a worker started first says what it waits for.
-    """
-    ip = os.environ["KERASTUNER_ORACLE_IP"]
-    port = int(os.environ["KERASTUNER_ORACLE_PORT"])
-    tuner_id = os.environ["KERASTUNER_TUNER_ID"]
-    waiting = False
-    while True:
-        try:
-            socket.create_connection((ip, port), timeout=5).close()
-            break
-        except OSError:
-            if not waiting:
-                print(
-                    f"Worker {tuner_id}: waiting for the chief at {ip}:{port} "
-                    "(a process started with KERASTUNER_TUNER_ID=chief)...",
-                    file=out, flush=True,
-                )
-                waiting = True
-            time.sleep(poll_seconds)
-    if waiting:
-        print(f"Worker {tuner_id}: the chief is up.", file=out, flush=True)
-
-
 # --- settings and state ------------------------------------------------------
-
-
-def _settings(hypermodel, tuner):
-    config = hypermodel.base_config.to_dict()
-    config.pop("out")
-    return {
-        "tuner": tuner,
-        "norms": list(hypermodel.norms),
-        "batchings": list(hypermodel.batchings),
-        "base_config": config,
-        "kpair_version": kpair.__version__,
-    }
-
-
-def _claim(out_dir, settings):
-    """Writes search.json, or checks that a resumed search has its settings."""
-    path = out_dir / SETTINGS_FILE
-    saved = claim(
-        path, settings, "a search with other settings",
-        "Use another --out, or the same settings to resume.",
-        expand=("base_config",),
-    )
-    if saved is None:
-        out_dir.mkdir(parents=True, exist_ok=True)
-        files.write_json(path, settings, end="")
-
-
-def _check_state(project_dir):
-    """Refuses, in one line, keras-tuner state files that do not parse.
-
-    kpair writes them aside and renames them, so a kill cannot leave half a
-    file (keras-tuner #987); a file written otherwise still might.
-    """
-    if not project_dir.is_dir():
-        return
-    for path in sorted(project_dir.glob("*.json")) + sorted(
-        project_dir.glob("trial_*/trial.json")
-    ):
-        if files.is_partial(path):
-            continue  # a write a kill cut short; the file it was to replace is whole
-        try:
-            json.loads(path.read_text())
-        except (OSError, ValueError) as error:
-            raise ConfigError(
-                f"The search state file {path} is unreadable ({error}); the "
-                "search cannot resume from it. Start it in another --out."
-            ) from None
 
 
 # --- the tuner -----------------------------------------------------------------
@@ -501,61 +381,10 @@ def _make_tuner(kind, hypermodel, max_trials, config, out_dir, strategy):
         oracle=oracle,
         hypermodel=hypermodel,
         directory=str(out_dir),
-        project_name=PROJECT,
+        project_name=search_directory.PROJECT,
         overwrite=False,  # the same out_dir resumes
         distribution_strategy=strategy,
     )
 
 
 # --- results -------------------------------------------------------------------
-
-
-def _report(search, hypermodel, out_dir, out):
-    rows = summary.trial_rows(search.oracle, Path(search.project_dir))
-    summary.write_csv(rows, out_dir / "summary.csv")
-    summary.write_markdown(rows, out_dir / "summary.md")
-    summary.plot_val_loss_by_norm(
-        rows, hypermodel.norms, out_dir / "val_loss_by_norm.png"
-    )
-    print("", file=out)
-    print(summary.format_table(rows), file=out)
-    best = rows[0] if rows and rows[0]["status"] == "completed" else None
-    if best is None:
-        print(f"No trial finished, so no best model ({out_dir}).", file=out)
-        return {"trials": rows, "best": None}
-    trial = search.oracle.get_trial(best["trial"])
-    best_dir = out_dir / "best"
-    saved = _save_best(search, hypermodel, trial, best, best_dir, out)
-    print(
-        f"Best: trial {best['trial']}, norm={best['norm']}, val_loss "
-        f"{best['val_loss']:.4f} (inference mode), gap {best['gap_ratio']:.2f}x "
-        "(inference over training mode, same training pairs and weights)."
-        + (f" Saved to {best_dir}/model.keras." if saved else ""),
-        file=out,
-    )
-    return {"trials": rows, "best": best}
-
-
-def _save_best(search, hypermodel, trial, row, best_dir, out):
-    """Writes best/model.keras (float32) and its config.json; False if it cannot."""
-    weights = Path(search.get_trial_dir(trial.trial_id)) / "checkpoint.weights.h5"
-    if not weights.is_file():
-        print(
-            f"Cannot save the best model: {weights} is missing (chief and "
-            "workers must share the search directory).",
-            file=out,
-        )
-        return False
-    config = hypermodel.config_for(trial.hyperparameters.copy())
-    config = config.replace(out=str(best_dir))
-    keras.backend.clear_session()
-    pair_model = build_pair_model(config)
-    model = training_model(pair_model, config)
-    model.optimizer.build(model.trainable_variables)  # as in build(hp)
-    model.load_weights(weights)
-    best_dir.mkdir(parents=True, exist_ok=True)
-    files.write_json(best_dir / "config.json", run_record(config), end="")
-    metrics = {k: v for k, v in row.items() if k != "hyperparameters"}
-    files.write_json(best_dir / "metrics.json", metrics, end="")
-    files.write_model(float32_copy(pair_model, config), best_dir / "model.keras")
-    return True

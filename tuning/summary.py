@@ -1,4 +1,5 @@
-"""The table and plot of a search: one row per trial, read from the oracle.
+"""The table and plot of a search, one row per trial read from the oracle,
+and the best trial's model saved as a run directory (`best/`).
 
 Everything here comes from the oracle's trials (their hyperparameters,
 reported metrics, status and message) plus the `failure.txt` a trial leaves
@@ -9,7 +10,11 @@ over gRPC, its directory on the shared file system does.
 import math
 from pathlib import Path
 
+import keras
+
+from kpair.models.model_builder import build_pair_model, float32_copy, training_model
 from kpair.training import gap
+from kpair.training.run_directory import run_record
 from kpair.utils import files, tables
 
 # A failed trial's one-line reason, written into its trial directory.
@@ -159,3 +164,52 @@ def plot_val_loss_by_norm(rows, norms, path):
         files.write_figure(fig, path)
     finally:
         plt.close(fig)
+def report(search, hypermodel, out_dir, out):
+    rows = trial_rows(search.oracle, Path(search.project_dir))
+    write_csv(rows, out_dir / "summary.csv")
+    write_markdown(rows, out_dir / "summary.md")
+    plot_val_loss_by_norm(
+        rows, hypermodel.norms, out_dir / "val_loss_by_norm.png"
+    )
+    print("", file=out)
+    print(format_table(rows), file=out)
+    best = rows[0] if rows and rows[0]["status"] == "completed" else None
+    if best is None:
+        print(f"No trial finished, so no best model ({out_dir}).", file=out)
+        return {"trials": rows, "best": None}
+    trial = search.oracle.get_trial(best["trial"])
+    best_dir = out_dir / "best"
+    saved = _save_best(search, hypermodel, trial, best, best_dir, out)
+    print(
+        f"Best: trial {best['trial']}, norm={best['norm']}, val_loss "
+        f"{best['val_loss']:.4f} (inference mode), gap {best['gap_ratio']:.2f}x "
+        "(inference over training mode, same training pairs and weights)."
+        + (f" Saved to {best_dir}/model.keras." if saved else ""),
+        file=out,
+    )
+    return {"trials": rows, "best": best}
+
+
+def _save_best(search, hypermodel, trial, row, best_dir, out):
+    """Writes best/model.keras (float32) and its config.json; False if it cannot."""
+    weights = Path(search.get_trial_dir(trial.trial_id)) / "checkpoint.weights.h5"
+    if not weights.is_file():
+        print(
+            f"Cannot save the best model: {weights} is missing (chief and "
+            "workers must share the search directory).",
+            file=out,
+        )
+        return False
+    config = hypermodel.config_for(trial.hyperparameters.copy())
+    config = config.replace(out=str(best_dir))
+    keras.backend.clear_session()
+    pair_model = build_pair_model(config)
+    model = training_model(pair_model, config)
+    model.optimizer.build(model.trainable_variables)  # as in build(hp)
+    model.load_weights(weights)
+    best_dir.mkdir(parents=True, exist_ok=True)
+    files.write_json(best_dir / "config.json", run_record(config), end="")
+    metrics = {k: v for k, v in row.items() if k != "hyperparameters"}
+    files.write_json(best_dir / "metrics.json", metrics, end="")
+    files.write_model(float32_copy(pair_model, config), best_dir / "model.keras")
+    return True

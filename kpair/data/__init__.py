@@ -4,15 +4,8 @@ batch composition."""
 from kpair.data.batching import BATCHINGS, make_batches, steps_per_epoch
 from kpair.data.demo import build_demo, ensure_demo
 from kpair.data.importer import import_pairs
-from kpair.data.records import (
-    SPLITS,
-    Pair,
-    Split,
-    count_split,
-    read_split,
-    validate_split,
-    write_split,
-)
+from kpair.data.records import SPLITS, Pair, Split, write_split
+from kpair.data.splits import count_split, read_split, validate_split
 from kpair.errors import DataError
 
 # The pair-type vocabulary, re-exported: kpair.data offered it before it

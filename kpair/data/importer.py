@@ -22,15 +22,8 @@ from pathlib import Path, PurePosixPath, PureWindowsPath
 import tensorflow as tf
 from PIL import Image
 
-from kpair.data.records import (
-    SPLITS,
-    DataError,
-    Pair,
-    _tf_reason,
-    outside_domains,
-    valid_domains,
-    write_split,
-)
+from kpair.data.records import SPLITS, DataError, Pair, write_split
+from kpair.data.splits import _tf_reason, outside_domains, valid_domains
 from kpair.utils.files import directory_aside
 from kpair.utils.progress import Progress
 
@@ -125,7 +118,7 @@ def parse_domain(text, column, num_domains=None):
 
     Integers, also written as `1.0` (as a float column is saved), within
     `0..num_domains-1` of the model when it is known, else >= 0 (see
-    `kpair.data.records.outside_domains`). Shared by `kpair data import` and
+    `kpair.data.splits.outside_domains`). Shared by `kpair data import` and
     `kpair predict`, so that a CSV one accepts the other does too.
     """
     try:

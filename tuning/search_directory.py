@@ -1,0 +1,132 @@
+"""The search directory of `run_search` and the role of a process in it.
+
+`search.json` holds the settings of a search (a search started again in the
+same directory must use the same ones); keras-tuner's project lies in
+`search/`. In chief/worker mode (keras-tuner's own) the chief owns the
+directory, and workers wait for the chief before they search.
+"""
+
+import json
+import os
+import socket
+import time
+
+import kpair
+from kpair.config import ConfigError
+from kpair.data import count_split
+from kpair.training.run_directory import claim
+from kpair.training.trainer import resolve_data
+from kpair.utils import files
+
+PROJECT = "search"
+SETTINGS_FILE = "search.json"
+
+
+def role():
+    """keras-tuner's rule: chief/worker mode when KERASTUNER_ORACLE_IP is set."""
+    if "KERASTUNER_ORACLE_IP" not in os.environ:
+        return "local"
+    missing = [
+        name
+        for name in ("KERASTUNER_ORACLE_PORT", "KERASTUNER_TUNER_ID")
+        if not os.environ.get(name)
+    ]
+    if missing:
+        raise ConfigError(
+            f"KERASTUNER_ORACLE_IP is set, so {missing} must be set too: "
+            "KERASTUNER_TUNER_ID=chief on the chief, a unique id (tuner0, "
+            "tuner1, ...) on each worker."
+        )
+    return "chief" if "chief" in os.environ["KERASTUNER_TUNER_ID"] else "worker"
+
+
+def prepare(role, hypermodel, tuner, out_dir, out):
+    """What a process checks before it searches, by its role.
+
+    Trials read the data, so the chief (which runs none) does not; workers
+    do not own `out_dir`, so they neither claim nor check it.
+    """
+    if role == "worker":
+        _wait_for_chief(out)
+    if role != "chief":
+        # Fail now on unreadable data, not once per trial.
+        data_dir = resolve_data(hypermodel.base_config, out)
+        count_split(data_dir / "train")
+        count_split(data_dir / "val")
+    if role != "worker":
+        _claim(out_dir, _settings(hypermodel, tuner))
+        _check_state(out_dir / PROJECT)
+
+
+def _wait_for_chief(out, poll_seconds=1.0):
+    """Waits, saying so, until the chief's oracle server takes connections.
+
+    keras-tuner's workers wait up to an hour for the chief without a word;
+    a worker started first says what it waits for.
+    """
+    ip = os.environ["KERASTUNER_ORACLE_IP"]
+    port = int(os.environ["KERASTUNER_ORACLE_PORT"])
+    tuner_id = os.environ["KERASTUNER_TUNER_ID"]
+    waiting = False
+    while True:
+        try:
+            socket.create_connection((ip, port), timeout=5).close()
+            break
+        except OSError:
+            if not waiting:
+                print(
+                    f"Worker {tuner_id}: waiting for the chief at {ip}:{port} "
+                    "(a process started with KERASTUNER_TUNER_ID=chief)...",
+                    file=out, flush=True,
+                )
+                waiting = True
+            time.sleep(poll_seconds)
+    if waiting:
+        print(f"Worker {tuner_id}: the chief is up.", file=out, flush=True)
+
+
+def _settings(hypermodel, tuner):
+    config = hypermodel.base_config.to_dict()
+    config.pop("out")
+    return {
+        "tuner": tuner,
+        "norms": list(hypermodel.norms),
+        "batchings": list(hypermodel.batchings),
+        "base_config": config,
+        "kpair_version": kpair.__version__,
+    }
+
+
+def _claim(out_dir, settings):
+    """Writes search.json, or checks that a resumed search has its settings."""
+    path = out_dir / SETTINGS_FILE
+    saved = claim(
+        path, settings, "a search with other settings",
+        "Use another --out, or the same settings to resume.",
+        expand=("base_config",),
+    )
+    if saved is None:
+        out_dir.mkdir(parents=True, exist_ok=True)
+        files.write_json(path, settings, end="")
+
+
+def _check_state(project_dir):
+    """Refuses, in one line, keras-tuner state files that do not parse.
+
+    kpair writes them aside and renames them, so a kill cannot leave half a
+    file (keras-tuner #987); a file written otherwise still might.
+    """
+    if not project_dir.is_dir():
+        return
+    for path in sorted(project_dir.glob("*.json")) + sorted(
+        project_dir.glob("trial_*/trial.json")
+    ):
+        if files.is_partial(path):
+            continue  # a write a kill cut short; the file it was to replace is whole
+        try:
+            json.loads(path.read_text())
+        except (OSError, ValueError) as error:
+            raise ConfigError(
+                f"The search state file {path} is unreadable ({error}); the "
+                "search cannot resume from it. Start it in another --out."
+            ) from None
