@@ -18,7 +18,7 @@ import statistics
 import time
 
 # kpair first, as in users' code: it loads TensorFlow with oneDNN's CPU
-# kernels (kpair.utils.onednn) and its start-up log lines silenced.
+# kernels (kpair.utils.tensorflow_setup) and its start-up log lines silenced.
 importlib.import_module("kpair")
 
 import keras  # noqa: E402
@@ -27,7 +27,7 @@ import tensorflow as tf  # noqa: E402
 from bench_training import machine  # noqa: E402  (beside this script)
 
 from kpair import layers  # noqa: E402
-from kpair.utils.onednn import describe_cpu_kernels  # noqa: E402
+from kpair.utils.tensorflow_setup import describe_cpu_kernels  # noqa: E402
 
 SHAPE = (64, 32, 32, 64)
 

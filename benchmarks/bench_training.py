@@ -22,7 +22,7 @@ on the left and on the right images, a float32 linear head on the two
 embeddings, the same pair loss and optimizer; `BatchNorm2d`, channels_last,
 and `torch.autocast(bfloat16)` for the mixed_bfloat16 column.
 
-kpair loads TensorFlow with its oneDNN CPU kernels (`kpair.utils.onednn`);
+kpair loads TensorFlow with its oneDNN CPU kernels (`kpair.utils.tensorflow_setup`);
 `--eigen` adds `batch` with TensorFlow's Eigen kernels, which TensorFlow
 itself chooses on CPUs without AVX-512 VNNI/BF16 or AMX, to show the gain.
 
@@ -351,7 +351,7 @@ def main():
 
     from kpair.config import TrainConfig
     from kpair.models.backbone import BLOCKS_PER_STAGE, STAGE_WIDTHS
-    from kpair.utils import onednn
+    from kpair.utils import tensorflow_setup as onednn
 
     has_torch = not args.no_torch and importlib.util.find_spec("torch") is not None
     torch_version = "not measured"

@@ -27,7 +27,7 @@ import kpair  # noqa: E402, F401  (loads TensorFlow as users get it)
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 from bench_training import keras_step  # noqa: E402
 
-from kpair.utils.onednn import onednn_enabled  # noqa: E402
+from kpair.utils.tensorflow_setup import onednn_enabled  # noqa: E402
 
 
 def kernel_times(logdir):

@@ -9,7 +9,7 @@ import importlib
 import os
 import sys
 
-from kpair.utils.quiet import import_tensorflow_quietly
+from kpair.utils.tensorflow_setup import import_tensorflow_quietly
 
 __version__ = "0.1.0"
 

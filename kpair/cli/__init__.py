@@ -14,7 +14,7 @@ import warnings
 
 import kpair
 from kpair.errors import KpairError, TrainingDiverged
-from kpair.utils.quiet import import_tensorflow_quietly
+from kpair.utils.tensorflow_setup import import_tensorflow_quietly
 
 EXIT_FAILED = 1
 EXIT_BAD_INPUT = 2

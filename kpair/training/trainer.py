@@ -35,8 +35,11 @@ from kpair.training import gap
 from kpair.training.preflight import check_training_data
 from kpair.training.run_directory import claim, run_record
 from kpair.utils import files
-from kpair.utils.onednn import describe_cpu_kernels, onednn_enabled
-from kpair.utils.quiet import hide_gpus
+from kpair.utils.tensorflow_setup import (
+    describe_cpu_kernels,
+    hide_gpus,
+    onednn_enabled,
+)
 
 BATCH_NORM_FAMILY = ("batch", "batch-renorm")
 # Config fields a run directory may be resumed with other values of: train

@@ -5,7 +5,7 @@ import subprocess
 import sys
 from pathlib import Path
 
-from kpair.utils import onednn
+from kpair.utils import tensorflow_setup as onednn
 
 
 def test_it_is_asked_for_when_unset_and_tensorflow_not_loaded():
@@ -48,7 +48,7 @@ def _in_fresh_python(code, **env):
 
 def test_import_kpair_turns_onednn_on_unless_told_otherwise():
     code = (
-        "import os, kpair; from kpair.utils.onednn import onednn_enabled; "
+        "import os, kpair; from kpair.utils.tensorflow_setup import onednn_enabled; "
         "print(os.environ['TF_ENABLE_ONEDNN_OPTS'], onednn_enabled())"
     )
     assert _in_fresh_python(code) == ["1", "True"]
@@ -58,7 +58,7 @@ def test_import_kpair_turns_onednn_on_unless_told_otherwise():
 def test_import_tuning_loads_tensorflow_through_kpair():
     # keras_tuner imports keras, which would load TensorFlow first.
     code = (
-        "import kpair.tuning; from kpair.utils.onednn import onednn_enabled; "
+        "import kpair.tuning; from kpair.utils.tensorflow_setup import onednn_enabled; "
         "print(onednn_enabled())"
     )
     assert _in_fresh_python(code) == ["True"]
