@@ -11,6 +11,7 @@ from kpair.errors import ConfigError
 from kpair.models.loss_names import check_losses
 from kpair.models.precision import PRECISIONS
 from kpair.models.stems import STEMS
+from kpair.utils.validation import positive_int
 
 OPTIMIZERS = ("adam", "sgd")
 
@@ -91,9 +92,9 @@ class TrainConfig:
         _choice("optimizer", self.optimizer, OPTIMIZERS)
         for name in ("epochs", "batch_size", "image_size", "embedding_dim",
                      "num_domains", "eval_pairs"):
-            _positive_int(name, getattr(self, name))
+            positive_int(name, getattr(self, name))
         if self.steps_per_epoch is not None:
-            _positive_int("steps_per_epoch", self.steps_per_epoch)
+            positive_int("steps_per_epoch", self.steps_per_epoch)
         for name in ("learning_rate", "width_multiplier", "gap_warning"):
             value = getattr(self, name)
             if (
@@ -183,11 +184,4 @@ def _choice(name, value, valid):
         raise ConfigError(
             f"Unknown {name}. Expected one of {list(valid)}. "
             f"Received: {name}={value!r}"
-        )
-
-
-def _positive_int(name, value):
-    if isinstance(value, bool) or not isinstance(value, int) or value <= 0:
-        raise ConfigError(
-            f"`{name}` must be a positive integer. Received: {name}={value!r}"
         )

@@ -19,7 +19,6 @@ import numpy as np
 import tensorflow as tf
 
 from kpair import layers
-from kpair.errors import ConfigError
 from kpair.inspection.domain_tables import add_domain, check_domain
 from kpair.inspection.norm_statistics import (
     norm_input_probe,
@@ -27,6 +26,7 @@ from kpair.inspection.norm_statistics import (
     owner_inputs,
     stateful_norm_layers,
 )
+from kpair.utils.validation import positive_int
 
 PER_DOMAIN = layers.PerDomainBatchNormalization
 # Images of the domain read (and pairs evaluated) by default. From
@@ -189,11 +189,3 @@ def _check_images(images):
             f"Received: images.shape={images.shape}"
         )
     return images
-
-
-def positive_int(name, value):
-    if isinstance(value, bool) or not isinstance(value, int) or value <= 0:
-        raise ConfigError(
-            f"`{name}` must be a positive integer. Received: {name}={value!r}"
-        )
-    return value

@@ -37,12 +37,12 @@ import numpy as np
 from kpair import layers
 from kpair.errors import ConfigError
 from kpair.inspection.adapt import (
-    positive_int,
     statistics_estimator,
 )
 from kpair.inspection.domain_tables import add_domain, check_domain
 from kpair.inspection.evaluation import evaluate_pairs
 from kpair.inspection.norm_statistics import stateful_norm_layers
+from kpair.utils.validation import positive_int
 
 FIRST_COUNT = 16
 DEFAULT_DRAWS = 5

@@ -35,6 +35,7 @@ from kpair.inspection.norm_statistics import (
     stateful_norm_layers,
 )
 from kpair.layers import PerDomainBatchNormalization
+from kpair.utils.validation import positive_int
 
 # How a pair's domains are chosen at prediction time; "auto" is "nearest"
 # for every image, whatever ids the pairs carry.
@@ -81,7 +82,7 @@ def infer_domains(model, images, layers=3, batch_size=64):
             (naming its norm), or a bad argument.
     """
     owner, norms = _first_per_domain_layers(model, layers)
-    batch_size = _positive_int("batch_size", batch_size)
+    batch_size = positive_int("batch_size", batch_size)
     images = np.asarray(images, "float32")
     if images.ndim != 4:
         raise ConfigError(
@@ -137,7 +138,7 @@ def _cached_probe(owner, norms):
 
 def _first_per_domain_layers(model, count):
     """`(owner, [layers])`: the first `count` per-domain layers of one model."""
-    count = _positive_int("layers", count)
+    count = positive_int("layers", count)
     owner = per_domain_owner(model)
     found = [layer for layer in owner.layers
              if isinstance(layer, PerDomainBatchNormalization)]
@@ -167,15 +168,6 @@ def per_domain_owner(model):
         "per-domain statistics (norm 'per-domain'); give the domain ids "
         "(--domain given)."
     )
-
-
-def _positive_int(name, value):
-    if (isinstance(value, bool) or not isinstance(value, (int, np.integer))
-            or value <= 0):
-        raise ConfigError(
-            f"`{name}` must be a positive integer. Received: {name}={value!r}"
-        )
-    return int(value)
 
 
 def with_pooled_domain(model, weights=None):

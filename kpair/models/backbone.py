@@ -6,6 +6,7 @@ from kpair import layers
 from kpair.errors import ConfigError
 from kpair.models.functional_config import model_config
 from kpair.models.stems import STEMS
+from kpair.utils.validation import positive_int
 
 # Basic blocks per stage and base widths (He et al. 2016, ResNet-18).
 BLOCKS_PER_STAGE = (2, 2, 2, 2)
@@ -148,9 +149,9 @@ def _validate_arguments(
 ):
     """Type and range checks of `ResNet18Backbone`'s arguments, before any
     layer exists: a `.keras` file's config reaches the constructor unchecked."""
-    _check_positive_int("image_size", image_size, MAX_IMAGE_SIZE)
-    _check_positive_int("embedding_dim", embedding_dim, MAX_EMBEDDING_DIM)
-    _check_positive_int("num_domains", num_domains)
+    positive_int("image_size", image_size, MAX_IMAGE_SIZE)
+    positive_int("embedding_dim", embedding_dim, MAX_EMBEDDING_DIM)
+    positive_int("num_domains", num_domains)
     if stem not in STEMS:
         raise ConfigError(
             f"Unknown stem. Expected one of {list(STEMS)}. Received: stem={stem!r}"
@@ -245,14 +246,3 @@ def _basic_block(layer, x, domain, factory, width, stride, name):
         )
     y = layer(keras.layers.Add, name=f"{name}_add")([y, shortcut])
     return layer(keras.layers.ReLU, name=f"{name}_out")(y)
-
-
-def _check_positive_int(name, value, maximum=None):
-    if isinstance(value, bool) or not isinstance(value, int) or value <= 0:
-        raise ConfigError(
-            f"`{name}` must be a positive integer. Received: {name}={value!r}"
-        )
-    if maximum is not None and value > maximum:
-        raise ConfigError(
-            f"`{name}` must be at most {maximum}. Received: {name}={value!r}"
-        )

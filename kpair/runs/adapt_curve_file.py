@@ -3,7 +3,7 @@ written as a CSV and a plot beside it, and its report.
 """
 
 
-from kpair.inspection.adapt import DEFAULT_MAX_IMAGES, positive_int
+from kpair.inspection.adapt import DEFAULT_MAX_IMAGES
 from kpair.inspection.adapt_curve import (
     CSV_COLUMNS,
     CSV_NAME,
@@ -20,6 +20,7 @@ from kpair.runs.evaluate_run import open_for_evaluation
 from kpair.utils.files import write_figure
 from kpair.utils.progress import Progress
 from kpair.utils.tables import aligned, cells, write_csv
+from kpair.utils.validation import positive_int
 
 
 def adapt_curve_file(model_path, data_dir, domain, split="train", batch_size=64,

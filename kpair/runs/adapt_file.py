@@ -8,7 +8,7 @@ import numpy as np
 
 from kpair.data import DataError, read_split
 from kpair.errors import ConfigError
-from kpair.inspection.adapt import DEFAULT_MAX_IMAGES, adapt_model, positive_int
+from kpair.inspection.adapt import DEFAULT_MAX_IMAGES, adapt_model
 from kpair.inspection.diagnose import domain_images
 from kpair.inspection.domain_tables import PER_DOMAIN, check_domain
 from kpair.inspection.evaluation import evaluate_pairs
@@ -18,6 +18,7 @@ from kpair.runs import model_files as runs
 from kpair.runs.evaluate_run import open_for_evaluation
 from kpair.utils.files import write_model
 from kpair.utils.progress import Progress
+from kpair.utils.validation import positive_int
 
 
 def adapt_file(model_path, data_dir, domain, out, split="train", batch_size=64,
