@@ -12,6 +12,8 @@ Same figures as on TensorFlow: the same batches, the same weights, the same
 modes, the same losses (`pair_losses_numpy`).
 """
 
+import weakref
+
 import keras
 import numpy as np
 
@@ -20,22 +22,44 @@ from kpair.inspection.evaluation import pair_inputs
 from kpair.models.losses import pair_losses_numpy
 
 
+class CompiledCalls:
+    """`jax.jit`-compiled calls of models, one per model and mode.
+
+    Keyed by a weak reference to the model, so that a model's compiled calls
+    go when the model does; a compiled call reaches its model through a weak
+    reference too (a strong one, held by the cache, would keep it alive).
+    """
+
+    def __init__(self):
+        self._calls = weakref.WeakKeyDictionary()
+
+    def get(self, model, training):
+        """The jitted `(trainable, non_trainable, features) -> outputs`."""
+        calls = self._calls.setdefault(model, {})
+        if training not in calls:
+            calls[training] = _jit_call(weakref.ref(model), training)
+        return calls[training]
+
+
+def _jit_call(model_ref, training):
+    import jax
+
+    def call(trainable, non_trainable, features):
+        outputs, _ = model_ref().stateless_call(
+            trainable, non_trainable, features, training=training
+        )
+        return outputs
+
+    return jax.jit(call)
+
+
+_COMPILED_CALLS = CompiledCalls()
+
+
 def compiled_call(model, training):
     """`features -> predictions` (NumPy, float32, flat), jitted once per model
     and mode; the model's variables are read at each call, never written."""
-    import jax
-
-    cache = model.__dict__.setdefault("_kpair_jax_calls", {})
-    if training not in cache:
-
-        def call(trainable, non_trainable, features):
-            outputs, _ = model.stateless_call(
-                trainable, non_trainable, features, training=training
-            )
-            return outputs
-
-        cache[training] = jax.jit(call)
-    jitted = cache[training]
+    jitted = _COMPILED_CALLS.get(model, training)
 
     def run(features):
         outputs = jitted(
