@@ -16,61 +16,72 @@ from kpair.utils.validation import positive_int
 OPTIMIZERS = ("adam", "sgd")
 
 
+def _field(default, help):
+    """A field of `TrainConfig` with its help text (the flag's, too)."""
+    return dataclasses.field(default=default, metadata={"help": help})
+
+
 @dataclasses.dataclass(frozen=True)
 class TrainConfig:
     """Everything that decides a training run; saved as the run's config.json.
 
-    Attributes:
-        data: Dataset directory (`train/`, `val/`, `test/` of TFRecord
-            shards), or `None` for the built-in two-domain demo data set.
-        out: Run directory.
-        norm: Registry name of the backbone's normalization.
-        norm_options: Options of that norm (see `kpair.layers.options(norm)`).
-        batching: `per-type` (the post's: one batch per pair type each step),
-            `mixed` or `balanced`.
-        precision: `float32`, `mixed_float16`, `mixed_bfloat16`, or `auto`
-            (resolved when the model is built: `kpair.models.precision`).
-        epochs: Passes over the training pairs.
-        batch_size: Pairs per training step.
-        learning_rate: Step size of the optimizer.
-        optimizer: `adam` or `sgd`.
-        steps_per_epoch: Cap on training steps per epoch (`None`: one pass).
-        image_size: Side in pixels that images are resized to.
-        stem: Backbone stem: `small` (32-pixel images) or `imagenet`.
-        width_multiplier: Scales the channels of every backbone stage.
-        embedding_dim: Size of the embedding each image is mapped to.
-        num_domains: Domains the model knows (ids `0..num_domains-1`).
-        losses: Loss per pair type, in the order A-A, B-B, A-B.
-        eval_pairs: Size of the fixed sample of training pairs on which the
-            inference-mode loss is measured every epoch.
-        gap_warning: Warn when inference-mode loss on training pairs exceeds
-            the training-mode loss by this factor.
-        seed: Seed of weights, shuffling and sampling.
-        deterministic: Also make TensorFlow's kernels deterministic, so that
-            the same config gives the same metrics and weights (slower).
+    Each field's `metadata["help"]` says what it is; `kpair train --help`
+    shows the same text as the flag's help.
     """
 
-    data: str | None = None
-    out: str = "runs/latest"
-    norm: str = "per-domain"
-    norm_options: dict = dataclasses.field(default_factory=dict)
-    batching: str = "per-type"
-    precision: str = "float32"
-    epochs: int = 5
-    batch_size: int = 48
-    learning_rate: float = 1e-3
-    optimizer: str = "adam"
-    steps_per_epoch: int | None = None
-    image_size: int = 32
-    stem: str = "small"
-    width_multiplier: float = 1.0
-    embedding_dim: int = 128
-    num_domains: int = 2
-    losses: tuple = ("l2", "hinge", "hinge")
-    eval_pairs: int = 480
-    gap_warning: float = 1.5
-    seed: int = 0
-    deterministic: bool = False
+    data: str | None = _field(None, (
+        "Dataset directory (`train/`, `val/`, `test/` of TFRecord shards), or "
+        "`None` for the built-in two-domain demo data set."
+    ))
+    out: str = _field("runs/latest", "Run directory.")
+    norm: str = _field("per-domain", "Registry name of the backbone's normalization.")
+    norm_options: dict = dataclasses.field(
+        default_factory=dict,
+        metadata={"help": "Options of that norm (see `kpair.layers.options(norm)`)."},
+    )
+    batching: str = _field("per-type", (
+        "`per-type` (the post's: one batch per pair type each step), `mixed` "
+        "or `balanced`."
+    ))
+    precision: str = _field("float32", (
+        "`float32`, `mixed_float16`, `mixed_bfloat16`, or `auto` (resolved "
+        "when the model is built: `kpair.models.precision`)."
+    ))
+    epochs: int = _field(5, "Passes over the training pairs.")
+    batch_size: int = _field(48, "Pairs per training step.")
+    learning_rate: float = _field(1e-3, "Step size of the optimizer.")
+    optimizer: str = _field("adam", "`adam` or `sgd`.")
+    steps_per_epoch: int | None = _field(
+        None,
+        "Cap on training steps per epoch (`None`: one pass).",
+    )
+    image_size: int = _field(32, "Side in pixels that images are resized to.")
+    stem: str = _field(
+        "small",
+        "Backbone stem: `small` (32-pixel images) or `imagenet`.",
+    )
+    width_multiplier: float = _field(
+        1.0,
+        "Scales the channels of every backbone stage.",
+    )
+    embedding_dim: int = _field(128, "Size of the embedding each image is mapped to.")
+    num_domains: int = _field(2, "Domains the model knows (ids `0..num_domains-1`).")
+    losses: tuple = _field(
+        ("l2", "hinge", "hinge"), "Loss per pair type, in the order A-A, B-B, A-B."
+    )
+    eval_pairs: int = _field(480, (
+        "Size of the fixed sample of training pairs on which the "
+        "inference-mode loss is measured every epoch."
+    ))
+    gap_warning: float = _field(1.5, (
+        "Warn when inference-mode loss on training pairs exceeds the "
+        "training-mode loss by this factor."
+    ))
+    seed: int = _field(0, "Seed of weights, shuffling and sampling.")
+    deterministic: bool = _field(False, (
+        "Also make TensorFlow's kernels deterministic, so that the same "
+        "config gives the same metrics and weights (slower)."
+    ))
 
     def __post_init__(self):
         # Normalize JSON-loaded values (lists) to the frozen field types.

@@ -1,9 +1,8 @@
 """The command-line flags of `TrainConfig`, declared once from the dataclass.
 
 `kpair train`, `kpair compare` and `kpair tune` share these flags: one per
-field (its type, choices, default and help text come from the field and the
-`Attributes:` section of `TrainConfig`'s docstring), plus `--config` and
-`--print-config`. A command adds only flags of its own. `resolve_config`
+field (its type, choices and default come from the field, its help text
+from the field's `metadata["help"]`), plus `--config` and `--print-config`. A command adds only flags of its own. `resolve_config`
 is the one merge of `--config` with the flags.
 
 Only a command's module imports this one (`kpair --help` does not): it loads
@@ -13,7 +12,6 @@ Keras and TensorFlow.
 import argparse
 import dataclasses
 import json
-import re
 import sys
 
 from kpair import layers
@@ -45,20 +43,9 @@ def field_choices():
 
 
 def field_helps(cls):
-    """`{field: text}` from the `Attributes:` section of `cls`'s docstring."""
-    helps, name = {}, None
-    lines = (cls.__doc__ or "").splitlines()
-    start = next(i for i, line in enumerate(lines) if line.strip() == "Attributes:")
-    for line in lines[start + 1:]:
-        match = re.match(r"^ {8}(\w+): (.*)$", line)
-        if match:
-            name = match.group(1)
-            helps[name] = match.group(2)
-        elif line.startswith(" " * 12) and name:
-            helps[name] += " " + line.strip()
-        elif line.strip():
-            break
-    return {k: v.replace("`", "") for k, v in helps.items()}
+    """`{field: text}`: each field's `metadata["help"]`, without backquotes."""
+    return {f.name: f.metadata["help"].replace("`", "")
+            for f in dataclasses.fields(cls)}
 
 
 def add_config_flags(parser):
