@@ -96,9 +96,10 @@ def gap_predictions(runner, pair_model, batches):
     return np.concatenate(training), np.concatenate(inference), np.concatenate(rows)
 
 
-def evaluate_pairs(model, pairs, losses, batch_size=256):
-    """Inference-mode losses per pair type and their sum, as
-    `kpair.inspection.evaluation.evaluate_pairs(model, pairs, losses)` on TensorFlow:
+def evaluate_pairs_jax(model, pairs, losses, batch_size=256):
+    """Inference-mode losses per pair type and their sum on JAX, as
+    `kpair.inspection.evaluation.evaluate_pairs(model, pairs, losses)` gives
+    them on TensorFlow:
     `{"A-A": .., "B-B": .., "A-B": .., "total": .., "pairs": n}`.
 
     `pairs`: a `Split`, or any unbatched `(features, y)` dataset.

@@ -56,7 +56,7 @@ class EpochLosses(keras.callbacks.Callback):
                 logs[gap.RUNNING + key[len("loss"):]] = logs.pop(key)
         logs.update(self.probe.measure(self.pair_model, runner=self.model))
         if keras.backend.backend() == "jax":
-            val = jax_predictions.evaluate_pairs(
+            val = jax_predictions.evaluate_pairs_jax(
                 self.pair_model, self.val_data, self.losses
             )
         else:
