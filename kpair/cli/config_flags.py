@@ -2,8 +2,9 @@
 
 `kpair train`, `kpair compare` and `kpair tune` share these flags: one per
 field (its type, choices and default come from the field, its help text
-from the field's `metadata["help"]`), plus `--config` and `--print-config`. A command adds only flags of its own. `resolve_config`
-is the one merge of `--config` with the flags.
+from the field's `metadata["help"]`), plus `--config` and `--print-config`.
+A command adds only flags of its own. `resolve_config` is the one merge of
+`--config` with the flags.
 
 Only a command's module imports this one (`kpair --help` does not): it loads
 Keras and TensorFlow.
