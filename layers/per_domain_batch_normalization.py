@@ -283,29 +283,27 @@ class PerDomainBatchNormalization(keras.layers.Layer):
         return tuple(_validation.split_input_shape(self, input_shape))
 
     def get_config(self):
-        config = super().get_config()
-        config.update(
-            {
-                "num_domains": self.num_domains,
-                "axis": self.axis,
-                "momentum": self.momentum,
-                "epsilon": self.epsilon,
-                "center": self.center,
-                "scale": self.scale,
-                "per_domain_affine": self.per_domain_affine,
-                "synchronized": self.synchronized,
-                "beta_initializer": initializers.serialize(self.beta_initializer),
-                "gamma_initializer": initializers.serialize(self.gamma_initializer),
-                "moving_mean_initializer": initializers.serialize(
-                    self.moving_mean_initializer
-                ),
-                "moving_variance_initializer": initializers.serialize(
-                    self.moving_variance_initializer
-                ),
-                "beta_regularizer": regularizers.serialize(self.beta_regularizer),
-                "gamma_regularizer": regularizers.serialize(self.gamma_regularizer),
-                "beta_constraint": constraints.serialize(self.beta_constraint),
-                "gamma_constraint": constraints.serialize(self.gamma_constraint),
-            }
-        )
-        return config
+        base_config = super().get_config()
+        config = {
+            "num_domains": self.num_domains,
+            "axis": self.axis,
+            "momentum": self.momentum,
+            "epsilon": self.epsilon,
+            "center": self.center,
+            "scale": self.scale,
+            "per_domain_affine": self.per_domain_affine,
+            "synchronized": self.synchronized,
+            "beta_initializer": initializers.serialize(self.beta_initializer),
+            "gamma_initializer": initializers.serialize(self.gamma_initializer),
+            "moving_mean_initializer": initializers.serialize(
+                self.moving_mean_initializer
+            ),
+            "moving_variance_initializer": initializers.serialize(
+                self.moving_variance_initializer
+            ),
+            "beta_regularizer": regularizers.serialize(self.beta_regularizer),
+            "gamma_regularizer": regularizers.serialize(self.gamma_regularizer),
+            "beta_constraint": constraints.serialize(self.beta_constraint),
+            "gamma_constraint": constraints.serialize(self.gamma_constraint),
+        }
+        return {**base_config, **config}

@@ -127,16 +127,17 @@ class ResNet18Backbone(keras.Model):
         self.num_domains = num_domains
 
     def get_config(self):
-        return model_config(
-            self,
-            norm=self.norm,
-            norm_options=dict(self.norm_options),
-            image_size=self.image_size,
-            stem=self.stem,
-            width_multiplier=self.width_multiplier,
-            embedding_dim=self.embedding_dim,
-            num_domains=self.num_domains,
-        )
+        base_config = model_config(self)
+        config = {
+            "norm": self.norm,
+            "norm_options": dict(self.norm_options),
+            "image_size": self.image_size,
+            "stem": self.stem,
+            "width_multiplier": self.width_multiplier,
+            "embedding_dim": self.embedding_dim,
+            "num_domains": self.num_domains,
+        }
+        return {**base_config, **config}
 
     @classmethod
     def from_config(cls, config):

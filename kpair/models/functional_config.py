@@ -4,18 +4,18 @@
 keras-hub style: `get_config` returns exactly the constructor arguments, so
 that `from_config` can call `cls(**config)`. The arguments every such model
 takes from `keras.Model` (`name`, `trainable`, `dtype`) are written here
-once, in the order saved `.keras` files hold them.
+once.
 """
 
 import keras
 
 
-def model_config(model, **arguments):
-    """`model`'s `name` and `trainable`, then `arguments`, then its dtype
-    policy, serialized."""
+def model_config(model):
+    """The base config of a kpair functional model: its `name`, `trainable`
+    and dtype policy, serialized. Its `get_config` returns
+    `{**base_config, **config}`, as Keras's layers do."""
     return {
         "name": model.name,
         "trainable": model.trainable,
-        **arguments,
         "dtype": keras.dtype_policies.serialize(model.dtype_policy),
     }

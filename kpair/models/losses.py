@@ -87,7 +87,9 @@ class PairLoss(keras.losses.Loss):
         return values * scale
 
     def get_config(self):
-        return {**super().get_config(), "losses": list(self.losses)}
+        base_config = super().get_config()
+        config = {"losses": list(self.losses)}
+        return {**base_config, **config}
 
 
 @keras.saving.register_keras_serializable(package="kpair")
@@ -145,11 +147,9 @@ class PairTypeLoss(keras.metrics.Metric):
         self.count.assign(0.0)
 
     def get_config(self):
-        return {
-            **super().get_config(),
-            "pair_type": self.pair_type,
-            "loss_name": self.loss_name,
-        }
+        base_config = super().get_config()
+        config = {"pair_type": self.pair_type, "loss_name": self.loss_name}
+        return {**base_config, **config}
 
 
 def per_type_metrics(losses=DEFAULT_LOSSES):

@@ -79,7 +79,9 @@ class PairModel(keras.Model):
         self.backbone = backbone
 
     def get_config(self):
-        return model_config(self, backbone=keras.layers.serialize(self.backbone))
+        base_config = model_config(self)
+        config = {"backbone": keras.layers.serialize(self.backbone)}
+        return {**base_config, **config}
 
     @classmethod
     def from_config(cls, config):
