@@ -8,9 +8,9 @@ from pathlib import Path
 from kpair import layers
 from kpair.data.batching import BATCHINGS
 from kpair.errors import ConfigError
-from kpair.models.loss_names import check_losses
+from kpair.models.backbone import STEMS
+from kpair.models.losses import check_losses
 from kpair.models.precision import PRECISIONS
-from kpair.models.stems import STEMS
 from kpair.utils.validation import positive_int
 
 OPTIMIZERS = ("adam", "sgd")

@@ -19,8 +19,8 @@ from kpair import layers
 from kpair.config import OPTIMIZERS, TrainConfig
 from kpair.data.batching import BATCHINGS
 from kpair.errors import ConfigError
+from kpair.models.backbone import STEMS
 from kpair.models.precision import PRECISIONS
-from kpair.models.stems import STEMS
 
 # Defaults of kpair's commands that differ from TrainConfig's own: a command
 # line takes the fastest precision this machine runs natively.

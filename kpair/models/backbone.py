@@ -5,10 +5,13 @@ import keras
 from kpair import layers
 from kpair.errors import ConfigError
 from kpair.models.functional_config import model_config
-from kpair.models.stems import STEMS
 from kpair.utils.validation import positive_int
 
 # Basic blocks per stage and base widths (He et al. 2016, ResNet-18).
+# The layers before the first stage: `small` is a 3x3 convolution, stride 1,
+# without pooling (for images of about 32 pixels); `imagenet` a 7x7
+# convolution, stride 2, then 3x3 max pooling, stride 2.
+STEMS = ("small", "imagenet")
 BLOCKS_PER_STAGE = (2, 2, 2, 2)
 STAGE_WIDTHS = (64, 128, 256, 512)
 # Bounds that keep a hostile `.keras` config from allocating gigabytes: the

@@ -18,8 +18,7 @@ from kpair.inspection.evaluation import (
     evaluate_pairs,
 )
 from kpair.inspection.unknown_domains import POLICIES, per_domain_owner
-from kpair.models.loss_names import DEFAULT_LOSSES
-from kpair.models.losses import pair_losses_numpy, sign_targets
+from kpair.models.losses import DEFAULT_LOSSES, pair_losses_numpy, sign_targets
 from kpair.models.pair_model import image_size_of, num_domains_of
 from kpair.pair_types import DOMAIN_NAMES
 from kpair.runs.model_files import Run, load_model, resolve
