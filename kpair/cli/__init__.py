@@ -114,12 +114,19 @@ _PYTHON_ARGUMENT = re.compile(
 )
 
 
+# A library argument named in backquotes whose flag has another name:
+# "another `out_dir`" -> "another --out".
+_FLAG_OF_ARGUMENT = {"out_dir": "--out"}
+_ARGUMENT_NAME = re.compile(r"`([a-z][a-z_]*)`")
+
+
 def _in_flag_words(text, flags):
     """`text` with Python arguments a user set by flags named as those flags:
     "batching='mixed'" -> "--batching mixed", "overwrite=True" -> "--overwrite".
 
     A flag that this command lacks is named with the command that has it
-    (`kpair train --batching mixed`)."""
+    (`kpair train --batching mixed`); an argument whose flag has another
+    name, in backquotes, becomes that flag ("`out_dir`" -> "--out")."""
 
     def flag_words(match):
         flag = "--" + match.group(1).replace("_", "-")
@@ -131,7 +138,11 @@ def _in_flag_words(text, flags):
             return f"kpair train {words}"
         return match.group(0)
 
-    return _PYTHON_ARGUMENT.sub(flag_words, text)
+    def renamed(match):
+        flag = _FLAG_OF_ARGUMENT.get(match.group(1))
+        return flag if flag in flags else match.group(0)
+
+    return _ARGUMENT_NAME.sub(renamed, _PYTHON_ARGUMENT.sub(flag_words, text))
 
 
 def _train_flags():

@@ -131,8 +131,8 @@ def _check_out_dir(out_dir, configs, resume):
     if existing and not resume:
         raise ConfigError(
             f"{out_dir} already holds a comparison ({len(existing)} cell(s) in "
-            f"{cells_dir}). Pass --resume (resume=True) to finish it, or use "
-            "another --out."
+            f"{cells_dir}). Pass resume=True to finish it, or use another "
+            "`out_dir`."
         )
     for config in configs:
         # More epochs continue a cell, as `kpair train` allows.

@@ -194,9 +194,10 @@ def check_backend(config):
     if (config.deterministic and detect_gpus()
             and XLA_GPU_DETERMINISM not in os.environ.get("XLA_FLAGS", "")):
         raise ConfigError(
-            "--deterministic on JAX with a GPU needs XLA's deterministic GPU "
+            "deterministic=True on JAX with a GPU needs XLA's deterministic GPU "
             f"kernels: set XLA_FLAGS={XLA_GPU_DETERMINISM} (on CPU, XLA is "
-            "deterministic already). Received: --deterministic --backend jax"
+            "deterministic already). Received: deterministic=True, "
+            "KERAS_BACKEND=jax"
         )
 
 

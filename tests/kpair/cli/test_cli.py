@@ -308,6 +308,18 @@ def test_advice_names_flags_not_python_arguments(flags_of, expected):
     assert "batching='mixed'" not in text
 
 
+def test_library_argument_names_become_their_flags():
+    from kpair.cli import _in_flag_words
+
+    text = _in_flag_words(
+        "runs/c already holds a comparison (2 cell(s) in runs/c/cells). Pass "
+        "resume=True to finish it, or use another `out_dir`.",
+        frozenset({"--resume", "--out"}))
+    assert text.endswith("Pass --resume to finish it, or use another --out.")
+    # Not a flag of this command: left in the library's words.
+    assert "`out_dir`" in _in_flag_words("use another `out_dir`.", frozenset())
+
+
 def test_data_import_refuses_an_existing_out_naming_overwrite(tmp_path, capsys):
     from kpair.cli import main
 

@@ -150,7 +150,7 @@ def test_existing_cells_without_resume_are_refused(demo_data, tiny_config, tmp_p
                                                    stub):
     out = tmp_path / "cmp"
     (out / "cells" / "batch__mixed").mkdir(parents=True)
-    with pytest.raises(ConfigError, match="--resume.*another --out"):
+    with pytest.raises(ConfigError, match="resume=True.*another `out_dir`"):
         compare.run_compare(tiny_config(demo_data), NORMS, BATCHINGS, out)
     assert stub.configs == []
 
