@@ -71,6 +71,77 @@ def test_the_counter_sees_an_import_inside_a_function(tmp_path):
     assert _has_reason("    import kpair.models  # noqa: F401  (registration)  x")
 
 
+def _module_name(path):
+    folder = path.relative_to(ROOT).parts[0]
+    parts = [PACKAGES[folder], *path.relative_to(ROOT / folder).with_suffix("").parts]
+    return ".".join(parts[:-1] if parts[-1] == "__init__" else parts)
+
+
+def import_graph():
+    """`{module: {kpair modules it imports}}`, imports inside functions too."""
+    names = {_module_name(p): p for p in _modules()}
+    graph = {}
+    for name, path in names.items():
+        package = name if path.name == "__init__.py" else name.rpartition(".")[0]
+        targets = set()
+        for node in ast.walk(ast.parse(path.read_text())):
+            if isinstance(node, ast.Import):
+                candidates = [a.name for a in node.names]
+            elif isinstance(node, ast.ImportFrom):
+                base = node.module or ""
+                if node.level:
+                    up = package.split(".")[: len(package.split(".")) - node.level + 1]
+                    base = ".".join(up + ([base] if base else []))
+                # `from package import module` imports the module; `from
+                # module import name`, the module.
+                candidates = [f"{base}.{a.name}" if f"{base}.{a.name}" in names
+                              else base for a in node.names]
+            else:
+                continue
+            for candidate in candidates:
+                while candidate and candidate not in names:
+                    candidate = candidate.rpartition(".")[0]
+                if candidate and candidate != name:
+                    targets.add(candidate)
+        graph[name] = targets
+    return graph
+
+
+def find_cycle(graph):
+    """One import cycle as a list of modules, or None."""
+    state = {}
+
+    def visit(node, path):
+        state[node] = "open"
+        for target in sorted(graph.get(node, ())):
+            if state.get(target) == "open":
+                return path[path.index(target):] + [target]
+            if target not in state:
+                found = visit(target, [*path, target])
+                if found:
+                    return found
+        state[node] = "done"
+        return None
+
+    for node in sorted(graph):
+        if node not in state:
+            found = visit(node, [node])
+            if found:
+                return found
+    return None
+
+
+def test_no_import_cycle_among_kpair_modules():
+    graph = import_graph()
+    assert "kpair.cli" in graph and "kpair.layers" in graph
+    assert find_cycle(graph) is None, " -> ".join(find_cycle(graph))
+
+
+def test_the_cycle_finder_finds_a_cycle():
+    assert find_cycle({"a": {"b"}, "b": {"c"}, "c": {"a"}}) == ["a", "b", "c", "a"]
+    assert find_cycle({"a": {"b"}, "b": set()}) is None
+
+
 def test_no_module_over_400_lines():
     long = {str(p.relative_to(ROOT)): n for p in _modules()
             if (n := len(p.read_text().splitlines())) > MAX_LINES}
