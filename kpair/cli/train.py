@@ -6,8 +6,8 @@ from pathlib import Path
 from kpair.cli import BACKENDS, EXIT_FAILED, RUNS_ROOT
 from kpair.cli.config_flags import add_config_flags, print_config, resolve_config
 from kpair.errors import ConfigError, TrainingDiverged
+from kpair.training import trainer
 from kpair.training.preflight import check_free_space
-from kpair.training.trainer import train
 
 
 def add_flags(p):
@@ -68,7 +68,7 @@ def _train(args):
         return
     check_free_space(config)  # train() checks the data itself, before writing
     try:
-        train(config)
+        trainer.train(config)
     except TrainingDiverged as error:
         # config.out, not --out: the run directory also when --out was not
         # given (the default, or a --config's).
