@@ -13,7 +13,8 @@ import tensorflow as tf
 from kpair import layers
 from kpair.cli import main
 from kpair.data import Pair, build_demo, write_split
-from kpair.inspection.diagnose import diagnose, layer_shifts, verdict
+from kpair.inspection.diagnose import layer_shifts, verdict
+from kpair.runs.diagnose_run import diagnose
 
 # With `pytest -n`, one worker trains the shared `trained` models once.
 pytestmark = pytest.mark.xdist_group("trained-models")
