@@ -6,10 +6,15 @@ STAMP := $(VENV)/.kpair-installed
 
 .PHONY: demo test lint imports bench clean
 
+# The editable install's build (setuptools, in pip's subprocess, which reads
+# PYTHONWARNINGS) ends with an "Editable installation." notice: "be careful
+# with folders in your working directory with the same name as your
+# package". Here the folder `kpair/` is the package itself; nothing to do.
 $(STAMP): pyproject.toml
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
 	$(BIN)/python -m pip install --quiet --upgrade pip
-	$(BIN)/python -m pip install --quiet -e ".[test]"
+	PYTHONWARNINGS="ignore:Editable installation" \
+		$(BIN)/python -m pip install --quiet -e ".[test]"
 	touch $(STAMP)
 
 demo: $(STAMP)

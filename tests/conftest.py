@@ -55,6 +55,17 @@ def _kpair_cache(tmp_path_factory, monkeypatch):
     monkeypatch.setenv("KPAIR_CACHE", str(tmp_path_factory.mktemp("kpair-cache")))
 
 
+@pytest.fixture(autouse=True)
+def _no_progress_lines_off_a_terminal(monkeypatch):
+    """Tests that count the lines on stderr (one clear error line, none on
+    success) must not depend on the machine's speed: off a terminal, kpair's
+    long steps write a progress line every 30 s, which a slow or loaded
+    machine reaches. None here, in this process and the commands it starts
+    (they inherit the environment). The tests of `kpair.progress` pass
+    `every` themselves."""
+    monkeypatch.setenv("KPAIR_PROGRESS_EVERY", "inf")
+
+
 @pytest.fixture(scope="session")
 def demo_data(tmp_path_factory):
     """The demo data set at 16 pixels, 40/12/12 training pairs per type.

@@ -282,9 +282,17 @@ def _info(seed, image_size, pairs_per_type, ba_fraction, indices):
 
 
 def default_cache_dir():
-    """`$KPAIR_CACHE`, else `~/.cache/kpair`."""
+    """`$KPAIR_CACHE`, else `$XDG_CACHE_HOME/kpair`, else `~/.cache/kpair`.
+
+    An empty or relative `XDG_CACHE_HOME` is ignored, as the XDG Base
+    Directory specification asks."""
     root = os.environ.get("KPAIR_CACHE")
-    return Path(root) if root else Path.home() / ".cache" / "kpair"
+    if root:
+        return Path(root)
+    xdg = os.environ.get("XDG_CACHE_HOME")
+    if xdg and os.path.isabs(xdg):
+        return Path(xdg) / "kpair"
+    return Path.home() / ".cache" / "kpair"
 
 
 def ensure_demo(

@@ -194,7 +194,7 @@ def _folded_functions(model, archive):
         rows = tf.dynamic_partition(tf.range(tf.shape(images)[0]), domains,
                                     len(folded))
         parts = tf.dynamic_partition(images, domains, len(folded))
-        embeddings = [backbone_d([part, _fill(part, d)], training=False)
+        embeddings = [_embed_unless_empty(backbone_d, part, d)
                       for d, (backbone_d, part) in enumerate(zip(folded, parts))]
         return tf.dynamic_stitch(rows, embeddings)
 
@@ -218,6 +218,27 @@ def _folded_functions(model, archive):
         return serve_domain
 
     return serve, [of_domain(d) for d in range(num_domains)]
+
+
+def _embed_unless_empty(backbone, images, domain):
+    """`backbone`'s embeddings of `images`, all of `domain`; none if empty.
+
+    A batch in which no image has this domain leaves its partition empty,
+    and TensorFlow's oneDNN convolution (on by default on CPUs with
+    AVX512_BF16, and where TF_ENABLE_ONEDNN_OPTS=1) fails on a batch of zero
+    images (`input depth must be evenly divisible by filter depth`) where
+    the plain kernel returns nothing. An empty part is never computed.
+    """
+    dim = backbone.output.shape[-1]
+
+    def embed():
+        return tf.cast(backbone([images, _fill(images, domain)], training=False),
+                       backbone.output.dtype)
+
+    def nothing():
+        return tf.zeros((0, dim), backbone.output.dtype)
+
+    return tf.cond(tf.shape(images)[0] > 0, embed, nothing)
 
 
 def _backbone_to_fold(model):

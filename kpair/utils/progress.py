@@ -4,12 +4,37 @@
 `tune` report `label k/n, 12 s elapsed, about 30 s left` here. On a
 terminal the line is redrawn in place; elsewhere (a log file, a pipe, a
 test's captured output) a plain line is written only once `every` seconds
-have passed since the last one, so a short step writes nothing and an error
-that follows stays the one line on stderr. Training has Keras's own bar.
+have passed since the last one (30, or `$KPAIR_PROGRESS_EVERY`), so a short
+step writes nothing and an error that follows stays the one line on stderr.
+Training has Keras's own bar.
 """
 
+import math
+import os
 import sys
 import time
+
+from kpair.errors import ConfigError
+
+EVERY_VARIABLE = "KPAIR_PROGRESS_EVERY"
+
+
+def default_every():
+    """Float, the seconds between two progress lines off a terminal:
+    `$KPAIR_PROGRESS_EVERY` when set (`inf` writes none), else 30."""
+    text = os.environ.get(EVERY_VARIABLE, "").strip()
+    if not text:
+        return 30.0
+    try:
+        every = float(text)
+    except ValueError:
+        every = math.nan
+    if not every >= 0:
+        raise ConfigError(
+            f"{EVERY_VARIABLE}={text!r}: expected seconds, a number >= 0 "
+            "(inf writes no progress line off a terminal)"
+        )
+    return every
 
 
 def _duration(seconds):
@@ -40,8 +65,8 @@ class Progress:
         total: Integer, the count when done; `None` if unknown (no ETA).
         stream: Where to write; default `sys.stderr`.
         every: Float, seconds between two lines when `stream` is not a
-            terminal. A terminal gets its line redrawn at most 10 times a
-            second.
+            terminal; default `default_every()`. A terminal gets its
+            line redrawn at most 10 times a second.
         enabled: Boolean; `False` writes nothing.
 
     Example:
@@ -52,11 +77,11 @@ class Progress:
     ...         progress.advance()
     """
 
-    def __init__(self, label, total, stream=None, every=30.0, enabled=True):
+    def __init__(self, label, total, stream=None, every=None, enabled=True):
         self.label = label
         self.total = total
         self.stream = stream if stream is not None else sys.stderr
-        self.every = every
+        self.every = every if every is not None else default_every()
         self.enabled = enabled
         self.done = 0
         self._started = time.monotonic()

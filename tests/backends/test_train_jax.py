@@ -9,6 +9,8 @@ import subprocess
 import sys
 from pathlib import Path
 
+import keras
+import numpy as np
 import pytest
 
 from kpair.cli import main
@@ -66,6 +68,23 @@ def test_jax_run_resumes_after_kill_and_evaluates_on_tensorflow(
     assert metrics["backend"] == "jax" and metrics["epochs"] == 2
     assert metrics["precision"] == "float32"
     assert 0 < metrics["gap_ratio"] < float("inf")
+
+    # What the resume restores (weights, moving statistics, optimizer, data
+    # position) makes the resumed run the uninterrupted one.
+    whole = tmp_path / "whole"
+    uninterrupted = kpair_process(
+        [*[whole if arg == run else arg for arg in train], "--backend", "jax"],
+        tmp_path)
+    assert uninterrupted.returncode == 0, uninterrupted.stdout + uninterrupted.stderr
+    mine = keras.saving.load_model(run / "model.keras")
+    theirs = keras.saving.load_model(whole / "model.keras")
+    assert len(mine.weights) > 50
+    paths = [w.path for w in mine.weights]
+    assert any("moving" in p for p in paths), paths
+    for a, b in zip(mine.weights, theirs.weights, strict=True):
+        assert a.path == b.path
+        assert np.array_equal(a.numpy(), b.numpy()), (a.path, np.max(np.abs(
+            a.numpy() - b.numpy())))
 
     capsys.readouterr()
     assert main(["evaluate", str(run), "--data", str(demo_data), "--json"]) == 0

@@ -7,7 +7,7 @@ import numpy as np
 import pytest
 
 import kpair
-from kpair.errors import ModelFileError
+from kpair.errors import ConfigError, ModelFileError
 from kpair.utils.progress import Progress, estimate
 
 
@@ -90,6 +90,26 @@ def test_progress_off_a_terminal_writes_only_slow_steps():
     assert [ln.split(",")[0] for ln in lines] == [
         f"evaluating pairs {k}/4" for k in range(1, 5)]
     assert "left" in lines[0] and "elapsed" in lines[-1]
+
+
+def test_progress_every_is_kpair_progress_every_else_30_s(monkeypatch):
+    """`$KPAIR_PROGRESS_EVERY` sets the seconds between lines off a terminal
+    (tests/conftest.py sets `inf`, so that no test counts a progress line)."""
+    assert Progress("x", 2, stream=io.StringIO()).every == float("inf")
+    monkeypatch.setenv("KPAIR_PROGRESS_EVERY", "0")
+    logged = io.StringIO()
+    with Progress("checking rows", 2, stream=logged) as progress:
+        progress.advance()
+        progress.advance()
+    assert [ln.split(",")[0] for ln in logged.getvalue().splitlines()] == [
+        "checking rows 1/2", "checking rows 2/2"]
+    monkeypatch.delenv("KPAIR_PROGRESS_EVERY")
+    assert Progress("x", 2, stream=io.StringIO()).every == 30.0
+    assert Progress("x", 2, stream=io.StringIO(), every=5).every == 5
+    for bad in ("soon", "-1", "nan"):
+        monkeypatch.setenv("KPAIR_PROGRESS_EVERY", bad)
+        with pytest.raises(ConfigError, match="KPAIR_PROGRESS_EVERY"):
+            Progress("x", 2, stream=io.StringIO())
 
 
 def test_progress_on_a_terminal_redraws_one_line_and_ends_it():

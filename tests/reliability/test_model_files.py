@@ -1,5 +1,5 @@
 """Model files that kpair must refuse, through every command that loads one:
-`kpair evaluate`, `predict`, `diagnose` and `adapt`.
+`kpair evaluate`, `predict`, `diagnose`, `adapt`, `check` and `export`.
 
 Each refusal is one line on stderr naming the file and what was refused,
 exit code 2, no traceback, and nothing written (`--out`, `--plot`). Files
@@ -152,11 +152,16 @@ def command(name, model, inputs, out):
     if name == "diagnose":
         plot = out / "diagnose.png"
         return ["diagnose", model, *data, "--plot", plot], [plot]
+    if name == "check":
+        return ["check", model], []
+    if name == "export":
+        served = out / "served"
+        return ["export", model, "--out", served], [served]
     adapted = out / "adapted.keras"
     return ["adapt", model, *data, "--domain", "0", "--out", adapted], [adapted]
 
 
-COMMANDS = ["evaluate", "predict", "diagnose", "adapt"]
+COMMANDS = ["evaluate", "predict", "diagnose", "adapt", "check", "export"]
 
 # What the one line on stderr names, for each crafted file of `models`.
 REFUSALS = {
@@ -215,6 +220,7 @@ def test_refused(kpair_cli, models, inputs, tmp_path, name, case):
     assert allocated[0] <= good_model_size(models["good"]), allocated[0]
     for output in outputs:
         assert not output.exists()
+    assert not any(tmp_path.iterdir()), list(tmp_path.iterdir())  # nothing at all
 
 
 def test_kpair_models_load(models, tmp_path, tiny_config):

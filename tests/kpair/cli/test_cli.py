@@ -62,7 +62,8 @@ def test_truncated_shard_names_the_file(demo_data, tmp_path):
 
 
 @pytest.mark.slow
-def test_train_evaluate_predict_and_load_in_a_fresh_process(demo_data, tmp_path):
+def test_train_evaluate_predict_export_and_load_in_a_fresh_process(demo_data,
+                                                                   tmp_path):
     out = tmp_path / "run"
     result = run(["train", "--data", demo_data, "--out", out, "--epochs", "1",
                   "--norm", "per-domain", *TINY_FLAGS])
@@ -132,6 +133,41 @@ def test_train_evaluate_predict_and_load_in_a_fresh_process(demo_data, tmp_path)
     np.testing.assert_allclose(
         [float(v) for v in fresh.stdout.split()], preds, rtol=1e-5, atol=1e-6
     )
+
+    # `kpair export` from the command line: a SavedModel that plain
+    # TensorFlow loads and that serves model.keras's predictions, for pairs
+    # of every domain combination in one batch and for each domain's own
+    # signature.
+    served_dir = tmp_path / "served"
+    result = run(["export", out / "model.keras", "--out", served_dir])
+    assert result.returncode == 0, result.stderr
+    assert (served_dir / "saved_model.pb").is_file()
+    import keras
+    import tensorflow as tf
+
+    import kpair  # noqa: F401  (registers kpair's classes for load_model)
+
+    model = keras.saving.load_model(out / "model.keras")
+    served = tf.saved_model.load(str(served_dir))
+    domains = np.repeat([(0, 0), (0, 1), (1, 0), (1, 1)], 3, axis=0)
+    feats = {
+        "left": rng.random((12, 16, 16, 3), "float32"),
+        "right": rng.random((12, 16, 16, 3), "float32"),
+        "left_domain": domains[:, 0].astype("int32"),
+        "right_domain": domains[:, 1].astype("int32"),
+    }
+    expected = model.predict(feats, verbose=0)
+    assert np.ptp(expected) > 0  # predictions that differ, not a constant
+    np.testing.assert_allclose(served.serve(feats).numpy(), expected, rtol=1e-5,
+                               atol=1e-6)
+    for domain in (0, 1):
+        ids = np.full(12, domain, "int32")
+        expected = model.predict(dict(feats, left_domain=ids, right_domain=ids),
+                                 verbose=0)
+        serve_domain = getattr(served, f"serving_domain_{domain}")
+        np.testing.assert_allclose(
+            serve_domain(feats["left"], feats["right"]).numpy(), expected,
+            rtol=1e-5, atol=1e-6)
 
 
 def test_evaluate_refuses_a_file_that_is_not_a_keras_model(tmp_path):

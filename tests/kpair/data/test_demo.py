@@ -142,6 +142,26 @@ def test_ensure_demo_builds_once_into_kpair_cache(tmp_path, monkeypatch):
     assert ensure_demo(cache_dir=tmp_path / "cache", **SMALL) == path
 
 
+def test_the_cache_is_kpair_cache_then_xdg_cache_home_then_home(tmp_path,
+                                                                monkeypatch):
+    """`$KPAIR_CACHE` first, then `$XDG_CACHE_HOME/kpair` (when absolute, as
+    the XDG Base Directory specification asks), then `~/.cache/kpair`."""
+    monkeypatch.setenv("HOME", str(tmp_path / "home"))
+    monkeypatch.setenv("KPAIR_CACHE", str(tmp_path / "mine"))
+    monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path / "xdg"))
+    assert demo_module.default_cache_dir() == tmp_path / "mine"
+    monkeypatch.setenv("KPAIR_CACHE", "")
+    assert demo_module.default_cache_dir() == tmp_path / "xdg" / "kpair"
+    monkeypatch.delenv("KPAIR_CACHE")
+    assert demo_module.default_cache_dir() == tmp_path / "xdg" / "kpair"
+    home = tmp_path / "home" / ".cache" / "kpair"
+    for ignored in ("", "relative/cache"):
+        monkeypatch.setenv("XDG_CACHE_HOME", ignored)
+        assert demo_module.default_cache_dir() == home
+    monkeypatch.delenv("XDG_CACHE_HOME")
+    assert demo_module.default_cache_dir() == home
+
+
 def test_ba_fraction_flips_only_the_orientation(tmp_path):
     """The B-A pairs are the A-B pairs of the default, the other way round."""
     plain = _records(build_demo(tmp_path / "plain", **SMALL) / "train")

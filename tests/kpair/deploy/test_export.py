@@ -1,6 +1,10 @@
 """kpair export: a SavedModel that serves the same predictions, for every
 domain and pair of domains, with and without --fold-norm; refusals."""
 
+import subprocess
+import sys
+from pathlib import Path
+
 import keras
 import numpy as np
 import pytest
@@ -9,6 +13,7 @@ import tensorflow as tf
 from kpair.cli import main
 from kpair.deploy.export import export_model, export_saved_model
 from kpair.errors import KpairError
+from kpair.inspection.check import TOLERANCE
 from kpair.inspection.norm_statistics import stateful_norm_layers
 from kpair.models.backbone import ResNet18Backbone
 from kpair.models.pair_model import PairModel
@@ -147,3 +152,87 @@ def test_export_refuses_a_model_whose_output_depends_on_the_batch(tmp_path):
     with pytest.raises(KpairError, match="batch invariance.*batch statistics"):
         export_model(model, tmp_path / "out")
     assert not (tmp_path / "out").exists()
+
+
+def _client_batches(size, n=2):
+    """Batches a server receives: every domain pair mixed, one domain only
+    (each side), one pair type, a single pair. A batch that lacks a domain
+    leaves that domain's folded backbone nothing to compute."""
+    rng = np.random.default_rng(2)
+    layouts = {
+        "mixed": np.repeat([(0, 0), (0, 1), (1, 0), (1, 1)], n, axis=0),
+        "only_a": np.zeros((3, 2), int),
+        "only_b": np.ones((3, 2), int),
+        "a_with_b": np.repeat([(0, 1)], 3, axis=0),
+        "one_pair": np.array([(1, 0)]),
+    }
+    batches = {}
+    for name, domains in layouts.items():
+        count = len(domains)
+        batches[name] = {
+            "left": rng.random((count, size, size, 3), "float32"),
+            "right": rng.random((count, size, size, 3), "float32"),
+            "left_domain": domains[:, 0].astype("int32"),
+            "right_domain": domains[:, 1].astype("int32"),
+        }
+    return batches
+
+
+def _served_in_a_fresh_process(saved_model, batches, tmp_path):
+    inputs = {f"{b}/{k}": v for b, features in batches.items()
+              for k, v in features.items()}
+    np.savez(tmp_path / "inputs.npz", **inputs)
+    script = Path(__file__).with_name("saved_model_outputs.py")
+    done = subprocess.run(
+        [sys.executable, str(script), str(saved_model),
+         str(tmp_path / "inputs.npz"), str(tmp_path / "outputs.npz")],
+        capture_output=True, text=True, timeout=600,
+    )
+    assert done.returncode == 0, done.stderr[-3000:]
+    return dict(np.load(tmp_path / "outputs.npz"))
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("width,stem,size,fold_norm", [
+    (0.25, "small", 32, True),  # the model `make demo` trains
+    (0.125, "small", 32, True),  # the model of the issue's `kpair train`
+    (1.0, "small", 32, True),
+    (1.0, "imagenet", 64, True),
+])
+def test_every_signature_serves_every_batch_in_a_fresh_process(
+    width, stem, size, fold_norm, tmp_path
+):
+    """The SavedModel as a client loads it: `tf.saved_model.load` in a process
+    that never imported kpair, each signature called on batches that mix
+    domains, hold one domain, or one pair; each against `model.keras`.
+    `--fold-norm` once failed every batch that lacked a domain (oneDNN's
+    convolution on the empty part of that domain's backbone)."""
+    model = _varied(PairModel(ResNet18Backbone(
+        norm="per-domain", width_multiplier=width, stem=stem, image_size=size,
+        embedding_dim=16,
+    )))
+    write_model(model, tmp_path / "model.keras")
+    out = export_saved_model(tmp_path / "model.keras", tmp_path / "serving",
+                             fold_norm=fold_norm)
+    batches = _client_batches(size)
+    served = _served_in_a_fresh_process(out, batches, tmp_path)
+    errors = {k: str(v) for k, v in served.items() if k.endswith("/error")}
+    assert not errors, errors
+    reference = keras.saving.load_model(tmp_path / "model.keras")
+    for name, features in batches.items():
+        expected = {"serve": reference.predict_on_batch(features)}
+        expected["serving_default"] = expected["serve"]
+        for domain in (0, 1):
+            ids = np.full(len(features["left"]), domain, "int32")
+            expected[f"serving_domain_{domain}"] = reference.predict_on_batch(
+                dict(features, left_domain=ids, right_domain=ids))
+        assert {k.split("/")[1] for k in served if k.startswith(name + "/")} == set(
+            expected)
+        for signature, want in expected.items():
+            got = served[f"{name}/{signature}"]
+            assert got.shape == want.shape, (name, signature)
+            # Relative to the predictions' scale, within what `kpair check`
+            # calls float32 rounding: folding rounds the kernels.
+            scale = np.max(np.abs(want))
+            assert np.max(np.abs(got - want)) <= TOLERANCE * scale, (
+                name, signature, np.max(np.abs(got - want)), scale)
