@@ -4,13 +4,16 @@ and both in `kpair predict` and `kpair evaluate`."""
 import csv
 import json
 
+import keras
 import numpy as np
 import pytest
 from PIL import Image
 
+from kpair.data import read_split
 from kpair.errors import ConfigError
 from kpair.inspection import unknown_domains
 from kpair.inspection.adapt import adapt_model
+from kpair.inspection.diagnose import images_by_domain
 from kpair.inspection.domain_tables import add_domain
 from kpair.models.backbone import ResNet18Backbone
 from kpair.models.pair_model import PairModel
@@ -189,11 +192,6 @@ def test_predict_resolves_unknown_domains(planted, tmp_path, capsys):
 def _demo_statistics_model(demo_data, path, domains):
     """A tiny per-domain model whose domain `d` holds the statistics of the
     demo's training images of domain `domains[d]`, written to `path`."""
-    import keras
-
-    from kpair.data import read_split
-    from kpair.diagnose import images_by_domain
-
     keras.utils.set_random_seed(0)
     model = _tiny_model()
     images = images_by_domain(read_split(demo_data / "train", SIZE).dataset,
