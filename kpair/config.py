@@ -14,6 +14,8 @@ from kpair.models.precision import PRECISIONS
 from kpair.utils.validation import positive_int
 
 OPTIMIZERS = ("adam", "sgd")
+# `devices="all"`: every local device.
+DEVICES_ALL = "all"
 
 
 def _field(default, help):
@@ -78,6 +80,11 @@ class TrainConfig:
         "training-mode loss by this factor."
     ))
     seed: int = _field(0, "Seed of weights, shuffling and sampling.")
+    devices: int | str = _field(1, (
+        "Local devices a run is data parallel over: a count, or `all` "
+        "(JAX only, through keras.distribution.DataParallel; the batch size "
+        "stays the global batch)."
+    ))
     deterministic: bool = _field(False, (
         "Also make TensorFlow's kernels deterministic, so that the same "
         "config gives the same metrics and weights (slower)."
@@ -117,6 +124,14 @@ class TrainConfig:
                 raise ConfigError(
                     f"`{name}` must be a positive number. Received: {name}={value!r}"
                 )
+        if self.devices != DEVICES_ALL:
+            try:
+                positive_int("devices", self.devices)
+            except ConfigError:
+                raise ConfigError(
+                    "`devices` must be a positive integer or 'all'. "
+                    f"Received: devices={self.devices!r}"
+                ) from None
         if not isinstance(self.deterministic, bool):
             raise ConfigError(
                 "`deterministic` must be true or false. "

@@ -90,6 +90,14 @@ def run_search(
     """
     out = out if out is not None else sys.stdout
     _check_tuner(tuner, max_trials)
+    if base_config.devices != 1:
+        # Trials are fit by keras-tuner, not kpair.train: none would be
+        # spread over the devices, and the flag would be silently ignored.
+        raise ConfigError(
+            "A search runs each trial on one device (distribution_strategy "
+            "spreads trials over TensorFlow devices). "
+            f"Received: devices={base_config.devices!r}"
+        )
     if epochs is not None:
         base_config = base_config.replace(epochs=epochs)
     out_dir = Path(out_dir)

@@ -109,11 +109,19 @@ def _default(field):
 
 
 def _scalar_type(kind):
-    """`int` for `int` and `int | None`; likewise str and float."""
+    """`int` for `int` and `int | None`; likewise str and float; a count or a
+    word (`--devices 4`, `--devices all`) for `int | str`."""
+    if {int, str} <= set(getattr(kind, "__args__", ())):
+        return _int_or_word
     for scalar in (int, float, str):
         if kind is scalar or scalar in getattr(kind, "__args__", ()):
             return scalar
     raise TypeError(f"No flag type for a field of type {kind}")
+
+
+def _int_or_word(text):
+    # TrainConfig says which words a field accepts.
+    return int(text) if text.strip().lstrip("-").isdigit() else text
 
 
 def _comma_tuple(text):

@@ -10,7 +10,6 @@ trains on when given more epochs.
 
 import json
 import math
-import os
 import sys
 import time
 from pathlib import Path
@@ -25,31 +24,23 @@ from kpair.data import (
     read_split,
     steps_per_epoch,
 )
-from kpair.errors import ConfigError
 from kpair.inspection.check import check_model, failed
 from kpair.models.model_builder import build_pair_model, training_model, with_precision
 from kpair.models.precision import describe_precision, detect_gpus, resolve_precision
 from kpair.pair_types import TYPE_KEYS
 from kpair.training import callbacks as kcb
 from kpair.training import gap
+from kpair.training.devices import check_backend, data_parallel
 from kpair.training.preflight import check_training_data
 from kpair.training.run_directory import claim, run_record
 from kpair.utils import files
-from kpair.utils.tensorflow_setup import (
-    describe_cpu_kernels,
-    hide_gpus,
-    onednn_enabled,
-)
+from kpair.utils.tensorflow_setup import describe_cpu_kernels, onednn_enabled
 
 BATCH_NORM_FAMILY = ("batch", "batch-renorm")
 # Config fields a run directory may be resumed with other values of: train
-# longer, or on with a lower learning rate after a NaN.
-RESUMABLE_CHANGES = {"epochs", "learning_rate"}
-# The Keras backends `train` runs on; the data pipeline is tf.data on each.
-# torch's steps run eagerly (no compilation): slower than the others.
-TRAINING_BACKENDS = ("tensorflow", "jax", "torch")
-# XLA's flag that makes its GPU kernels deterministic (on CPU they are).
-XLA_GPU_DETERMINISM = "--xla_gpu_deterministic_ops=true"
+# longer, on with a lower learning rate after a NaN, or on as many devices as
+# are at hand (the same steps, to rounding).
+RESUMABLE_CHANGES = {"epochs", "learning_rate", "devices"}
 
 
 def resolve_data(config, out=None):
@@ -138,7 +129,7 @@ def train(config, out=None, extra_callbacks=()):
     out = out if out is not None else sys.stdout
     run_dir = Path(config.out)
     started = time.perf_counter()
-    check_backend(config)
+    devices = check_backend(config)
     # Data that cannot train fail here, in one line, before the run
     # directory exists (the data are read only after it is claimed).
     check_training_data(config)
@@ -161,44 +152,23 @@ def train(config, out=None, extra_callbacks=()):
               "to do.", file=out)
         return finished
     kcb.trim_history(run_dir / "history.csv", epochs_done, out)
-    pair_model, model, batches = _start_or_resume(
-        config, batches, steps, epochs_done, data_dir, out
-    )
-    callbacks = _callbacks(config, pair_model, probe, val_pairs, out, extra_callbacks)
-    model.fit(
-        batches, epochs=config.epochs, steps_per_epoch=steps, callbacks=callbacks,
-        shuffle=False,  # make_batches shuffled already
-        # Keras's bar on a terminal; in a log, one line per epoch, not a
-        # redrawn bar's hundreds.
-        verbose=1 if sys.stdout.isatty() else 2,
-    )
+    # Variables are laid out on the devices when built: build inside.
+    with data_parallel(devices):
+        pair_model, model, batches = _start_or_resume(
+            config, batches, steps, epochs_done, data_dir, out, devices
+        )
+        callbacks = _callbacks(config, pair_model, probe, val_pairs, out,
+                               extra_callbacks)
+        model.fit(
+            batches, epochs=config.epochs, steps_per_epoch=steps,
+            callbacks=callbacks,
+            shuffle=False,  # make_batches shuffled already
+            # Keras's bar on a terminal; in a log, one line per epoch, not a
+            # redrawn bar's hundreds.
+            verbose=1 if sys.stdout.isatty() else 2,
+        )
     seconds = time.perf_counter() - started
-    return _write_outputs(run_dir, config, pair_model, seconds, out)
-
-
-def check_backend(config):
-    """Refuses, in one line, a backend or setting this run cannot train with.
-
-    On JAX, TensorFlow only feeds the data and is kept off the GPUs.
-    """
-    backend = keras.backend.backend()
-    if backend not in TRAINING_BACKENDS:
-        raise ConfigError(
-            f"kpair trains on the Keras backends {', '.join(TRAINING_BACKENDS)}; "
-            f"{backend} has no training loop that takes tf.data batches. "
-            f"Received: KERAS_BACKEND={backend}"
-        )
-    if backend == "tensorflow":
-        return
-    hide_gpus(tf)
-    if (config.deterministic and detect_gpus()
-            and XLA_GPU_DETERMINISM not in os.environ.get("XLA_FLAGS", "")):
-        raise ConfigError(
-            "deterministic=True on JAX with a GPU needs XLA's deterministic GPU "
-            f"kernels: set XLA_FLAGS={XLA_GPU_DETERMINISM} (on CPU, XLA is "
-            "deterministic already). Received: deterministic=True, "
-            "KERAS_BACKEND=jax"
-        )
+    return _write_outputs(run_dir, config, pair_model, seconds, out, devices)
 
 
 # Random pairs of the deployment check run on every model `kpair train`
@@ -227,7 +197,8 @@ def _readable_config(path):
         return None
 
 
-def _start_or_resume(config, batches, steps, epochs_done, data_dir, out):
+def _start_or_resume(config, batches, steps, epochs_done, data_dir, out,
+                     devices=1):
     """Builds the model and says what trains; a resumed run skips done batches.
 
     Returns `(pair_model, model, batches)`: the pair model, the model that
@@ -250,10 +221,11 @@ def _start_or_resume(config, batches, steps, epochs_done, data_dir, out):
         )
         # The batches a run that was never stopped would see next.
         batches = batches.skip(epochs_done * steps)
+    on_devices = f" devices={devices}" if devices > 1 else ""
     print(
         f"Training norm={config.norm} batching={config.batching} "
-        f"precision={resolve_precision(config.precision)} backend={backend} on "
-        f"{data_dir} -> {run_dir}",
+        f"precision={resolve_precision(config.precision)} backend={backend}"
+        f"{on_devices} on {data_dir} -> {run_dir}",
         file=out,
         flush=True,
     )
@@ -285,9 +257,10 @@ def _callbacks(config, pair_model, probe, val_pairs, out, extra_callbacks=()):
     ]
 
 
-def _write_outputs(run_dir, config, pair_model, seconds, out):
+def _write_outputs(run_dir, config, pair_model, seconds, out, devices=1):
     """Writes model.keras and metrics.json, prints the verdict; the metrics."""
     metrics = _final_metrics(run_dir, config, seconds)
+    metrics["devices"] = devices
     model = with_precision(pair_model, "float32")
     findings = check_model(model, pairs=CHECK_PAIRS)
     metrics["check"] = _check_status(findings)
