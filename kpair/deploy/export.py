@@ -78,7 +78,10 @@ def export_model(model, out_dir, precision="float32", fold_norm=False):
     """
     out_dir = Path(out_dir)
     if out_dir.exists() and any(out_dir.iterdir()):
-        raise ConfigError(f"--out {out_dir} exists and is not empty.")
+        raise ConfigError(
+            f"`out_dir` {out_dir} exists and is not empty. "
+            f"Received: out_dir={str(out_dir)!r}"
+        )
     _check_pair_model(model)
     if fold_norm:
         _backbone_to_fold(model)  # a norm that does not fold: refused first
@@ -246,7 +249,7 @@ def _backbone_to_fold(model):
     backbone = getattr(model, "backbone", None)
     if backbone is None:
         raise KpairError(
-            f"--fold-norm folds a kpair PairModel's backbone; model "
+            f"fold_norm=True folds a kpair PairModel's backbone; model "
             f"{model.name!r} has none."
         )
     foldable_norms(backbone)

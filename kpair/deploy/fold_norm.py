@@ -48,10 +48,10 @@ def foldable_norms(backbone):
             found[layer] = _conv_before(layer)
         elif "Normalization" in type(layer).__name__:
             raise KpairError(
-                f"--fold-norm cannot fold {type(layer).__name__} (layer "
+                f"fold_norm=True cannot fold {type(layer).__name__} (layer "
                 f"{layer.name!r}): it normalizes each image with the image's "
                 "own statistics at inference, so there are no constants to "
-                "fold into a convolution. Export without --fold-norm."
+                "fold into a convolution. Export without fold_norm=True."
             )
     return found
 
@@ -69,7 +69,7 @@ def _conv_before(norm):
         or len(conv._inbound_nodes) != 1
     ):
         raise KpairError(
-            f"--fold-norm folds a norm into the channels-last Conv2D before it, "
+            f"fold_norm=True folds a norm into the channels-last Conv2D before it, "
             f"used by that norm alone; layer {norm.name!r} follows "
             f"{conv.name!r} ({type(conv).__name__})."
         )
