@@ -23,9 +23,9 @@ STEPS = 2
 def train_on(devices, norm, data, out, tmp_path):
     env = {
         **os.environ, "KERAS_BACKEND": "jax", "JAX_PLATFORMS": "cpu",
-        # Optimization level 0 compiles faster on a CPU; both runs use it.
-        "XLA_FLAGS": "--xla_force_host_platform_device_count=4 "
-                     "--xla_backend_optimization_level=0",
+        # XLA's default optimization: at level 0 (a faster compile) stock
+        # batch norm's two steps parted by 3.2e-5, beyond rounding.
+        "XLA_FLAGS": "--xla_force_host_platform_device_count=4",
     }
     args = [
         "train", "--devices", str(devices), "--norm", norm,
