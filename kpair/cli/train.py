@@ -8,6 +8,7 @@ from kpair.cli.config_flags import add_config_flags, print_config, resolve_confi
 from kpair.errors import ConfigError, TrainingDiverged
 from kpair.training import trainer
 from kpair.training.preflight import check_free_space
+from kpair.training.processes import join_processes
 
 
 def add_flags(p):
@@ -34,7 +35,28 @@ def add_flags(p):
         "slowest); the data pipeline is TensorFlow's on each (default: "
         "$KERAS_BACKEND if set, else tensorflow)",
     )
+    add_process_flags(p)
     p.set_defaults(run=_train)
+
+
+def add_process_flags(p):
+    """Flags of a run over several processes (machines): JAX only."""
+    group = p.add_argument_group(
+        "several processes (JAX; each process runs the same command with its "
+        "own --process-id; Keras's KERAS_DISTRIBUTION_JOB_ADDRESSES, "
+        "_NUM_PROCESSES and _PROCESS_ID stand in for these flags)")
+    group.add_argument(
+        "--coordinator", metavar="HOST:PORT",
+        help="address of process 0, where the processes meet (default: "
+        "$KERAS_DISTRIBUTION_JOB_ADDRESSES)")
+    group.add_argument(
+        "--num-processes", type=int, metavar="N",
+        help="processes in all, one or more a machine (default: "
+        "$KERAS_DISTRIBUTION_NUM_PROCESSES, else 1)")
+    group.add_argument(
+        "--process-id", type=int, metavar="I",
+        help="this process's index, 0 to N-1; process 0 writes the run "
+        "directory (default: $KERAS_DISTRIBUTION_PROCESS_ID)")
 
 
 def build_config(args):
@@ -67,6 +89,13 @@ def _train(args):
         print_config(config)
         return
     check_free_space(config)  # train() checks the data itself, before writing
+    processes = join_processes(args.coordinator, args.num_processes,
+                               args.process_id)
+    if processes > 1 and not args.out:
+        raise ConfigError(
+            "A run of several processes needs the same --out in each "
+            f"(on a file system they share). Received: num_processes={processes}"
+        )
     try:
         trainer.train(config)
     except TrainingDiverged as error:

@@ -190,6 +190,17 @@ def backup_callback(backup_dir):
     )
 
 
+class ReadOnlyBackup(keras.callbacks.BackupAndRestore):
+    """BackupAndRestore that restores and never writes: for the processes of
+    a run that do not write its directory."""
+
+    def _save_model(self):
+        pass
+
+    def on_train_end(self, logs=None):
+        pass
+
+
 def backup_epochs_done(backup_dir):
     """Epochs finished according to a BackupAndRestore directory (0 if none)."""
     path = Path(backup_dir) / BACKUP_METADATA

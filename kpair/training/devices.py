@@ -27,6 +27,7 @@ import tensorflow as tf
 from kpair.config import DEVICES_ALL
 from kpair.errors import ConfigError
 from kpair.models.precision import detect_gpus
+from kpair.training.processes import process_count
 from kpair.utils.tensorflow_setup import hide_gpus
 
 # The Keras backends `train` runs on; the data pipeline is tf.data on each.
@@ -67,10 +68,13 @@ def check_backend(config):
 
 
 def local_devices():
-    """JAX's local devices (accelerators if any, else the host's)."""
+    """The JAX devices a run may span: this process's (accelerators if any,
+    else the host's), or, in a run of several processes, every process's."""
     # Only on the JAX backend: a TensorFlow or torch run needs no JAX.
     import jax
 
+    if jax.process_count() > 1:
+        return list(jax.devices())
     return list(jax.local_devices())
 
 
@@ -96,6 +100,13 @@ def device_count(config):
     if count > available:
         raise ConfigError(
             f"This process sees {available} JAX device(s). "
+            f"Received: devices={config.devices!r}"
+        )
+    processes = process_count()
+    if processes > 1 and count != available:
+        raise ConfigError(
+            f"A run of {processes} processes spans all their {available} "
+            f"devices: give devices='all' or {available}. "
             f"Received: devices={config.devices!r}"
         )
     check_batch_divides(config.batching, config.batch_size, count)
@@ -124,15 +135,21 @@ def check_batch_divides(batching, batch_size, count):
 
 @contextlib.contextmanager
 def data_parallel(count):
-    """Builds and trains within: data parallel over `count` local devices
-    (JAX; `device_count` refused more than one elsewhere)."""
+    """Builds and trains within: data parallel over `count` devices (JAX;
+    `device_count` refused more than one elsewhere).
+
+    Yields the `keras.distribution.DataParallel`, or None on one device.
+    """
     if count == 1:
-        yield
+        yield None
         return
     previous = keras.distribution.distribution()
-    keras.distribution.set_distribution(
-        keras.distribution.DataParallel(devices=local_devices()[:count]))
+    # Several processes: each feeds its own share already (process_share).
+    distribution = keras.distribution.DataParallel(
+        devices=local_devices()[:count],
+        auto_shard_dataset=process_count() == 1)
+    keras.distribution.set_distribution(distribution)
     try:
-        yield
+        yield distribution
     finally:
         keras.distribution.set_distribution(previous)

@@ -10,6 +10,7 @@ trains on when given more epochs.
 
 import json
 import math
+import os
 import sys
 import time
 from pathlib import Path
@@ -32,6 +33,13 @@ from kpair.training import callbacks as kcb
 from kpair.training import gap
 from kpair.training.devices import check_backend, data_parallel
 from kpair.training.preflight import check_training_data
+from kpair.training.processes import (
+    ProcessLocalState,
+    barrier,
+    is_writer,
+    process_count,
+    process_share,
+)
 from kpair.training.run_directory import claim, run_record
 from kpair.utils import files
 from kpair.utils.tensorflow_setup import describe_cpu_kernels, onednn_enabled
@@ -127,17 +135,30 @@ def train(config, out=None, extra_callbacks=()):
             nothing is written then.
     """
     out = out if out is not None else sys.stdout
+    # Of several processes, the first writes the run directory and speaks.
+    writer = is_writer()
+    if not writer:
+        out = open(os.devnull, "w")  # noqa: SIM115 (the run's whole length)
     run_dir = Path(config.out)
     started = time.perf_counter()
     devices = check_backend(config)
     # Data that cannot train fail here, in one line, before the run
     # directory exists (the data are read only after it is claimed).
     check_training_data(config)
-    _claim_run_dir(run_dir, config)
+    if writer:
+        _claim_run_dir(run_dir, config)
     # Before any dataset is made: tf.data's seeded shuffles also read the
     # global seed, so a run must not depend on what ran before it.
     keras.utils.set_random_seed(config.seed)
-    data_dir = resolve_data(config, out)
+    if writer:
+        # Of several processes, the first makes the demo data and may put the
+        # previous backup in place of a damaged one, before the others read
+        # them (the barrier).
+        data_dir = resolve_data(config, out)
+        kcb.restore_point(run_dir / "backup", out)
+    barrier("kpair-run-directory-ready")
+    if not writer:
+        data_dir = resolve_data(config, out)
     batches, steps, probe, val_pairs = training_data(config, data_dir)
 
     if config.deterministic:
@@ -145,30 +166,42 @@ def train(config, out=None, extra_callbacks=()):
         # (on JAX this covers the data pipeline; XLA's kernels are checked
         # by check_backend).
         tf.config.experimental.enable_op_determinism()
-    epochs_done = kcb.restore_point(run_dir / "backup", out)
+    epochs_done = kcb.backup_epochs_done(run_dir / "backup")
     finished = _finished_metrics(run_dir, config, epochs_done)
     if finished is not None:
         print(f"{run_dir} is a finished run of this configuration; nothing "
               "to do.", file=out)
         return finished
-    kcb.trim_history(run_dir / "history.csv", epochs_done, out)
+    if writer:
+        kcb.trim_history(run_dir / "history.csv", epochs_done, out)
     # Variables are laid out on the devices when built: build inside.
-    with data_parallel(devices):
+    with data_parallel(devices) as distribution:
+        local_state = (ProcessLocalState(distribution)
+                       if process_count() > 1 else None)
         pair_model, model, batches = _start_or_resume(
-            config, batches, steps, epochs_done, data_dir, out, devices
+            config, batches, steps, epochs_done, data_dir, out, devices,
+            local_state,
         )
         callbacks = _callbacks(config, pair_model, probe, val_pairs, out,
-                               extra_callbacks)
+                               extra_callbacks, writer)
+        if local_state is not None:
+            # First: the backup is restored into process-local copies.
+            callbacks.insert(0, local_state)
         model.fit(
-            batches, epochs=config.epochs, steps_per_epoch=steps,
-            callbacks=callbacks,
+            process_share(batches), epochs=config.epochs,
+            steps_per_epoch=steps, callbacks=callbacks,
             shuffle=False,  # make_batches shuffled already
             # Keras's bar on a terminal; in a log, one line per epoch, not a
             # redrawn bar's hundreds.
-            verbose=1 if sys.stdout.isatty() else 2,
+            verbose=(1 if sys.stdout.isatty() else 2) if writer else 0,
         )
     seconds = time.perf_counter() - started
-    return _write_outputs(run_dir, config, pair_model, seconds, out, devices)
+    if not writer:
+        barrier("kpair-outputs-written")
+        return _finished_metrics(run_dir, config, config.epochs) or {}
+    metrics = _write_outputs(run_dir, config, pair_model, seconds, out, devices)
+    barrier("kpair-outputs-written")
+    return metrics
 
 
 # Random pairs of the deployment check run on every model `kpair train`
@@ -198,7 +231,7 @@ def _readable_config(path):
 
 
 def _start_or_resume(config, batches, steps, epochs_done, data_dir, out,
-                     devices=1):
+                     devices=1, local_state=None):
     """Builds the model and says what trains; a resumed run skips done batches.
 
     Returns `(pair_model, model, batches)`: the pair model, the model that
@@ -212,7 +245,7 @@ def _start_or_resume(config, batches, steps, epochs_done, data_dir, out,
         print(describe_cpu_kernels(), file=out, flush=True)
     pair_model = build_pair_model(config)
     model = training_model(pair_model, config)
-    _build(model, batches)
+    _build(model, batches, local_state)
     if epochs_done:
         print(
             f"Resuming {run_dir}: {epochs_done} of {config.epochs} epochs "
@@ -232,9 +265,24 @@ def _start_or_resume(config, batches, steps, epochs_done, data_dir, out,
     return pair_model, model, batches
 
 
-def _callbacks(config, pair_model, probe, val_pairs, out, extra_callbacks=()):
-    """The callbacks of a run, in the order their epoch ends must run."""
+def _callbacks(config, pair_model, probe, val_pairs, out, extra_callbacks=(),
+               writer=True):
+    """The callbacks of a run, in the order their epoch ends must run.
+
+    Of a run's processes but the first, which writes nothing: no history,
+    checkpoint or logs, and a backup that is only read (to resume).
+    """
     run_dir = Path(config.out)
+    if not writer:
+        return [
+            kcb.StopOnNonFiniteLoss(),
+            kcb.EpochLosses(pair_model, probe, val_pairs, config.losses,
+                            config.epochs, out),
+            *extra_callbacks,
+            kcb.ReadOnlyBackup(str(run_dir / "backup"), double_checkpoint=True,
+                               delete_checkpoint=False),
+            kcb.SetLearningRate(config.learning_rate),
+        ]
     return [
         # First: its line ends the epoch with Keras's running losses, before
         # the gap measured below adds its keys to the epoch's logs.
@@ -303,11 +351,23 @@ def _finished_metrics(run_dir, config, epochs_done):
     return metrics if metrics.get("epochs") == config.epochs else None
 
 
-def _build(model, batches):
-    """Builds model and optimizer so that BackupAndRestore can load into them."""
+def _build(model, batches, local_state=None):
+    """Builds model and optimizer so that BackupAndRestore can load into them.
+
+    With several processes, the variables are global: the model is called on
+    this process's copies (`ProcessLocalState`), after the optimizer's
+    variables are laid out on the devices.
+    """
     features, _ = next(iter(batches.take(1)))
-    model(features, training=False)
+    if local_state is None:
+        model(features, training=False)
+        model.optimizer.build(model.trainable_variables)
+        return
     model.optimizer.build(model.trainable_variables)
+    local_state.set_model(model)
+    local_state.to_local()
+    model(features, training=False)
+    local_state.to_global()
 
 
 def _final_metrics(run_dir, config, seconds):
