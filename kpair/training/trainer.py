@@ -25,13 +25,20 @@ from kpair.data import (
     steps_per_epoch,
 )
 from kpair.inspection.check import check_model, failed
-from kpair.models.model_builder import build_pair_model, training_model, with_precision
+from kpair.models.model_builder import (
+    build_pair_model,
+    config_backbone_arguments,
+    training_model,
+    with_precision,
+)
 from kpair.models.precision import describe_precision, detect_gpus, resolve_precision
+from kpair.models.pretrained import statistics_note
 from kpair.pair_types import TYPE_KEYS
 from kpair.training import callbacks as kcb
 from kpair.training import gap
 from kpair.training.devices import check_backend, data_parallel
 from kpair.training.preflight import check_training_data
+from kpair.training.pretrained_source import read_source
 from kpair.training.run_directory import claim, run_record
 from kpair.utils import files
 from kpair.utils.tensorflow_setup import describe_cpu_kernels, onednn_enabled
@@ -133,6 +140,8 @@ def train(config, out=None, extra_callbacks=()):
     # Data that cannot train fail here, in one line, before the run
     # directory exists (the data are read only after it is claimed).
     check_training_data(config)
+    # A preset that cannot be downloaded fails here too, before the run exists.
+    pretrained = read_init(config)
     _claim_run_dir(run_dir, config)
     # Before any dataset is made: tf.data's seeded shuffles also read the
     # global seed, so a run must not depend on what ran before it.
@@ -155,7 +164,7 @@ def train(config, out=None, extra_callbacks=()):
     # Variables are laid out on the devices when built: build inside.
     with data_parallel(devices):
         pair_model, model, batches = _start_or_resume(
-            config, batches, steps, epochs_done, data_dir, out, devices
+            config, batches, steps, epochs_done, data_dir, out, devices, pretrained
         )
         callbacks = _callbacks(config, pair_model, probe, val_pairs, out,
                                extra_callbacks)
@@ -168,7 +177,15 @@ def train(config, out=None, extra_callbacks=()):
             verbose=1 if sys.stdout.isatty() else 2,
         )
     seconds = time.perf_counter() - started
-    return _write_outputs(run_dir, config, pair_model, seconds, out, devices)
+    return _write_outputs(run_dir, config, pair_model, seconds, out, devices,
+                          pretrained)
+
+
+def read_init(config):
+    """The `Pretrained` weights of `config.init`, or None (random weights)."""
+    if config.init is None:
+        return None
+    return read_source(config.init, config_backbone_arguments(config))
 
 
 # Random pairs of the deployment check run on every model `kpair train`
@@ -198,7 +215,7 @@ def _readable_config(path):
 
 
 def _start_or_resume(config, batches, steps, epochs_done, data_dir, out,
-                     devices=1):
+                     devices=1, pretrained=None):
     """Builds the model and says what trains; a resumed run skips done batches.
 
     Returns `(pair_model, model, batches)`: the pair model, the model that
@@ -210,7 +227,10 @@ def _start_or_resume(config, batches, steps, epochs_done, data_dir, out,
     backend = keras.backend.backend()
     if not detect_gpus() and backend == "tensorflow":
         print(describe_cpu_kernels(), file=out, flush=True)
-    pair_model = build_pair_model(config)
+    pair_model = build_pair_model(config, pretrained)
+    if pretrained is not None:
+        note = statistics_note(config.norm, pretrained)
+        print(pretrained.line() + (f" {note}" if note else ""), file=out, flush=True)
     model = training_model(pair_model, config)
     _build(model, batches)
     if epochs_done:
@@ -257,10 +277,13 @@ def _callbacks(config, pair_model, probe, val_pairs, out, extra_callbacks=()):
     ]
 
 
-def _write_outputs(run_dir, config, pair_model, seconds, out, devices=1):
+def _write_outputs(run_dir, config, pair_model, seconds, out, devices=1,
+                   pretrained=None):
     """Writes model.keras and metrics.json, prints the verdict; the metrics."""
     metrics = _final_metrics(run_dir, config, seconds)
     metrics["devices"] = devices
+    # What the backbone started from (model.keras keeps how it computes).
+    metrics["init"] = None if pretrained is None else pretrained.record()
     model = with_precision(pair_model, "float32")
     findings = check_model(model, pairs=CHECK_PAIRS)
     metrics["check"] = _check_status(findings)
