@@ -56,10 +56,12 @@ _API = {
     "infer_domains": ("kpair.inspection.unknown_domains", "infer_domains"),
     "load_model": ("kpair.runs.model_files", "load_run_or_model"),
     "GapMonitor": ("kpair.training.gap_monitor", "GapMonitor"),
+    "pretrained_backbone": ("kpair.training.pretrained_source",
+                            "pretrained_backbone"),
 }
 
 __all__ = ["TrainConfig", "train", "evaluate", "infer_domains", "load_model",
-           "GapMonitor", "__version__"]
+           "GapMonitor", "pretrained_backbone", "__version__"]
 
 
 def __getattr__(name):

@@ -61,6 +61,39 @@ def read_source(init, backbone_arguments=None):
     return _weights_file(init, path, backbone_arguments or {})
 
 
+def pretrained_backbone(init, norm="batch", image_size=224, **kwargs):
+    """A `ResNet18Backbone` (imagenet stem) that starts from the weights of
+    `init` and computes what their source computes.
+
+    This is `kpair.pretrained_backbone`. Its padding, input normalization and
+    norms' epsilon are the source's, and they are in the backbone's config,
+    so a saved model keeps them.
+
+    Args:
+        init: A SOURCE, as `kpair train --init` takes it.
+        norm: Registry name of the backbone's norm. Each starts from the
+            source's batch norm (`kpair.models.pretrained.load_pretrained`).
+        image_size: Side of the input images (224 for ImageNet; any size the
+            source accepts).
+        **kwargs: More `ResNet18Backbone` arguments (`norm_options`,
+            `embedding_dim`, `num_domains`, `frozen_stages`, `dtype`, ...).
+
+    Example:
+
+    >>> backbone = kpair.pretrained_backbone(
+    ...     "torchvision:resnet18.pth", norm="per-domain", image_size=160)
+    """
+    arguments = {"norm": norm, "image_size": image_size, "stem": "imagenet",
+                 **kwargs}
+    source = read_source(init, arguments)
+    arguments.update(pretrained.backbone_arguments(
+        source, arguments.get("norm_options") or {}
+    ))
+    backbone = ResNet18Backbone(**arguments)
+    pretrained.load_pretrained(backbone, source)
+    return backbone
+
+
 def _torchvision(init, path):
     torch = _optional("torch", init)
     path = _existing(path, init)

@@ -7,6 +7,7 @@ import keras
 import numpy as np
 import pytest
 
+import kpair
 from kpair.errors import ConfigError
 from kpair.models import pretrained
 from kpair.models.backbone import ResNet18Backbone
@@ -183,7 +184,9 @@ def test_torchvision_state_dict(torch_state, hub_backbone):
     assert source.padding == "symmetric" and source.epsilon == 1e-5
     images = _images(160, seed=1)
     # The kpair backbone takes images in [0, 1]: it normalizes them itself.
-    got = _features(_kpair_backbone(source, 160), images)
+    backbone = kpair.pretrained_backbone(f"torchvision:{path}", image_size=160)
+    assert backbone.input_normalization == pretrained.IMAGENET_NORMALIZATION
+    got = _features(backbone, images)
     with torch.no_grad():
         nchw = torch.from_numpy(_normalized(images).transpose(0, 3, 1, 2))
         expected = model(nchw).numpy()
