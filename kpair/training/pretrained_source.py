@@ -124,9 +124,9 @@ def _keras_hub(init, preset):
         backbone = keras_hub.models.Backbone.from_preset(preset)
     except Exception as error:  # kagglehub, HTTP and file errors alike
         raise ConfigError(
-            f"Cannot load keras-hub preset {preset!r}: not on disk, and keras-hub "
-            f"could not download it ({type(error).__name__}: "
-            f"{_first_line(error)}). Received: init={init!r}"
+            f"Cannot load keras-hub preset {preset!r}: it is not on disk and "
+            f"keras-hub could not download it ({_short(error)}; no network?). "
+            f"Received: init={init!r}"
         ) from None
     return pretrained.from_keras_hub_backbone(
         backbone, init, _converter_normalization(keras_hub, preset)
@@ -186,6 +186,15 @@ def _existing(path, init):
     if not Path(path).is_file():
         raise ConfigError(f"No such file: {path}. Received: init={init!r}")
     return str(path)
+
+
+def _short(error):
+    """The error's type and the start of its first line (an HTTP error's
+    runs to hundreds of characters)."""
+    text = _first_line(error)
+    if len(text) > 80:
+        text = text[:80].rsplit(" ", 1)[0] + " ..."
+    return f"{type(error).__name__}: {text}" if text else type(error).__name__
 
 
 def _first_line(error):

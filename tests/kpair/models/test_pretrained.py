@@ -256,7 +256,7 @@ def test_keras_hub_preset_on_disk_and_missing(hub_backbone, tmp_path, monkeypatc
     # stands in for a machine without network, wherever the test runs).
     monkeypatch.setenv("KAGGLEHUB_CACHE", str(tmp_path / "cache"))
     monkeypatch.setenv("HTTPS_PROXY", "http://127.0.0.1:9")
-    with pytest.raises(ConfigError, match="could not download") as error:
+    with pytest.raises(ConfigError, match="could not download it") as error:
         read_source("keras-hub:resnet_18_imagenet")
     assert "\n" not in str(error.value)
 
