@@ -3,6 +3,11 @@ computes: keras-hub's ResNetBackbone (ResNet-18, random weights, no
 download) and a torchvision-layout state dict from a plain torch ResNet-18
 written here (torchvision's wheel does not import beside CPU torch)."""
 
+import os
+import subprocess
+import sys
+from pathlib import Path
+
 import keras
 import numpy as np
 import pytest
@@ -12,10 +17,12 @@ from kpair.errors import ConfigError
 from kpair.models import pretrained
 from kpair.models.backbone import ResNet18Backbone
 from kpair.training.pretrained_source import read_source
+from tests.kpair.models import pretrained_backend_checks
 
 keras_hub = pytest.importorskip("keras_hub")
 torch = pytest.importorskip("torch")
 
+ROOT = Path(__file__).resolve().parents[3]
 SIZES = (224, 160)
 RESNET18 = dict(
     input_conv_filters=[64], input_conv_kernel_sizes=[7],
@@ -208,6 +215,12 @@ def test_every_norm_starts_from_the_pretrained_batch_norm(hub_backbone):
         rows = keras.ops.convert_to_numpy(getattr(layer, name))
         assert rows.shape == (3, 128)
         np.testing.assert_array_equal(rows, np.tile(expected[name], (3, 1)))
+    eval_mode = _kpair_backbone(source, 32, norm="eval-mode")
+    layer = eval_mode.get_layer("stage2_block1_norm1")
+    for name in pretrained.NORM_WEIGHTS:
+        np.testing.assert_array_equal(
+            keras.ops.convert_to_numpy(getattr(layer, name)), expected[name]
+        )
     renorm = _kpair_backbone(source, 32, norm="batch-renorm")
     layer = renorm.get_layer("stage2_block1_norm1")
     np.testing.assert_allclose(
@@ -265,3 +278,37 @@ def test_keras_hub_preset_on_disk_and_missing(hub_backbone, tmp_path, monkeypatc
 def test_bad_sources(init):
     with pytest.raises(ConfigError, match="Received: init="):
         pretrained.check_source(init)
+
+
+def test_weights_file(hub_backbone, tmp_path):
+    source = pretrained.from_keras_hub_backbone(hub_backbone, "keras-hub test")
+    arguments = dict(norm="batch", stem="imagenet", image_size=32)
+    backbone = ResNet18Backbone(**arguments)
+    pretrained.load_pretrained(backbone, source)
+    backbone.save_weights(tmp_path / "backbone.weights.h5")
+    again = read_source(str(tmp_path / "backbone.weights.h5"), arguments)
+    for name in ("stem_norm", "stage4_block2_conv2"):
+        for weight, value in again.params[name].items():
+            np.testing.assert_array_equal(value, source.params[name][weight])
+    with pytest.raises(ConfigError, match="Cannot read"):
+        read_source(str(tmp_path / "backbone.weights.h5"),
+                    {**arguments, "norm": "group"})
+
+
+@pytest.mark.parametrize("backend", ["jax", "torch"])
+def test_on_backend(backend, torch_state, tmp_path):
+    """The new layers (symmetric padding, input normalization) compute the
+    same on JAX and torch."""
+    _, path = torch_state
+    images = _images(pretrained_backend_checks.SIZE)
+    saved = tmp_path / "features.npz"
+    np.savez(saved, images=images,
+             features=pretrained_backend_checks.features(path, images))
+    env = {**os.environ, "KERAS_BACKEND": backend, "JAX_PLATFORMS": "cpu"}
+    result = subprocess.run(
+        [sys.executable, "-m", "tests.kpair.models.pretrained_backend_checks",
+         str(path), str(saved)],
+        cwd=ROOT, env=env, capture_output=True, text=True, timeout=300,
+    )
+    assert result.returncode == 0, result.stdout + result.stderr
+    assert f"pretrained backbone on {backend}" in result.stdout
