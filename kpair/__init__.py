@@ -55,10 +55,13 @@ _API = {
     "evaluate": ("kpair.runs.evaluate_run", "evaluate_run"),
     "infer_domains": ("kpair.inspection.unknown_domains", "infer_domains"),
     "load_model": ("kpair.runs.model_files", "load_run_or_model"),
+    "GapMonitor": ("kpair.training.gap_monitor", "GapMonitor"),
+    "pretrained_backbone": ("kpair.training.pretrained_source",
+                            "pretrained_backbone"),
 }
 
 __all__ = ["TrainConfig", "train", "evaluate", "infer_domains", "load_model",
-           "__version__"]
+           "GapMonitor", "pretrained_backbone", "__version__"]
 
 
 def __getattr__(name):

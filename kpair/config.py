@@ -8,9 +8,10 @@ from pathlib import Path
 from kpair import layers
 from kpair.data.batching import BATCHINGS
 from kpair.errors import ConfigError
-from kpair.models.backbone import STEMS
+from kpair.models.backbone import MAX_FROZEN_STAGES, STEMS
 from kpair.models.losses import check_losses
 from kpair.models.precision import PRECISIONS
+from kpair.models.pretrained import IMAGENET_SOURCES, check_source
 from kpair.utils.validation import positive_int
 
 OPTIMIZERS = ("adam", "sgd")
@@ -66,6 +67,18 @@ class TrainConfig:
         1.0,
         "Scales the channels of every backbone stage.",
     )
+    init: str | None = _field(None, (
+        "Pretrained weights the backbone starts from: `torchvision:PATH` (a "
+        "torchvision resnet18 state dict), `keras-hub:PRESET` (e.g. "
+        "`keras-hub:resnet_18_imagenet`), or a `.keras` / `.weights.h5` file "
+        "kpair wrote; `None`: random weights. The backbone then pads, "
+        "normalizes its input and sets its norms' epsilon as the source does."
+    ))
+    freeze_stages: int = _field(0, (
+        "Freeze the backbone's stem and its first K of 4 stages (0: none): "
+        "their weights do not train and their norms use their (pretrained) "
+        "moving statistics."
+    ))
     embedding_dim: int = _field(128, "Size of the embedding each image is mapped to.")
     num_domains: int = _field(2, "Domains the model knows (ids `0..num_domains-1`).")
     losses: tuple = _field(
@@ -111,6 +124,7 @@ class TrainConfig:
         for name in ("epochs", "batch_size", "image_size", "embedding_dim",
                      "num_domains", "eval_pairs"):
             positive_int(name, getattr(self, name))
+        self._validate_init()
         if self.steps_per_epoch is not None:
             positive_int("steps_per_epoch", self.steps_per_epoch)
         for name in ("learning_rate", "width_multiplier", "gap_warning"):
@@ -155,6 +169,23 @@ class TrainConfig:
             # layers/ cannot import kpair: its plain ValueError becomes the
             # ConfigError that the CLI reports as bad input.
             raise ConfigError(str(error)) from None
+
+    def _validate_init(self):
+        check_source(self.init)
+        if isinstance(self.freeze_stages, bool) or self.freeze_stages not in range(
+            MAX_FROZEN_STAGES + 1
+        ):
+            raise ConfigError(
+                f"`freeze_stages` must be an integer from 0 to {MAX_FROZEN_STAGES}. "
+                f"Received: freeze_stages={self.freeze_stages!r}"
+            )
+        imagenet = self.init is not None and self.init.startswith(IMAGENET_SOURCES)
+        if imagenet and (self.stem != "imagenet" or self.width_multiplier != 1):
+            raise ConfigError(
+                "ImageNet ResNet-18 weights need stem='imagenet' and "
+                f"width_multiplier=1. Received: init={self.init!r}, "
+                f"stem={self.stem!r}, width_multiplier={self.width_multiplier!r}"
+            )
 
     def resolved_norm_options(self):
         """norm_options plus num_domains where the norm takes it."""

@@ -13,7 +13,7 @@ from kpair.data import (
 from kpair.models.model_builder import build_pair_model, training_model
 from kpair.models.pair_model import PairModel
 from kpair.training import callbacks as kcb
-from kpair.training.trainer import resolve_data, training_data
+from kpair.training.trainer import read_init, resolve_data, training_data
 
 # Hyperparameters that only some norms use, keyed by the registry option they
 # set: (choices, searched). The norms that take an option are read from the
@@ -109,6 +109,7 @@ class PairHyperModel(keras_tuner.HyperModel):
             )
         self.out = out
         self._data_dir = None
+        self._pretrained = None
 
     # --- search space -----------------------------------------------------
 
@@ -166,7 +167,7 @@ class PairHyperModel(keras_tuner.HyperModel):
     def build(self, hp):
         """The compiled model `kpair train` would build for this trial."""
         config = self.config_for(hp)
-        model = training_model(build_pair_model(config), config)
+        model = training_model(build_pair_model(config, self.pretrained()), config)
         # Optimizer variables now, so that weights saved from a trained model
         # (Hyperband's next round, the best model) load without a mismatch.
         model.optimizer.build(model.trainable_variables)
@@ -215,6 +216,13 @@ class PairHyperModel(keras_tuner.HyperModel):
         seconds = round(time.perf_counter() - started, 1)
         history.history["seconds"] = [seconds] * len(history.epoch)
         return history
+
+    def pretrained(self):
+        """The weights of `base_config.init` every trial starts from (read
+        once), or None."""
+        if self._pretrained is None and self.base_config.init is not None:
+            self._pretrained = read_init(self.base_config)
+        return self._pretrained
 
     def _data(self, config, out):
         if self._data_dir is None:

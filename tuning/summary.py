@@ -203,7 +203,7 @@ def _save_best(search, hypermodel, trial, row, best_dir, out):
     config = hypermodel.config_for(trial.hyperparameters.copy())
     config = config.replace(out=str(best_dir))
     keras.backend.clear_session()
-    pair_model = build_pair_model(config)
+    pair_model = build_pair_model(config, hypermodel.pretrained())
     model = training_model(pair_model, config)
     model.optimizer.build(model.trainable_variables)  # as in build(hp)
     model.load_weights(weights)

@@ -29,7 +29,8 @@ CLI_DEFAULTS = {"precision": "auto"}
 # a search directory, depending on the command).
 OWN_FLAGS = ("out",)
 # What a field's `None` default means, for the help text.
-NONE_MEANS = {"data": "the built-in demo data set", "steps_per_epoch": "one pass"}
+NONE_MEANS = {"data": "the built-in demo data set", "steps_per_epoch": "one pass",
+              "init": "random weights"}
 
 
 def field_choices():

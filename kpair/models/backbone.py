@@ -12,6 +12,13 @@ from kpair.utils.validation import positive_int
 # without pooling (for images of about 32 pixels); `imagenet` a 7x7
 # convolution, stride 2, then 3x3 max pooling, stride 2.
 STEMS = ("small", "imagenet")
+# How strided convolutions and the stem's max pool pad: `same` is Keras's
+# (on even sizes one pixel more at the bottom and right); `symmetric` pads
+# every side alike, as torchvision and keras-hub do (needed for their weights).
+PADDINGS = ("same", "symmetric")
+# The stem and the four stages: `frozen_stages=K` freezes the stem and the
+# first K stages.
+MAX_FROZEN_STAGES = 4
 BLOCKS_PER_STAGE = (2, 2, 2, 2)
 STAGE_WIDTHS = (64, 128, 256, 512)
 # Bounds that keep a hostile `.keras` config from allocating gigabytes: the
@@ -43,6 +50,15 @@ class ResNet18Backbone(keras.Model):
         num_domains: Domains the domain-aware norms keep statistics for;
             passed to norms that take `num_domains` unless `norm_options`
             sets it.
+        padding: `"same"` (Keras's: strided layers pad one pixel more at the
+            bottom and right of even sizes) or `"symmetric"` (every side
+            alike, as torchvision and keras-hub: their weights need it).
+        input_normalization: `None`, or a dict `{"mean": [3 floats], "std":
+            [3 floats]}` applied to the image (in [0, 1]) first, as the
+            weights' source expects (torchvision: ImageNet's mean and std).
+        frozen_stages: Integer 0-4. With K > 0 the stem and the first K stages
+            are frozen: their weights do not train, and their norms normalize
+            with their moving statistics (Keras's `trainable=False`).
         dtype: Dtype policy of every layer (`None`: the global policy). It
             is saved with the model.
         **kwargs: `keras.Model` arguments (`name`, `trainable`).
@@ -90,6 +106,9 @@ class ResNet18Backbone(keras.Model):
         width_multiplier=1.0,
         embedding_dim=128,
         num_domains=2,
+        padding="same",
+        input_normalization=None,
+        frozen_stages=0,
         dtype=None,
         **kwargs,
     ):
@@ -97,6 +116,7 @@ class ResNet18Backbone(keras.Model):
             norm, norm_options, image_size, stem, width_multiplier, embedding_dim,
             num_domains,
         )
+        _validate_pretrained_arguments(padding, input_normalization, frozen_stages)
         norm_options = dict(norm_options or {})
         factory = _norm_factory(norm, norm_options, num_domains)
         widths = [max(1, round(w * width_multiplier)) for w in STAGE_WIDTHS]
@@ -104,17 +124,26 @@ class ResNet18Backbone(keras.Model):
         # a saved model then computes in its own precision, whatever the
         # global policy of the process that loads it.
         policy = _policy(dtype)
-        layer = _LayerMaker(policy)
+        layer = _LayerMaker(policy, padding, trainable=frozen_stages == 0)
 
         # === Functional Model ===
         image = keras.Input((image_size, image_size, 3), name="image")
         domain = keras.Input((), dtype="int32", name="domain")
-        x = _stem(layer, image, domain, factory, widths[0], stem)
+        x = image
+        if input_normalization is not None:
+            std = [float(s) for s in input_normalization["std"]]
+            x = layer(
+                keras.layers.Normalization, mean=input_normalization["mean"],
+                variance=[s * s for s in std], name="input_normalization",
+            )(x)
+        x = _stem(layer, x, domain, factory, widths[0], stem)
         for stage, (blocks, width) in enumerate(zip(BLOCKS_PER_STAGE, widths)):
+            layer.trainable = stage + 1 > frozen_stages
             for block in range(blocks):
                 stride = 2 if stage > 0 and block == 0 else 1
                 name = f"stage{stage + 1}_block{block + 1}"
                 x = _basic_block(layer, x, domain, factory, width, stride, name)
+        layer.trainable = True
         x = layer(keras.layers.GlobalAveragePooling2D, name="pool")(x)
         embedding = layer(keras.layers.Dense, embedding_dim, name="embedding")(x)
         super().__init__(inputs=[image, domain], outputs=embedding, **kwargs)
@@ -128,6 +157,9 @@ class ResNet18Backbone(keras.Model):
         self.width_multiplier = width_multiplier
         self.embedding_dim = embedding_dim
         self.num_domains = num_domains
+        self.padding = padding
+        self.input_normalization = _copy_normalization(input_normalization)
+        self.frozen_stages = frozen_stages
 
     def get_config(self):
         base_config = model_config(self)
@@ -139,6 +171,9 @@ class ResNet18Backbone(keras.Model):
             "width_multiplier": self.width_multiplier,
             "embedding_dim": self.embedding_dim,
             "num_domains": self.num_domains,
+            "padding": self.padding,
+            "input_normalization": _copy_normalization(self.input_normalization),
+            "frozen_stages": self.frozen_stages,
         }
         return {**base_config, **config}
 
@@ -182,6 +217,48 @@ def _validate_arguments(
         )
 
 
+def _validate_pretrained_arguments(padding, input_normalization, frozen_stages):
+    """Checks of the arguments that let a backbone compute as its weights'
+    source does."""
+    if padding not in PADDINGS:
+        raise ConfigError(
+            f"Unknown padding. Expected one of {list(PADDINGS)}. "
+            f"Received: padding={padding!r}"
+        )
+    if isinstance(frozen_stages, bool) or frozen_stages not in range(
+        MAX_FROZEN_STAGES + 1
+    ):
+        raise ConfigError(
+            f"`frozen_stages` must be an integer from 0 to {MAX_FROZEN_STAGES}. "
+            f"Received: frozen_stages={frozen_stages!r}"
+        )
+    if input_normalization is None:
+        return
+    ok = isinstance(input_normalization, dict) and set(input_normalization) == {
+        "mean", "std"
+    }
+    if ok:
+        try:
+            values = [float(v) for key in ("mean", "std")
+                      for v in input_normalization[key]]
+            ok = len(values) == 6 and all(v > 0 for v in values[3:])
+        except (TypeError, ValueError):
+            ok = False
+    if not ok:
+        raise ConfigError(
+            "`input_normalization` must be None or a dict {'mean': [3 numbers], "
+            "'std': [3 positive numbers]}. "
+            f"Received: input_normalization={input_normalization!r}"
+        )
+
+
+def _copy_normalization(input_normalization):
+    if input_normalization is None:
+        return None
+    return {key: [float(v) for v in input_normalization[key]]
+            for key in ("mean", "std")}
+
+
 def _norm_factory(norm, norm_options, num_domains):
     # `num_domains` reaches only the norms that take it, and never overrides
     # the one `norm_options` sets.
@@ -197,8 +274,12 @@ def _stem(layer, image, domain, factory, width, stem):
     x = layer.norm(factory, x, domain, width, "stem_norm")
     x = layer(keras.layers.ReLU, name="stem_relu")(x)
     if stem == "imagenet":
+        # After the ReLU every value is >= 0, so zeros pad as torchvision's
+        # -inf does.
+        x = layer.padded(x, 3, 2, "stem_pool")
         x = layer(
-            keras.layers.MaxPooling2D, 3, 2, padding="same", name="stem_pool"
+            keras.layers.MaxPooling2D, 3, 2, padding=layer.mode(3, 2),
+            name="stem_pool",
         )(x)
     return x
 
@@ -210,28 +291,50 @@ def _policy(dtype):
 
 
 class _LayerMaker:
-    """Makes layers that all share one dtype policy."""
+    """Makes layers that all share one dtype policy, padding and
+    trainability (`trainable` changes as the stages are built)."""
 
-    def __init__(self, policy):
+    def __init__(self, policy, padding="same", trainable=True):
         self.policy = policy
+        self.padding = padding
+        self.trainable = trainable
 
     def __call__(self, cls, *args, **kwargs):
-        return cls(*args, dtype=self.policy, **kwargs)
+        return cls(*args, dtype=self.policy, trainable=self.trainable, **kwargs)
+
+    def mode(self, kernel, stride):
+        """Keras padding of a layer: `valid` where `padded` padded already."""
+        explicit = self.padding == "symmetric" and stride > 1 and kernel > 1
+        return "valid" if explicit else "same"
+
+    def padded(self, x, kernel, stride, name):
+        """`x`, zero padded by `kernel // 2` on every side when the layer of
+        `name` pads symmetrically (`mode` says `valid`)."""
+        if self.mode(kernel, stride) == "same":
+            return x
+        return self(keras.layers.ZeroPadding2D, kernel // 2, name=f"{name}_pad")(x)
 
     def conv(self, filters, kernel, stride, name):
-        # No bias: the normalization that follows has its own offset.
-        return self(
-            keras.layers.Conv2D, filters, kernel, strides=stride, padding="same",
-            use_bias=False, kernel_initializer="he_normal", name=name,
-        )
+        mode = self.mode(kernel, stride)
+
+        def apply(x):
+            # No bias: the normalization that follows has its own offset.
+            return self(
+                keras.layers.Conv2D, filters, kernel, strides=stride, padding=mode,
+                use_bias=False, kernel_initializer="he_normal", name=name,
+            )(self.padded(x, kernel, stride, name))
+
+        return apply
 
     def norm(self, factory, x, domain, channels, name):
-        return _norm(factory, x, domain, channels, name, dtype=self.policy)
+        return _norm(factory, x, domain, channels, name, dtype=self.policy,
+                     trainable=self.trainable)
 
 
-def _norm(factory, x, domain, channels, name, dtype=None):
+def _norm(factory, x, domain, channels, name, dtype=None, trainable=True):
     """Applies a new norm layer; only the factory knows if it reads domains."""
     layer = factory(channels, name=name, dtype=dtype)
+    layer.trainable = trainable
     return layer([x, domain]) if factory.takes_domain else layer(x)
 
 

@@ -10,10 +10,16 @@ from kpair.models.backbone import ResNet18Backbone
 from kpair.models.losses import PairLoss, per_type_metrics
 from kpair.models.pair_model import PairModel, build_per_type_model
 from kpair.models.precision import resolve_precision
+from kpair.models.pretrained import backbone_arguments, load_pretrained
 
 
-def build_pair_model(config):
+def build_pair_model(config, pretrained=None):
     """The pair model of `config`, computing in `config.precision`.
+
+    With `pretrained` (a `kpair.models.pretrained.Pretrained`, read from
+    `config.init` by `kpair.training.pretrained_source.read_source`) the
+    backbone pads, normalizes its input and sets its norms' epsilon as the
+    source does, and starts from its weights; the head stays random.
 
     `"auto"` is resolved here, for this machine (`kpair.models.precision`): the
     model's dtype policy is always a concrete one.
@@ -24,18 +30,29 @@ def build_pair_model(config):
     would silently turn mixed precision off.
     """
     keras.utils.set_random_seed(config.seed)
+    arguments = config_backbone_arguments(config)
+    if pretrained is not None:
+        arguments.update(backbone_arguments(pretrained, arguments["norm_options"]))
     backbone = ResNet18Backbone(
-        norm=config.norm,
-        norm_options=config.resolved_norm_options(),
-        image_size=config.image_size,
-        stem=config.stem,
-        width_multiplier=config.width_multiplier,
-        embedding_dim=config.embedding_dim,
-        num_domains=config.num_domains,
-        dtype=resolve_precision(config.precision),
-        name="backbone",
+        dtype=resolve_precision(config.precision), name="backbone", **arguments
     )
+    if pretrained is not None:
+        load_pretrained(backbone, pretrained)
     return PairModel(backbone, name="pair_model")
+
+
+def config_backbone_arguments(config):
+    """The `ResNet18Backbone` arguments `config` decides (random weights)."""
+    return {
+        "norm": config.norm,
+        "norm_options": config.resolved_norm_options(),
+        "image_size": config.image_size,
+        "stem": config.stem,
+        "width_multiplier": config.width_multiplier,
+        "embedding_dim": config.embedding_dim,
+        "num_domains": config.num_domains,
+        "frozen_stages": config.freeze_stages,
+    }
 
 
 def training_model(pair_model, config):

@@ -25,11 +25,11 @@ from kpair.inspection.evaluation import training_mode_predictions
 from kpair.models.losses import pair_losses_numpy
 from kpair.models.pair_model import build_per_type_model
 from kpair.pair_types import PAIR_TYPES, TYPE_KEYS
+from kpair.training.gap_monitor import GAP, INFERENCE_MODE, TRAINING_MODE
 
-# Keys of the figures in logs, history.csv, metrics.json and TensorBoard.
-TRAINING_MODE = "train_loss_training_mode"
-INFERENCE_MODE = "train_loss_inference_mode"
-GAP = "gap_ratio"
+# TRAINING_MODE, INFERENCE_MODE, GAP: keys of the figures in logs,
+# history.csv, metrics.json and TensorBoard, `kpair.GapMonitor`'s for any
+# Keras model.
 # Keras's own running mean of the loss over an epoch's training steps.
 RUNNING = "running_loss"
 # Column headings of the tables that show these figures.

@@ -8,8 +8,6 @@ backup under `backup/` from which a killed run resumes, and a finished one
 trains on when given more epochs.
 """
 
-import json
-import math
 import os
 import sys
 import time
@@ -25,14 +23,18 @@ from kpair.data import (
     read_split,
     steps_per_epoch,
 )
-from kpair.inspection.check import check_model, failed
-from kpair.models.model_builder import build_pair_model, training_model, with_precision
+from kpair.models.model_builder import (
+    build_pair_model,
+    config_backbone_arguments,
+    training_model,
+)
 from kpair.models.precision import describe_precision, detect_gpus, resolve_precision
-from kpair.pair_types import TYPE_KEYS
+from kpair.models.pretrained import statistics_note
 from kpair.training import callbacks as kcb
 from kpair.training import gap
 from kpair.training.devices import check_backend, data_parallel
 from kpair.training.preflight import check_training_data
+from kpair.training.pretrained_source import read_source
 from kpair.training.processes import (
     ProcessLocalState,
     barrier,
@@ -41,10 +43,10 @@ from kpair.training.processes import (
     process_share,
 )
 from kpair.training.run_directory import claim, run_record
+from kpair.training.run_outputs import finished_metrics, write_outputs
 from kpair.utils import files
-from kpair.utils.tensorflow_setup import describe_cpu_kernels, onednn_enabled
+from kpair.utils.tensorflow_setup import describe_cpu_kernels
 
-BATCH_NORM_FAMILY = ("batch", "batch-renorm")
 # Config fields a run directory may be resumed with other values of: train
 # longer, on with a lower learning rate after a NaN, or on as many devices as
 # are at hand (the same steps, to rounding).
@@ -145,6 +147,8 @@ def train(config, out=None, extra_callbacks=()):
     # Data that cannot train fail here, in one line, before the run
     # directory exists (the data are read only after it is claimed).
     check_training_data(config)
+    # A preset that cannot be downloaded fails here too, before the run exists.
+    pretrained = read_init(config)
     if writer:
         _claim_run_dir(run_dir, config)
     # Before any dataset is made: tf.data's seeded shuffles also read the
@@ -167,7 +171,7 @@ def train(config, out=None, extra_callbacks=()):
         # by check_backend).
         tf.config.experimental.enable_op_determinism()
     epochs_done = kcb.backup_epochs_done(run_dir / "backup")
-    finished = _finished_metrics(run_dir, config, epochs_done)
+    finished = finished_metrics(run_dir, config, epochs_done)
     if finished is not None:
         print(f"{run_dir} is a finished run of this configuration; nothing "
               "to do.", file=out)
@@ -180,7 +184,7 @@ def train(config, out=None, extra_callbacks=()):
                        if process_count() > 1 else None)
         pair_model, model, batches = _start_or_resume(
             config, batches, steps, epochs_done, data_dir, out, devices,
-            local_state,
+            local_state, pretrained,
         )
         callbacks = _callbacks(config, pair_model, probe, val_pairs, out,
                                extra_callbacks, writer)
@@ -198,16 +202,18 @@ def train(config, out=None, extra_callbacks=()):
     seconds = time.perf_counter() - started
     if not writer:
         barrier("kpair-outputs-written")
-        return _finished_metrics(run_dir, config, config.epochs) or {}
-    metrics = _write_outputs(run_dir, config, pair_model, seconds, out, devices)
+        return finished_metrics(run_dir, config, config.epochs) or {}
+    metrics = write_outputs(run_dir, config, pair_model, seconds, out, devices,
+                             pretrained)
     barrier("kpair-outputs-written")
     return metrics
 
 
-# Random pairs of the deployment check run on every model `kpair train`
-# writes: a few of each pair type, a second on a full-width CPU model.
-# `kpair check` takes 64.
-CHECK_PAIRS = 16
+def read_init(config):
+    """The `Pretrained` weights of `config.init`, or None (random weights)."""
+    if config.init is None:
+        return None
+    return read_source(config.init, config_backbone_arguments(config))
 
 
 def _claim_run_dir(run_dir, config):
@@ -231,7 +237,7 @@ def _readable_config(path):
 
 
 def _start_or_resume(config, batches, steps, epochs_done, data_dir, out,
-                     devices=1, local_state=None):
+                     devices=1, local_state=None, pretrained=None):
     """Builds the model and says what trains; a resumed run skips done batches.
 
     Returns `(pair_model, model, batches)`: the pair model, the model that
@@ -243,7 +249,10 @@ def _start_or_resume(config, batches, steps, epochs_done, data_dir, out,
     backend = keras.backend.backend()
     if not detect_gpus() and backend == "tensorflow":
         print(describe_cpu_kernels(), file=out, flush=True)
-    pair_model = build_pair_model(config)
+    pair_model = build_pair_model(config, pretrained)
+    if pretrained is not None:
+        note = statistics_note(config.norm, pretrained)
+        print(pretrained.line() + (f" {note}" if note else ""), file=out, flush=True)
     model = training_model(pair_model, config)
     _build(model, batches, local_state)
     if epochs_done:
@@ -305,52 +314,6 @@ def _callbacks(config, pair_model, probe, val_pairs, out, extra_callbacks=(),
     ]
 
 
-def _write_outputs(run_dir, config, pair_model, seconds, out, devices=1):
-    """Writes model.keras and metrics.json, prints the verdict; the metrics."""
-    metrics = _final_metrics(run_dir, config, seconds)
-    metrics["devices"] = devices
-    model = with_precision(pair_model, "float32")
-    findings = check_model(model, pairs=CHECK_PAIRS)
-    metrics["check"] = _check_status(findings)
-    files.write_model(model, run_dir / "model.keras")
-    files.write_json(run_dir / "metrics.json", metrics)
-    print(verdict(metrics, config), file=out, flush=True)
-    _print_check(findings, run_dir, out)
-    return metrics
-
-
-def _check_status(findings):
-    """"ok", "warning" or "failure": the worst level of `kpair check`."""
-    levels = {f.level for f in findings}
-    if failed(findings):
-        return "failure"
-    return "warning" if "warning" in levels else "ok"
-
-
-def _print_check(findings, run_dir, out):
-    """One line when the model passes `kpair check`, else a line a finding."""
-    problems = [f for f in findings if f.level not in ("ok",)]
-    if not problems:
-        print("kpair check: the model passes (statistics finite, every domain "
-              "trained, predictions independent of the batch).", file=out)
-        return
-    for finding in problems:
-        print(f"kpair check: {finding.line()}", file=out)
-    print(f"(`kpair check {run_dir}` repeats the checks on more pairs.)",
-          file=out, flush=True)
-
-
-def _finished_metrics(run_dir, config, epochs_done):
-    """metrics.json of a run that finished all of `config`'s epochs, or None."""
-    if epochs_done < config.epochs or not (run_dir / "model.keras").is_file():
-        return None
-    try:
-        metrics = json.loads((run_dir / "metrics.json").read_text())
-    except (OSError, ValueError):
-        return None
-    return metrics if metrics.get("epochs") == config.epochs else None
-
-
 def _build(model, batches, local_state=None):
     """Builds model and optimizer so that BackupAndRestore can load into them.
 
@@ -368,65 +331,3 @@ def _build(model, batches, local_state=None):
     local_state.to_local()
     model(features, training=False)
     local_state.to_global()
-
-
-def _final_metrics(run_dir, config, seconds):
-    rows = kcb.read_history(run_dir / "history.csv")
-    last = rows[-1]
-
-    def value(key):
-        return float(last[key]) if last.get(key, "") != "" else float("nan")
-
-    metrics = {"epochs": int(last["epoch"])}
-    for key in (gap.TRAINING_MODE, gap.INFERENCE_MODE, "val_loss", gap.RUNNING):
-        metrics[key] = value(key)
-    metrics[gap.GAP] = gap.ratio(
-        metrics[gap.INFERENCE_MODE], metrics[gap.TRAINING_MODE]
-    )
-    pairs = value("sample_pairs")
-    metrics["sample_pairs"] = int(pairs) if math.isfinite(pairs) else None
-    for key in TYPE_KEYS:
-        for name in (gap.TRAINING_MODE, gap.INFERENCE_MODE, "val_loss", gap.RUNNING):
-            metrics[f"{name}_{key}"] = value(f"{name}_{key}")
-    metrics["seconds"] = round(seconds, 1)
-    metrics["norm"], metrics["batching"] = config.norm, config.batching
-    # The policy the run trained in ("auto" stays in config.json).
-    metrics["precision"] = resolve_precision(config.precision)
-    backend = keras.backend.backend()
-    metrics["backend"] = backend
-    # TensorFlow's CPU kernels; on JAX, XLA's compute (TensorFlow reads data).
-    metrics["onednn"] = onednn_enabled() if backend == "tensorflow" else None
-    return metrics
-
-
-def verdict(metrics, config):
-    """A plain sentence on the training/inference gap."""
-    ratio = metrics[gap.GAP]
-    head = (
-        f"On {metrics['sample_pairs']} training pairs with the final weights: "
-        f"loss {metrics[gap.TRAINING_MODE]:.4f} in training mode "
-        f"({config.batching} batches, nothing updated), "
-        f"{metrics[gap.INFERENCE_MODE]:.4f} in inference mode ({ratio:.2f}x); "
-        f"validation {metrics['val_loss']:.4f} (inference mode)."
-    )
-    if not ratio <= config.gap_warning:
-        if config.norm in BATCH_NORM_FAMILY and config.batching == "per-type":
-            cause = (
-                "Likely cause: each training batch holds one domain, so batch "
-                "norm's batch statistics differ from its moving averages, which "
-                "mix both domains. Fix: --norm per-domain, or --batching "
-                "balanced (or mixed)."
-            )
-        else:
-            cause = (
-                "Likely cause: the normalization statistics used in inference "
-                "differ from those seen in training. Run `kpair evaluate RUN "
-                "--split train --mode batch-stats` to check; try --norm "
-                "per-domain or --batching balanced."
-            )
-        return f"WARNING: the model does worse in inference mode. {head} {cause}"
-    return (
-        f"Done. {head} Inference mode is within {config.gap_warning}x of "
-        "training mode (--gap-warning)."
-    )
-
