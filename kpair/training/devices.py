@@ -130,9 +130,16 @@ def data_parallel(count):
         yield
         return
     previous = keras.distribution.distribution()
-    keras.distribution.set_distribution(
-        keras.distribution.DataParallel(devices=local_devices()[:count]))
+    keras.distribution.set_distribution(data_parallel_over(count))
     try:
         yield
     finally:
         keras.distribution.set_distribution(previous)
+
+
+def data_parallel_over(count):
+    """`keras.distribution.DataParallel` over the first `count` local devices,
+    or None for one (for `keras.distribution.set_distribution`)."""
+    if count == 1:
+        return None
+    return keras.distribution.DataParallel(devices=local_devices()[:count])
