@@ -325,13 +325,17 @@ class _KpairTrials:
         total = getattr(self.oracle, "max_trials", None)
         if isinstance(self, keras_tuner.Hyperband):
             total = None
-        count = f"{number}/{total}" if number and total else f"{number or '?'}"
+        if number:
+            head = f"trial {number}/{total}" if total else f"trial {number}"
+            head += f" (id {trial.trial_id})"
+        else:  # a worker: `trial (id 3) of 10`
+            head = f"trial (id {trial.trial_id})" + (f" of {total}" if total else "")
         left = total - number + 1 if number and total else None
         timing = estimate(
             time.monotonic() - started, run_here,
             run_here + left if left is not None else None,
         )
-        return f"trial {count} (id {trial.trial_id}), {timing}"
+        return f"{head}, {timing}"
 
     def _populate_initial_space(self):
         # keras-tuner builds the model once per conditional scope to find the
