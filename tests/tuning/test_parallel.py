@@ -12,7 +12,13 @@ import pytest
 
 import kpair
 from kpair.cli import main
-from kpair.cli.tune_workers import visible_gpus, worker_shares
+from kpair.cli.tune_workers import (
+    MAX_RESTARTS,
+    WorkerPool,
+    visible_gpus,
+    worker_shares,
+)
+from kpair.errors import KpairError
 
 from .test_cli import TINY_FLAGS
 
@@ -116,3 +122,30 @@ def test_bad_combinations_end_in_one_line(
     lines = [line for line in err.splitlines() if line.strip()]
     assert len(lines) == 1 and needle in lines[0], err
     assert not (tmp_path / "t").exists()
+
+
+class _Ended:
+    """A worker process that has ended with `returncode`."""
+
+    def __init__(self, returncode):
+        self.returncode = returncode
+
+    def poll(self):
+        return self.returncode
+
+
+def test_a_dead_worker_starts_again_then_the_pool_gives_up(monkeypatch, capsys):
+    pool = WorkerPool(["tune"], [None, None], ("127.0.0.1", 1), ["tuner0", "tuner1"])
+    started = []
+    monkeypatch.setattr(pool, "_start", started.append)
+    pool.processes = [_Ended(0), _Ended(-9)]  # tuner0 done, tuner1 killed
+    for _ in range(MAX_RESTARTS):
+        pool.check()
+    assert started == [1] * MAX_RESTARTS  # only the dead one, under its id
+    assert capsys.readouterr().out.count(
+        "worker tuner1 ended with exit code -9; started again") == MAX_RESTARTS
+    pool.last_lines[1] = "kpair: error: out of memory"
+    with pytest.raises(KpairError, match=(
+            f"Worker tuner1 ended with exit code -9 {MAX_RESTARTS + 1} times, "
+            "last saying: kpair: error: out of memory")):
+        pool.check()
