@@ -9,6 +9,8 @@ condition: a worker was told the search is over, no trial is running and
 every worker that asked for a trial has been told so.
 """
 
+import contextlib
+import io
 import os
 import time
 from concurrent import futures
@@ -69,3 +71,25 @@ def serve(oracle, watch=None, poll_seconds=POLL_SECONDS):
                 watch.check()
     finally:
         server.stop(GRACE_SECONDS).wait()
+
+
+def quiet_scope_protos():
+    """Silences keras-tuner 1.4.8's `Parent.to_proto`, which prints the first
+    value of a conditional scope (a debug print left in: lines such as
+    `group`) each time the search space passes between chief and worker.
+
+    Its prints go to a discarded buffer; a thread printing meanwhile to a
+    stream it holds (the workers' relays) is unaffected.
+    """
+    from keras_tuner.src.engine import conditions  # see serve: loaded where used
+
+    original = conditions.Parent.to_proto
+    if getattr(original, "kpair_quiet", False):
+        return
+
+    def to_proto(self):
+        with contextlib.redirect_stdout(io.StringIO()):
+            return original(self)
+
+    to_proto.kpair_quiet = True
+    conditions.Parent.to_proto = to_proto

@@ -113,6 +113,8 @@ def run_search(
         count = check_backend(base_config)
         for batching in hypermodel.batchings:
             check_batch_divides(batching, base_config.batch_size, count)
+    if role != "local":
+        chief.quiet_scope_protos()
     search_directory.prepare(role, hypermodel, tuner, out_dir, out)
     search = _make_tuner(
         tuner, hypermodel, max_trials, base_config, out_dir, distribution_strategy
