@@ -119,25 +119,27 @@ def run_tune(args, base_config, norms, batchings):
         )
     shares = tune_workers.worker_shares(
         args.parallel_trials, base_config.devices, tune_workers.visible_gpus())
-    count = range(args.parallel_trials)
+    numbers = range(args.parallel_trials)
     if search_directory.role() == "worker":  # a machine that joins a chief
         prefix = os.environ["KERASTUNER_TUNER_ID"]
         pool = tune_workers.WorkerPool(
             args.argv, shares, tune_workers.chief_address(),
-            [f"{prefix}-{i}" for i in count])
+            [f"{prefix}-{i}" for i in numbers])
         try:
             pool.run()
         finally:
             pool.close()
         return 0
     ip, port = tune_workers.chief_address()
+    workers_environ = dict(os.environ)  # not the chief's settings below
     os.environ.update(KERASTUNER_TUNER_ID="chief", KERASTUNER_ORACLE_IP=ip,
                       KERASTUNER_ORACLE_PORT=str(port))
     # The chief trains nothing; should it build the best model on a GPU at
     # the end, JAX is not to reserve most of its memory first.
     os.environ.setdefault("XLA_PYTHON_CLIENT_PREALLOCATE", "false")
     pool = tune_workers.WorkerPool(
-        args.argv, shares, (ip, port), [f"tuner{i}" for i in count], sys.stdout)
+        args.argv, shares, (ip, port), [f"tuner{i}" for i in numbers], sys.stdout,
+        environ=workers_environ)
     try:
         search.run_search(base_config, **run, watch=pool)
         pool.finish()

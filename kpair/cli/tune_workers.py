@@ -121,9 +121,11 @@ class WorkerPool:
         address: (ip, port) of the chief.
         ids: The workers' tuner ids.
         out: Stream for the lines of the pool and its workers.
+        environ: The environment the workers start from (default
+            `os.environ`), to which each gets keras-tuner's variables.
     """
 
-    def __init__(self, argv, shares, address, ids, out=None):
+    def __init__(self, argv, shares, address, ids, out=None, environ=None):
         self.argv, self.shares, self.ids = list(argv), shares, ids
         self.ip, self.port = address
         self.out = out if out is not None else sys.stdout
@@ -131,6 +133,7 @@ class WorkerPool:
         self.restarts = [0] * len(ids)
         self.last_lines = [""] * len(ids)
         self.lock = threading.Lock()
+        self.environ = environ
 
     # --- the chief's watch ----------------------------------------------------
 
@@ -201,7 +204,7 @@ class WorkerPool:
 
     def _start(self, i):
         env = dict(
-            os.environ,
+            os.environ if self.environ is None else self.environ,
             KERASTUNER_TUNER_ID=self.ids[i],
             KERASTUNER_ORACLE_IP="127.0.0.1" if self.ip == BIND_ALL else self.ip,
             KERASTUNER_ORACLE_PORT=str(self.port),
