@@ -175,7 +175,7 @@ class WorkerPool:
 
     def run(self):
         """Starts the workers and waits until each has ended its search."""
-        self._say(f"{len(self.ids)} workers ({', '.join(self.ids)}) join the "
+        self._say(f"{len(self.ids)} worker(s) ({', '.join(self.ids)}) join the "
                   f"chief at {self.ip}:{self.port}")
         for i in range(len(self.ids)):
             self._start(i)
