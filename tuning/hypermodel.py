@@ -3,6 +3,7 @@
 import sys
 import time
 
+import keras
 import keras_tuner
 
 from kpair import layers
@@ -13,6 +14,7 @@ from kpair.data import (
 from kpair.models.model_builder import build_pair_model, training_model
 from kpair.models.pair_model import PairModel
 from kpair.training import callbacks as kcb
+from kpair.training.devices import data_parallel_over, device_count
 from kpair.training.trainer import read_init, resolve_data, training_data
 
 # Hyperparameters that only some norms use, keyed by the registry option they
@@ -56,7 +58,8 @@ class PairHyperModel(keras_tuner.HyperModel):
     `kpair.training.gap`, as in `kpair train`: on one fixed sample of training pairs
     and the epoch's final weights, `train_loss_training_mode` (the run's
     batches, nothing updated), `train_loss_inference_mode` and
-    `gap_ratio`, their ratio. Keras's running loss is `running_loss`. A
+    `gap_ratio`, their ratio; `devices`, how many devices the trial was
+    data parallel over. Keras's running loss is `running_loss`. A
     non-finite training loss raises `kpair.errors.TrainingDiverged`.
 
     Args:
@@ -167,6 +170,11 @@ class PairHyperModel(keras_tuner.HyperModel):
     def build(self, hp):
         """The compiled model `kpair train` would build for this trial."""
         config = self.config_for(hp)
+        # Data parallel over `config.devices` (JAX): variables are laid out
+        # when built, and `fit` runs under the same distribution. Set at
+        # every build: keras-tuner clears the session, and with it the
+        # distribution, before each.
+        keras.distribution.set_distribution(data_parallel_over(device_count(config)))
         model = training_model(build_pair_model(config, self.pretrained()), config)
         # Optimizer variables now, so that weights saved from a trained model
         # (Hyperband's next round, the best model) load without a mismatch.
@@ -215,6 +223,8 @@ class PairHyperModel(keras_tuner.HyperModel):
         # metrics of the best epoch, and a trial's cost is all of its epochs.
         seconds = round(time.perf_counter() - started, 1)
         history.history["seconds"] = [seconds] * len(history.epoch)
+        # Where the trial ran, as the process that trained it saw it.
+        history.history["devices"] = [device_count(config)] * len(history.epoch)
         return history
 
     def pretrained(self):

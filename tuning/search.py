@@ -15,8 +15,8 @@ The search directory (`out_dir`) holds:
 
 Chief/worker mode is keras-tuner's own, driven by `KERASTUNER_TUNER_ID`,
 `KERASTUNER_ORACLE_IP` and `KERASTUNER_ORACLE_PORT`: the chief serves the
-oracle and, once every trial is done, writes the table, the plot and the
-best model; workers run trials. All of them must share `out_dir`.
+oracle (`chief.serve`) and, once every trial is done, writes the table, the
+plot and the best model; workers run trials. All of them must share `out_dir`.
 """
 
 import functools
@@ -26,18 +26,20 @@ import sys
 import time
 from pathlib import Path
 
+import keras
 import keras_tuner
 from keras_tuner.engine.trial import TrialStatus
 
 from kpair import layers
 from kpair.config import ConfigError
+from kpair.training.devices import check_backend, check_batch_divides
 from kpair.utils import files
 from kpair.utils.progress import estimate
 
-from . import search_directory, summary
+from . import chief, search_directory, summary
 from .hypermodel import PairHyperModel
+from .search_directory import TUNERS  # noqa: F401 (kpair tune's choices)
 
-TUNERS = ("random", "bayesian", "hyperband")
 OBJECTIVE = "val_loss"
 ATTEMPTS_FILE = "attempts.txt"
 # A trial whose process dies this many times before it ends is failed.
@@ -58,6 +60,7 @@ def run_search(
     batchings=None,
     distribution_strategy=None,
     out=None,
+    watch=None,
 ):
     """Runs (or resumes) a search; returns its trials, best first.
 
@@ -76,7 +79,12 @@ def run_search(
         batchings: Batch compositions to search over (default all).
         distribution_strategy: Optional `tf.distribute` strategy each trial
             runs under (e.g. `tf.distribute.MirroredStrategy()`).
+            `base_config.devices` is the other way, JAX's: each trial data
+            parallel over that many local devices.
         out: Stream for progress and the table (default `sys.stdout`).
+        watch: On the chief, optional object whose `started()` is called
+            once the oracle serves and `check()` every second while it does
+            (see `chief.serve`).
 
     Returns:
         A dict: `role` (`"local"`, `"chief"` or `"worker"`), `trials` (the
@@ -89,13 +97,11 @@ def run_search(
         kpair.data.DataError: the data cannot be read.
     """
     out = out if out is not None else sys.stdout
-    _check_tuner(tuner, max_trials)
-    if base_config.devices != 1:
-        # Trials are fit by keras-tuner, not kpair.train: none would be
-        # spread over the devices, and the flag would be silently ignored.
+    search_directory.check_tuner(tuner, max_trials)
+    if distribution_strategy is not None and base_config.devices != 1:
         raise ConfigError(
-            "A search runs each trial on one device (distribution_strategy "
-            "spreads trials over TensorFlow devices). "
+            "A trial runs under distribution_strategy (TensorFlow) or data "
+            "parallel over `devices` (JAX), not both. "
             f"Received: devices={base_config.devices!r}"
         )
     if epochs is not None:
@@ -103,39 +109,23 @@ def run_search(
     out_dir = Path(out_dir)
     role = search_directory.role()
     hypermodel = PairHyperModel(base_config, norms=norms, batchings=batchings, out=out)
+    if role != "chief":  # the chief trains nothing: it leaves the devices alone
+        count = check_backend(base_config)
+        for batching in hypermodel.batchings:
+            check_batch_divides(batching, base_config.batch_size, count)
+    if role != "local":
+        chief.quiet_scope_protos()
     search_directory.prepare(role, hypermodel, tuner, out_dir, out)
     search = _make_tuner(
         tuner, hypermodel, max_trials, base_config, out_dir, distribution_strategy
     )
+    search.kpair_watch = watch
     search.search()
     if role == "worker":
         print(f"Worker {os.environ['KERASTUNER_TUNER_ID']} finished.", file=out)
         return {"role": role, "trials": [], "best": None}
-    return {"role": role, **summary.report(search, hypermodel, out_dir, out)}
-
-
-def _check_tuner(tuner, max_trials):
-    """Refuses an unknown tuner, or a number of trials it cannot take."""
-    if tuner not in TUNERS:
-        raise ConfigError(
-            f"Unknown tuner. Expected one of {list(TUNERS)}. Received: tuner={tuner!r}"
-        )
-    if tuner == "hyperband":
-        if max_trials is not None:
-            raise ConfigError(
-                "Hyperband chooses its number of trials from the epochs; "
-                f"pass max_trials=None. Received: max_trials={max_trials!r}"
-            )
-    elif isinstance(max_trials, bool) or not isinstance(max_trials, int) or (
-        max_trials < 1
-    ):
-        raise ConfigError(
-            "`max_trials` must be a positive integer. "
-            f"Received: max_trials={max_trials!r}"
-        )
-
-
-# --- settings and state ------------------------------------------------------
+    setup = {"backend": keras.backend.backend(), "devices": base_config.devices}
+    return {"role": role, **summary.report(search, hypermodel, out_dir, out, setup)}
 
 
 # --- the tuner -----------------------------------------------------------------
@@ -337,13 +327,17 @@ class _KpairTrials:
         total = getattr(self.oracle, "max_trials", None)
         if isinstance(self, keras_tuner.Hyperband):
             total = None
-        count = f"{number}/{total}" if number and total else f"{number or '?'}"
+        if number:
+            head = f"trial {number}/{total}" if total else f"trial {number}"
+            head += f" (id {trial.trial_id})"
+        else:  # a worker: `trial (id 3) of 10`
+            head = f"trial (id {trial.trial_id})" + (f" of {total}" if total else "")
         left = total - number + 1 if number and total else None
         timing = estimate(
             time.monotonic() - started, run_here,
             run_here + left if left is not None else None,
         )
-        return f"trial {count} (id {trial.trial_id}), {timing}"
+        return f"{head}, {timing}"
 
     def _populate_initial_space(self):
         # keras-tuner builds the model once per conditional scope to find the
@@ -357,6 +351,12 @@ class _KpairTrials:
         if not self._is_worker():
             self.oracle.save()
         _write_state(self._get_tuner_fname(), self.get_state())
+
+    def search(self, *args, **kwargs):
+        if search_directory.role() != "chief":
+            return super().search(*args, **kwargs)
+        self.save()  # as keras-tuner's chief does; then kpair's server loop
+        chief.serve(self.oracle, getattr(self, "kpair_watch", None))
 
 
 class _Tuner(_KpairTrials, keras_tuner.Tuner):
@@ -393,6 +393,3 @@ def _make_tuner(kind, hypermodel, max_trials, config, out_dir, strategy):
         overwrite=False,  # the same out_dir resumes
         distribution_strategy=strategy,
     )
-
-
-# --- results -------------------------------------------------------------------

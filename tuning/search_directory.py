@@ -18,6 +18,7 @@ from kpair.training.run_directory import claim
 from kpair.training.trainer import resolve_data
 from kpair.utils import files
 
+TUNERS = ("random", "bayesian", "hyperband")
 PROJECT = "search"
 SETTINGS_FILE = "search.json"
 
@@ -38,6 +39,27 @@ def role():
             "tuner1, ...) on each worker."
         )
     return "chief" if "chief" in os.environ["KERASTUNER_TUNER_ID"] else "worker"
+
+
+def check_tuner(tuner, max_trials):
+    """Refuses an unknown tuner, or a number of trials it cannot take."""
+    if tuner not in TUNERS:
+        raise ConfigError(
+            f"Unknown tuner. Expected one of {list(TUNERS)}. Received: tuner={tuner!r}"
+        )
+    if tuner == "hyperband":
+        if max_trials is not None:
+            raise ConfigError(
+                "Hyperband chooses its number of trials from the epochs; "
+                f"pass max_trials=None. Received: max_trials={max_trials!r}"
+            )
+    elif isinstance(max_trials, bool) or not isinstance(max_trials, int) or (
+        max_trials < 1
+    ):
+        raise ConfigError(
+            "`max_trials` must be a positive integer. "
+            f"Received: max_trials={max_trials!r}"
+        )
 
 
 def prepare(role, hypermodel, tuner, out_dir, out):

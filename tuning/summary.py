@@ -20,7 +20,8 @@ from kpair.utils import files, tables
 # A failed trial's one-line reason, written into its trial directory.
 FAILURE_FILE = "failure.txt"
 # Metrics of a trial, as reported for its best epoch (`seconds`: the trial).
-METRICS = ("val_loss", gap.GAP, gap.TRAINING_MODE, gap.INFERENCE_MODE, "seconds")
+METRICS = ("val_loss", gap.GAP, gap.TRAINING_MODE, gap.INFERENCE_MODE, "seconds",
+           "devices")
 # The metrics' formats; other floats (hyperparameters) take "{:.3g}".
 _SPECS = {
     "val_loss": "{:.4f}",
@@ -28,6 +29,7 @@ _SPECS = {
     gap.INFERENCE_MODE: "{:.4f}",
     gap.GAP: "{:.2f}",
     "seconds": "{:.1f}",
+    "devices": "{:.0f}",
 }
 
 
@@ -111,9 +113,15 @@ def write_csv(rows, path):
     tables.write_csv(path, columns(rows), _flat(rows))
 
 
-def write_markdown(rows, path):
-    """The table as a Markdown table."""
-    tables.write_markdown(path, *_cells(rows))
+def write_markdown(rows, path, note=None):
+    """The table as a Markdown table, then `note` (a paragraph) if given."""
+    tables.write_markdown(path, *_cells(rows), note=note)
+
+
+def setup_note(setup):
+    """Where the search ran: `setup` is `{"backend": ..., "devices": ...}`."""
+    return (f"Keras backend: {setup['backend']}. Devices per trial: "
+            f"{setup['devices']} (the `devices` column: as each trial saw them).")
 
 
 def plot_val_loss_by_norm(rows, norms, path):
@@ -164,10 +172,12 @@ def plot_val_loss_by_norm(rows, norms, path):
         files.write_figure(fig, path)
     finally:
         plt.close(fig)
-def report(search, hypermodel, out_dir, out):
+def report(search, hypermodel, out_dir, out, setup):
+    """Writes the table, the plot and `best/`; `setup` (backend, devices)
+    goes into summary.md and best/metrics.json."""
     rows = trial_rows(search.oracle, Path(search.project_dir))
     write_csv(rows, out_dir / "summary.csv")
-    write_markdown(rows, out_dir / "summary.md")
+    write_markdown(rows, out_dir / "summary.md", note=setup_note(setup))
     plot_val_loss_by_norm(
         rows, hypermodel.norms, out_dir / "val_loss_by_norm.png"
     )
@@ -179,7 +189,7 @@ def report(search, hypermodel, out_dir, out):
         return {"trials": rows, "best": None}
     trial = search.oracle.get_trial(best["trial"])
     best_dir = out_dir / "best"
-    saved = _save_best(search, hypermodel, trial, best, best_dir, out)
+    saved = _save_best(search, hypermodel, trial, best, best_dir, out, setup)
     print(
         f"Best: trial {best['trial']}, norm={best['norm']}, val_loss "
         f"{best['val_loss']:.4f} (inference mode), gap {best['gap_ratio']:.2f}x "
@@ -190,7 +200,7 @@ def report(search, hypermodel, out_dir, out):
     return {"trials": rows, "best": best}
 
 
-def _save_best(search, hypermodel, trial, row, best_dir, out):
+def _save_best(search, hypermodel, trial, row, best_dir, out, setup):
     """Writes best/model.keras (float32) and its config.json; False if it cannot."""
     weights = Path(search.get_trial_dir(trial.trial_id)) / "checkpoint.weights.h5"
     if not weights.is_file():
@@ -210,6 +220,10 @@ def _save_best(search, hypermodel, trial, row, best_dir, out):
     best_dir.mkdir(parents=True, exist_ok=True)
     files.write_json(best_dir / "config.json", run_record(config), end="")
     metrics = {k: v for k, v in row.items() if k != "hyperparameters"}
+    metrics["backend"] = setup["backend"]
+    # The best trial's own count; a trial of an older kpair did not report it.
+    metrics["devices"] = (int(row["devices"]) if math.isfinite(row["devices"])
+                          else setup["devices"])
     files.write_json(best_dir / "metrics.json", metrics, end="")
     files.write_model(float32_copy(pair_model, config), best_dir / "model.keras")
     return True

@@ -22,8 +22,10 @@ EXIT_BAD_INPUT = 2
 RUNS_ROOT = "runs"
 # Bad rows of `data import` listed one per line, then a count of the rest.
 MAX_LISTED_LINES = 20
-# The Keras backends `kpair train --backend` chooses from.
+# The Keras backends `kpair train --backend` and `kpair tune --backend`
+# choose from.
 BACKENDS = ("tensorflow", "jax", "torch")
+BACKEND_COMMANDS = ("train", "tune")
 
 
 def main(argv=None):
@@ -31,9 +33,9 @@ def main(argv=None):
     # Flags only for the command given: `kpair --help` and `--version` load
     # neither the config nor the tuner.
     command = next((a for a in argv if not a.startswith("-")), "")
-    if command == "train":
+    if command in BACKEND_COMMANDS:
         # Keras picks its backend once, when first imported: before that.
-        problem = _select_backend(argv)
+        problem = _select_backend(argv, command)
         if problem is not None:
             print(f"kpair: error: {problem}", file=sys.stderr)
             return EXIT_BAD_INPUT
@@ -45,6 +47,7 @@ def main(argv=None):
         kpair.register_keras_objects()
     parser = _parser(only=command)
     args = parser.parse_args(argv)
+    args.argv = argv  # `kpair tune --parallel-trials` starts its workers with it
     if not getattr(args, "command", None):
         parser.print_help()
         return EXIT_BAD_INPUT
@@ -68,7 +71,7 @@ def main(argv=None):
         return 130
 
 
-def _select_backend(argv):
+def _select_backend(argv, command="train"):
     """Sets `KERAS_BACKEND` from `--backend VALUE` in `argv`, if given.
 
     Returns None, or why it cannot be: Keras already loaded in this process
@@ -86,7 +89,7 @@ def _select_backend(argv):
     loaded = keras.backend.backend() if keras is not None else value
     if loaded != value:
         return (f"Keras is loaded in this process on the {loaded} backend "
-                "already; it cannot switch. Run kpair train in a fresh process. "
+                f"already; it cannot switch. Run kpair {command} in a fresh process. "
                 f"Received: --backend {value}")
     os.environ["KERAS_BACKEND"] = value
     return None

@@ -4,6 +4,7 @@ of `compare` and `tune`, the note on the demo data."""
 import sys
 import zipfile
 
+from kpair.cli import BACKENDS
 from kpair.config import TrainConfig
 from kpair.runs.model_files import resolve
 
@@ -60,3 +61,14 @@ def one_or_all(names, name):
     if names is not None:
         return names
     return None if name is None else [name]
+
+
+def add_backend_flag(p, verb):
+    """`--backend`, which `kpair.cli.main` reads before Keras loads."""
+    p.add_argument(
+        "--backend", choices=BACKENDS,
+        help=f"Keras backend that {verb}: tensorflow (graph steps), jax "
+        "(XLA-compiled steps; fastest on GPUs; the only one for --devices "
+        "above 1) or torch (eager steps, slowest); the data pipeline is "
+        "TensorFlow's on each (default: $KERAS_BACKEND if set, else tensorflow)",
+    )

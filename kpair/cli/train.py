@@ -3,7 +3,8 @@
 import sys
 from pathlib import Path
 
-from kpair.cli import BACKENDS, EXIT_FAILED, RUNS_ROOT
+from kpair.cli import EXIT_FAILED, RUNS_ROOT
+from kpair.cli.common import add_backend_flag
 from kpair.cli.config_flags import add_config_flags, print_config, resolve_config
 from kpair.errors import ConfigError, TrainingDiverged
 from kpair.training import trainer
@@ -28,13 +29,7 @@ def add_flags(p):
         help="continue the run of --config in its own directory (the out of "
         "its config.json) instead of starting a fresh one (default: off)",
     )
-    p.add_argument(
-        "--backend", choices=BACKENDS,
-        help="Keras backend that trains: tensorflow (graph steps), jax "
-        "(XLA-compiled steps; fastest on GPUs) or torch (eager steps, "
-        "slowest); the data pipeline is TensorFlow's on each (default: "
-        "$KERAS_BACKEND if set, else tensorflow)",
-    )
+    add_backend_flag(p, "trains")
     add_process_flags(p)
     p.set_defaults(run=_train)
 

@@ -7,12 +7,16 @@ is imported only when `kpair tune` runs. A KpairError (bad flags, bad data, a se
 directory of another search) ends as one line with exit code 2.
 """
 
+import os
+import sys
+
 import tensorflow as tf
 
-from kpair.cli.common import add_list_flags, one_or_all
+from kpair.cli import tune_workers
+from kpair.cli.common import add_backend_flag, add_list_flags, one_or_all
 from kpair.cli.config_flags import add_config_flags, print_config, resolve_config
 from kpair.errors import ConfigError
-from kpair.tuning import search
+from kpair.tuning import search, search_directory
 
 DEFAULT_OUT = "runs/tune"
 DEFAULT_MAX_TRIALS = 10
@@ -40,8 +44,10 @@ def add_tune_flags(p):
         "learning rate and the batching), judged by the inference-mode "
         "validation loss; the config flags fix every trial's other arguments "
         "(small values make quick searches). Started again with the same "
-        "--out, the search resumes. Chief/worker mode: set "
-        "KERASTUNER_TUNER_ID, KERASTUNER_ORACLE_IP and KERASTUNER_ORACLE_PORT."
+        "--out, the search resumes, each trial once. --parallel-trials runs "
+        "keras-tuner's chief/worker search on this machine; by hand: set "
+        "KERASTUNER_TUNER_ID (chief on the chief), KERASTUNER_ORACLE_IP and "
+        "KERASTUNER_ORACLE_PORT."
     )
     group = p.add_argument_group("search")
     add_list_flags(group, "searched over")
@@ -60,8 +66,20 @@ def add_tune_flags(p):
         "--mirrored", action="store_true",
         help="run each trial on every local GPU at once "
         "(tf.distribute.MirroredStrategy; the batch is split between them) "
-        "(default: off)",
+        "(default: off; TensorFlow only; --devices is JAX's way)",
     )
+    group.add_argument(
+        "--parallel-trials", type=int, metavar="N",
+        help="trials at once: this process serves keras-tuner's oracle (the "
+        "chief, listening on every interface: KERASTUNER_ORACLE_PORT, else a "
+        "free port) and starts N worker processes, each on its own --devices "
+        "of this machine's GPUs (CUDA_VISIBLE_DEVICES; without GPUs, each "
+        "on the host's devices). It prints the line with which other machines "
+        "join; there, with KERASTUNER_TUNER_ID and KERASTUNER_ORACLE_IP/PORT "
+        "set, it starts N workers of that chief (default: one trial at a "
+        "time, in this process)",
+    )
+    add_backend_flag(group, "trains the trials")
 
 
 def run_tune(args, base_config, norms, batchings):
@@ -81,15 +99,52 @@ def run_tune(args, base_config, norms, batchings):
             "--max-trials does not apply to --tuner hyperband: its number of "
             "trials follows from --epochs."
         )
-    search.run_search(
-        base_config,
-        norms=norms,
-        tuner=args.tuner,
-        max_trials=max_trials,
-        out_dir=args.out,
-        batchings=batchings,
-        distribution_strategy=_mirrored() if args.mirrored else None,
-    )
+    run = dict(norms=norms, tuner=args.tuner, max_trials=max_trials,
+               out_dir=args.out, batchings=batchings)
+    if args.parallel_trials is None or tune_workers.PARENT in os.environ:
+        # One process: a local search, or one worker (of a --parallel-trials
+        # parent, or started by hand), or a chief started by hand.
+        if tune_workers.PARENT in os.environ:
+            tune_workers.die_with_parent()
+        search.run_search(
+            base_config, **run,
+            distribution_strategy=_mirrored() if args.mirrored else None,
+        )
+        return 0
+    if args.mirrored:
+        raise ConfigError(
+            "--parallel-trials runs trials in processes of their own GPUs; "
+            "--mirrored spreads one trial over all of them: one or the other. "
+            f"Received: parallel_trials={args.parallel_trials}, mirrored=True"
+        )
+    shares = tune_workers.worker_shares(
+        args.parallel_trials, base_config.devices, tune_workers.visible_gpus())
+    numbers = range(args.parallel_trials)
+    if search_directory.role() == "worker":  # a machine that joins a chief
+        prefix = os.environ["KERASTUNER_TUNER_ID"]
+        pool = tune_workers.WorkerPool(
+            args.argv, shares, tune_workers.chief_address(),
+            [f"{prefix}-{i}" for i in numbers])
+        try:
+            pool.run()
+        finally:
+            pool.close()
+        return 0
+    ip, port = tune_workers.chief_address()
+    workers_environ = dict(os.environ)  # not the chief's settings below
+    os.environ.update(KERASTUNER_TUNER_ID="chief", KERASTUNER_ORACLE_IP=ip,
+                      KERASTUNER_ORACLE_PORT=str(port))
+    # The chief trains nothing; should it build the best model on a GPU at
+    # the end, JAX is not to reserve most of its memory first.
+    os.environ.setdefault("XLA_PYTHON_CLIENT_PREALLOCATE", "false")
+    pool = tune_workers.WorkerPool(
+        args.argv, shares, (ip, port), [f"tuner{i}" for i in numbers], sys.stdout,
+        environ=workers_environ)
+    try:
+        search.run_search(base_config, **run, watch=pool)
+        pool.finish()
+    finally:
+        pool.close()
     return 0
 
 

@@ -144,12 +144,20 @@ def data_parallel(count):
         yield None
         return
     previous = keras.distribution.distribution()
-    # Several processes: each feeds its own share already (process_share).
-    distribution = keras.distribution.DataParallel(
-        devices=local_devices()[:count],
-        auto_shard_dataset=process_count() == 1)
+    distribution = data_parallel_over(count)
     keras.distribution.set_distribution(distribution)
     try:
         yield distribution
     finally:
         keras.distribution.set_distribution(previous)
+
+
+def data_parallel_over(count):
+    """`keras.distribution.DataParallel` over the first `count` local devices,
+    or None for one (for `keras.distribution.set_distribution`)."""
+    if count == 1:
+        return None
+    # Several processes: each feeds its own share already (process_share).
+    return keras.distribution.DataParallel(
+        devices=local_devices()[:count],
+        auto_shard_dataset=process_count() == 1)

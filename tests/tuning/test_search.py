@@ -67,7 +67,10 @@ def test_killed_search_resumes_with_the_remaining_trials(base_config, tmp_path, 
         )
     markdown = (out_dir / "summary.md").read_text()
     assert markdown.startswith("| trial | status | norm |")
-    assert markdown.count("\n") == 2 + 3
+    table, note = markdown.split("\n\n")
+    assert table.count("\n") == 2 + 2  # heading, rule, three trials
+    assert note == "Keras backend: tensorflow. Devices per trial: 1 (the " \
+        "`devices` column: as each trial saw them).\n"
 
     # The best model's config.json is a kpair run config of the best trial.
     config = TrainConfig.load(out_dir / "best" / "config.json")

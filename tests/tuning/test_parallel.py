@@ -1,0 +1,153 @@
+"""`kpair tune --backend jax --parallel-trials N`: a chief and N local
+workers, and the settings refused before any process starts."""
+
+import json
+import os
+import re
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+import kpair
+from kpair.cli import main
+from kpair.cli.tune_workers import (
+    MAX_RESTARTS,
+    WorkerPool,
+    visible_gpus,
+    worker_shares,
+)
+from kpair.errors import KpairError
+
+from .test_cli import TINY_FLAGS
+
+# The directory `kpair` is imported from here (the repository, or a tree
+# that lays out kpair.tuning as installed): the processes started use it.
+IMPORT_ROOT = Path(kpair.__file__).resolve().parents[1]
+TRIAL_LINE = re.compile(r"^\[(tuner\d)\] trial .*\(id (\d+)\)", re.M)
+
+
+@pytest.mark.slow
+def test_two_trials_at_once_on_jax_each_run_once(demo_data, tmp_path):
+    out_dir = tmp_path / "tune"
+    env = dict(
+        os.environ, KERAS_BACKEND="jax",
+        # Two host devices in each worker: each trial data parallel over both.
+        XLA_FLAGS="--xla_force_host_platform_device_count=2",
+        PYTHONPATH=os.pathsep.join(
+            filter(None, [os.environ.get("PYTHONPATH"), str(IMPORT_ROOT)])),
+    )
+    for name in ("TUNER_ID", "ORACLE_IP", "ORACLE_PORT"):
+        env.pop(f"KERASTUNER_{name}", None)
+    result = subprocess.run(
+        [sys.executable, "-m", "kpair", "tune", "--backend", "jax",
+         "--parallel-trials", "2", "--devices", "2", "--max-trials", "2",
+         "--data", str(demo_data), "--norms", "batch,group", "--batching",
+         "mixed", "--precision", "float32", "--out", str(out_dir), *TINY_FLAGS],
+        env=env, capture_output=True, text=True, timeout=400, cwd=tmp_path,
+    )
+    printed = result.stdout
+    assert result.returncode == 0, (printed + result.stderr)[-3000:]
+    listening = re.search(r"^chief listening on (\S+):(\d+); workers on other "
+                          r"machines join with: (.*)$", printed, re.M)
+    assert listening, printed[:2000]
+    host, port, join = listening.groups()
+    assert (f"KERASTUNER_ORACLE_IP={host} KERASTUNER_ORACLE_PORT={port} "
+            "kpair tune --backend jax --parallel-trials 2") in join
+
+    # Each trial started once, in one of the two workers, and ended once.
+    started = TRIAL_LINE.findall(printed)
+    assert sorted(trial for _, trial in started) == ["0", "1"], printed[-3000:]
+    for tuner_id in ("tuner0", "tuner1"):
+        assert f"[{tuner_id}] Worker {tuner_id} finished." in printed
+    # keras-tuner's debug print of conditional scopes is silenced.
+    assert not re.search(r"^(\[tuner\d\] )?(group|batch)$", printed, re.M)
+    project = out_dir / "search"
+    assert sorted(p.name for p in project.glob("trial_*")) == ["trial_0", "trial_1"]
+    for trial_dir in project.glob("trial_*"):
+        state = json.loads((trial_dir / "trial.json").read_text())
+        assert state["status"] == "COMPLETED", state
+        assert (trial_dir / "attempts.txt").read_text() == "1"  # started once
+    # (keras-tuner saves oracle.json before it drops an ended trial from its
+    # ongoing ones: the last may stay there; kpair's reload settles it.)
+    oracle = json.loads((project / "oracle.json").read_text())
+    assert sorted(oracle["end_order"]) == ["0", "1"]
+
+    # Where the search ran: the chief's backend, each trial's devices.
+    assert "Keras backend: jax." in (out_dir / "summary.md").read_text()
+    best = json.loads((out_dir / "best" / "metrics.json").read_text())
+    assert best["backend"] == "jax" and best["devices"] == 2
+    assert (out_dir / "best" / "model.keras").is_file()
+
+
+def test_worker_shares_split_the_gpus():
+    gpus = ["0", "1", "2", "3"]
+    assert worker_shares(2, 1, gpus) == ["0", "1"]
+    assert worker_shares(2, "all", gpus) == ["0,1", "2,3"]
+    assert worker_shares(1, 4, gpus) == ["0,1,2,3"]
+    assert worker_shares(3, 1, []) == [None] * 3  # the host's devices each
+    with pytest.raises(ValueError, match="need 5 GPUs; this machine has 4"):
+        worker_shares(5, 1, gpus)
+    with pytest.raises(ValueError, match="need 6 GPUs"):
+        worker_shares(3, 2, gpus)
+    with pytest.raises(ValueError, match="need 5 GPUs"):
+        worker_shares(5, "all", gpus)
+
+
+def test_visible_gpus_follow_cuda_visible_devices():
+    assert visible_gpus({"CUDA_VISIBLE_DEVICES": "2, 5,7"}) == ["2", "5", "7"]
+    assert visible_gpus({"CUDA_VISIBLE_DEVICES": ""}) == []
+
+
+@pytest.mark.parametrize(
+    "flags, environ, needle",
+    [
+        (["--parallel-trials", "0"], {}, "Received: parallel_trials=0"),
+        (["--parallel-trials", "2", "--mirrored"], {},
+         "--mirrored spreads one trial"),
+        (["--parallel-trials", "3"], {"CUDA_VISIBLE_DEVICES": "0,1"},
+         "3 trials at once on 1 GPU(s) each need 3 GPUs; this machine has 2"),
+        (["--devices", "2", "--mirrored"], {}, "not both"),
+        # Keras is loaded here on TensorFlow: it cannot switch.
+        (["--backend", "jax"], {}, "Run kpair tune in a fresh process"),
+    ],
+)
+def test_bad_combinations_end_in_one_line(
+    tmp_path, capsys, monkeypatch, flags, environ, needle
+):
+    for name, value in environ.items():
+        monkeypatch.setenv(name, value)
+    code = main(["tune", "--out", str(tmp_path / "t"), *TINY_FLAGS, *flags])
+    err = capsys.readouterr().err
+    assert code == 2
+    lines = [line for line in err.splitlines() if line.strip()]
+    assert len(lines) == 1 and needle in lines[0], err
+    assert not (tmp_path / "t").exists()
+
+
+class _Ended:
+    """A worker process that has ended with `returncode`."""
+
+    def __init__(self, returncode):
+        self.returncode = returncode
+
+    def poll(self):
+        return self.returncode
+
+
+def test_a_dead_worker_starts_again_then_the_pool_gives_up(monkeypatch, capsys):
+    pool = WorkerPool(["tune"], [None, None], ("127.0.0.1", 1), ["tuner0", "tuner1"])
+    started = []
+    monkeypatch.setattr(pool, "_start", started.append)
+    pool.processes = [_Ended(0), _Ended(-9)]  # tuner0 done, tuner1 killed
+    for _ in range(MAX_RESTARTS):
+        pool.check()
+    assert started == [1] * MAX_RESTARTS  # only the dead one, under its id
+    assert capsys.readouterr().out.count(
+        "worker tuner1 ended with exit code -9; started again") == MAX_RESTARTS
+    pool.last_lines[1] = "kpair: error: out of memory"
+    with pytest.raises(KpairError, match=(
+            f"Worker tuner1 ended with exit code -9 {MAX_RESTARTS + 1} times, "
+            "last saying: kpair: error: out of memory")):
+        pool.check()
