@@ -30,7 +30,12 @@ from kpair.models.precision import describe_precision, detect_gpus, resolve_prec
 from kpair.pair_types import TYPE_KEYS
 from kpair.training import callbacks as kcb
 from kpair.training import gap
-from kpair.training.devices import check_backend, data_parallel
+from kpair.training.devices import (
+    check_backend,
+    data_parallel,
+    replica_layout,
+    synchronize_batch_norms,
+)
 from kpair.training.preflight import check_training_data
 from kpair.training.run_directory import claim, run_record
 from kpair.utils import files
@@ -211,7 +216,9 @@ def _start_or_resume(config, batches, steps, epochs_done, data_dir, out,
     if not detect_gpus() and backend == "tensorflow":
         print(describe_cpu_kernels(), file=out, flush=True)
     pair_model = build_pair_model(config)
+    synchronize_batch_norms(pair_model, devices)
     model = training_model(pair_model, config)
+    batches = replica_layout(batches, config.batching, devices)
     _build(model, batches)
     if epochs_done:
         print(
