@@ -95,8 +95,9 @@ class TrainConfig:
     seed: int = _field(0, "Seed of weights, shuffling and sampling.")
     devices: int | str = _field(1, (
         "Local devices a run is data parallel over: a count, or `all` "
-        "(JAX only, through keras.distribution.DataParallel; the batch size "
-        "stays the global batch)."
+        "(JAX: keras.distribution.DataParallel; TensorFlow: "
+        "tf.distribute.MirroredStrategy; the batch size stays the global "
+        "batch)."
     ))
     deterministic: bool = _field(False, (
         "Also make TensorFlow's kernels deterministic, so that the same "

@@ -4,6 +4,7 @@ import keras
 from keras import constraints, initializers, ops, regularizers
 
 from . import _normalization_weights, _validation
+from .replicas import replica_count, sum_over_replicas
 
 # A step counter is int32; this keeps `warmup_steps` meaningful and bounded.
 MAX_WARMUP_STEPS = 2**31 - 1
@@ -44,6 +45,10 @@ class EvalModeBatchNormalization(keras.layers.Layer):
         beta_regularizer, gamma_regularizer: Optional regularizers.
         beta_constraint, gamma_constraint: Optional constraints.
         **kwargs: Base layer keyword arguments (`name`, `dtype`, ...).
+
+    The batch statistics are those of the global batch: under a
+    `tf.distribute` strategy with several replicas, each replica's sums are
+    summed over the replicas (`kpair.layers.replicas`).
 
     Call arguments:
         inputs: A float tensor.
@@ -129,7 +134,7 @@ class EvalModeBatchNormalization(keras.layers.Layer):
         variance = ops.cast(self.moving_variance, "float32")
         if training and self.trainable:
             reduce_axes = [a for a in range(len(x.shape)) if a != self._feature_axis]
-            batch_mean, batch_variance = ops.moments(x, axes=reduce_axes)
+            batch_mean, batch_variance = _batch_moments(x, reduce_axes)
             if self.warmup_steps:
                 warming_up = self.steps < self.warmup_steps
                 mean = ops.where(warming_up, batch_mean, mean)
@@ -183,3 +188,24 @@ class EvalModeBatchNormalization(keras.layers.Layer):
             "gamma_constraint": constraints.serialize(self.gamma_constraint),
         }
         return {**base_config, **config}
+
+
+def _batch_moments(x, reduce_axes):
+    """Mean and (biased) variance of `x` over `reduce_axes` and the replicas.
+
+    On one replica, `ops.moments`. Over several, two passes (the global mean,
+    then squared deviations from it), as on one device, rather than
+    E[x^2] - E[x]^2, which cancels catastrophically for large means.
+    """
+    if replica_count() == 1:
+        return ops.moments(x, axes=reduce_axes)
+    channels = 1
+    for axis in range(len(x.shape)):
+        if axis not in reduce_axes:
+            channels *= x.shape[axis]
+    # Values per channel in the global batch.
+    count = sum_over_replicas(ops.cast(ops.size(x), "float32")) / channels
+    mean = sum_over_replicas(ops.sum(x, axis=reduce_axes, keepdims=True)) / count
+    squares = ops.sum(ops.square(x - mean), axis=reduce_axes, keepdims=True)
+    variance = sum_over_replicas(squares) / count
+    return ops.squeeze(mean, reduce_axes), ops.squeeze(variance, reduce_axes)

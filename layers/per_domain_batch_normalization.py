@@ -4,6 +4,7 @@ import keras
 from keras import constraints, initializers, ops, regularizers
 
 from . import _normalization_weights, _validation
+from .replicas import sum_over_replicas
 
 # Domain ids index variables of shape (num_domains, channels); a bound keeps a
 # hostile config from allocating gigabytes when a `.keras` file is loaded.
@@ -59,11 +60,13 @@ class PerDomainBatchNormalization(keras.layers.Layer):
         per_domain_affine: If `True` (DSBN), `gamma` and `beta` have shape
             `(num_domains, channels)` and each domain has its own; if
             `False`, they have shape `(channels,)` and are shared.
-        synchronized: If `True`, under a `tf.distribute` strategy with several
-            replicas, the per-domain sums and counts are all-reduced across
-            replicas before the statistics are formed, so every replica
-            normalizes with (and records) the statistics of the global batch.
-            TensorFlow backend only.
+        synchronized: Kept so that code and files that name it still load,
+            on every backend; either value gives the same layer. Each
+            domain's statistics are always those of the global batch: under
+            a `tf.distribute` strategy with several replicas the per-domain
+            sums and counts are summed over the replicas before they are
+            divided, and under JAX's `keras.distribution.DataParallel` XLA
+            sums over the global batch itself.
         beta_initializer, gamma_initializer, moving_mean_initializer,
         moving_variance_initializer: Initializers.
         beta_regularizer, gamma_regularizer: Optional regularizers.
@@ -124,12 +127,6 @@ class PerDomainBatchNormalization(keras.layers.Layer):
             "per_domain_affine", per_domain_affine
         )
         self.synchronized = _validation.boolean("synchronized", synchronized)
-        if self.synchronized and keras.backend.backend() != "tensorflow":
-            raise ValueError(
-                "Argument `synchronized=True` is only supported with the "
-                "TensorFlow backend. "
-                f"Received: backend={keras.backend.backend()}"
-            )
         self.beta_initializer = initializers.get(beta_initializer)
         self.gamma_initializer = initializers.get(gamma_initializer)
         self.moving_mean_initializer = initializers.get(moving_mean_initializer)
@@ -240,16 +237,16 @@ class PerDomainBatchNormalization(keras.layers.Layer):
         for a in reduce_axes:
             values_per_sample *= x.shape[a]
         counts = ops.sum(ops.cast(mask[:, :, 0], "float32"), axis=0)
-        counts = self._all_reduce(counts) * values_per_sample
+        counts = sum_over_replicas(counts) * values_per_sample
         safe_counts = ops.expand_dims(ops.maximum(counts, 1.0), -1)
         sums = _to_domains(ops.sum(x, axis=reduce_axes), mask)
-        mean = self._all_reduce(sums) / safe_counts
+        mean = sum_over_replicas(sums) / safe_counts
         # x + (-mean), not x - mean: the same bits, but the gradient negates
         # the (domains, channels) table instead of a tensor the size of x.
         (negated_mean,) = per_sample(-mean)
         centered = x + negated_mean
         squares = ops.sum(ops.square(centered), axis=reduce_axes)
-        variance = self._all_reduce(_to_domains(squares, mask)) / safe_counts
+        variance = sum_over_replicas(_to_domains(squares, mask)) / safe_counts
         return mean, variance, counts > 0, centered
 
     def _update_moving_statistics(self, mean, variance, present):
@@ -268,16 +265,6 @@ class PerDomainBatchNormalization(keras.layers.Layer):
                     moving,
                 )
             )
-
-    def _all_reduce(self, value):
-        if not self.synchronized:
-            return value
-        import tensorflow as tf
-
-        context = tf.distribute.get_replica_context()
-        if context is None or context.num_replicas_in_sync <= 1:
-            return value
-        return context.all_reduce(tf.distribute.ReduceOp.SUM, value)
 
     def compute_output_shape(self, input_shape):
         return tuple(_validation.split_input_shape(self, input_shape))

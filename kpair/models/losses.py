@@ -9,6 +9,7 @@ import numpy as np
 from keras import ops
 
 from kpair.errors import ConfigError
+from kpair.layers.replicas import sum_over_replicas
 from kpair.pair_types import PAIR_TYPES, TYPE_KEYS
 
 LOSS_NAMES = ("l2", "hinge", "l1", "logistic")
@@ -77,8 +78,10 @@ class PairLoss(keras.losses.Loss):
     reduction, `"sum_over_batch_size"`, then divides the sum by
     `batch_size`, which leaves exactly `sum_t mean_{i in t} loss_i`. Another
     `reduction` gives another quantity (`"sum"`: `batch_size` times it).
-    Under `tf.distribute` each replica computes this over its own share of
-    the batch and Keras averages the replicas. Computed in float32.
+    Under `tf.distribute` each replica holds a share of the batch and Keras
+    averages the replicas' losses: the counts and the batch size are then
+    those of the global batch, summed over the replicas, so that the average
+    is the global batch's loss. Computed in float32.
 
     Args:
         losses: Loss name per pair type, in the order A-A, B-B, A-B
@@ -114,12 +117,16 @@ class PairLoss(keras.losses.Loss):
             [_elementwise(name, target, pred) for name in self.losses], axis=1
         )
         values = ops.sum(per_type * one_hot, axis=1)
-        counts = ops.sum(one_hot, axis=0)
+        batch = ops.cast(ops.shape(pred)[0], "float32")
+        # The counts of the global batch: under tf.distribute each replica
+        # holds a share, and Keras averages the replicas' losses.
+        counts = sum_over_replicas(
+            ops.concatenate([ops.sum(one_hot, axis=0), ops.expand_dims(batch, 0)])
+        )
         # Each pair's type count by a masked sum, not a matmul: GPUs run
         # float32 matmuls in TF32, exact for integers only up to 2048.
-        type_counts = ops.sum(one_hot * counts, axis=1)
-        batch = ops.cast(ops.shape(pred)[0], "float32")
-        scale = batch / ops.maximum(type_counts, 1.0)
+        type_counts = ops.sum(one_hot * counts[:-1], axis=1)
+        scale = counts[-1] / ops.maximum(type_counts, 1.0)
         return values * scale
 
     def get_config(self):

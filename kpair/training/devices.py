@@ -1,21 +1,29 @@
 """Where a run computes: the Keras backend, and the local devices it spans.
 
 `TrainConfig.devices` is a count or `"all"`. With more than one device a run
-is data parallel on JAX, through `keras.distribution.DataParallel` over the
-first N local devices: every variable is replicated, every batch is split
-along its first axis, and the step is one SPMD program. XLA then computes a
-norm's batch statistics (each domain's, for `per-domain`) over the global
-batch, as on one device, and sums the gradients of every device's share.
-`batch_size` stays the global batch, so a batch that does not divide among
-the devices is refused.
+is data parallel, and `batch_size` stays the global batch, so a batch that
+does not divide among the devices is refused. Every norm's statistics and
+the loss are those of the global batch, as on one device:
 
-Other backends train on one device, refused in one line otherwise:
-- TensorFlow: `tf.distribute.MirroredStrategy` runs the loss on each
-  replica's share and averages, and `fit` splits each tensor of a batch
-  across replicas on its own: the per-type trainer's targets (the three
-  types concatenated) would then no longer line up with its predictions
-  (each type split), so per-type training would compute another loss.
-- torch: Keras's torch trainer has no data-parallel distribution.
+- JAX: `keras.distribution.DataParallel` over the first N local devices.
+  Every variable is replicated, every batch is split along its first axis,
+  and the step is one SPMD program: XLA computes each norm's batch
+  statistics (each domain's, for `per-domain`) over the global batch and
+  sums the gradients of every device's share.
+- TensorFlow: `tf.distribute.MirroredStrategy` over the first N GPUs (else
+  logical CPUs). Each replica runs the step on its share and Keras averages
+  the replicas' losses and sums their gradients. kpair's norms and
+  `PairLoss` sum their moments and counts over the replicas
+  (`kpair.layers.replicas`), stock batch norm is switched to Keras's
+  `synchronized` moments while it trains (`synchronize_batch_norms`; not
+  saved: `model.keras` loads on every backend), and the per-type targets
+  are laid out so that each replica's share of them lines up with its
+  share of each pair type (`replica_layout`).
+- torch: refused in one line: Keras's torch trainer has no data-parallel
+  distribution.
+
+Several machines: TensorFlow's `MultiWorkerMirroredStrategy` is not offered
+(`TF_CONFIG` is refused): kpair's multi-machine path is JAX's.
 """
 
 import contextlib
@@ -27,6 +35,7 @@ import tensorflow as tf
 from kpair.config import DEVICES_ALL
 from kpair.errors import ConfigError
 from kpair.models.precision import detect_gpus
+from kpair.pair_types import PAIR_TYPES
 from kpair.training.processes import process_count
 from kpair.utils.tensorflow_setup import hide_gpus
 
@@ -35,6 +44,8 @@ from kpair.utils.tensorflow_setup import hide_gpus
 TRAINING_BACKENDS = ("tensorflow", "jax", "torch")
 # XLA's flag that makes its GPU kernels deterministic (on CPU they are).
 XLA_GPU_DETERMINISM = "--xla_gpu_deterministic_ops=true"
+# The backends that train on several local devices.
+DATA_PARALLEL_BACKENDS = ("jax", "tensorflow")
 
 
 def check_backend(config):
@@ -54,6 +65,15 @@ def check_backend(config):
         )
     count = device_count(config)
     if backend == "tensorflow":
+        if os.environ.get("TF_CONFIG"):
+            # MirroredStrategy ignores TF_CONFIG: each machine would train
+            # alone, silently. Several machines are JAX's path.
+            raise ConfigError(
+                "kpair does not train with TensorFlow's multi-worker strategy; "
+                "to train across machines use KERAS_BACKEND=jax "
+                "(jax.distributed). Received: TF_CONFIG set, "
+                "KERAS_BACKEND=tensorflow"
+            )
         return count
     hide_gpus(tf)
     if (config.deterministic and detect_gpus()
@@ -68,8 +88,12 @@ def check_backend(config):
 
 
 def local_devices():
-    """The JAX devices a run may span: this process's (accelerators if any,
-    else the host's), or, in a run of several processes, every process's."""
+    """The devices of the backend a run may span: JAX's (accelerators if
+    any, else the host's; in a run of several processes, every process's), or
+    TensorFlow's logical GPUs, else its logical CPUs."""
+    if keras.backend.backend() == "tensorflow":
+        return (tf.config.list_logical_devices("GPU")
+                or tf.config.list_logical_devices("CPU"))
     # Only on the JAX backend: a TensorFlow or torch run needs no JAX.
     import jax
 
@@ -82,24 +106,26 @@ def device_count(config):
     """How many devices `config.devices` means in this process.
 
     Raises:
-        ConfigError: more than one device on a backend other than JAX, more
-            devices than there are, or a batch they cannot share evenly.
+        ConfigError: more than one device on torch, more devices than there
+            are, or a batch they cannot share evenly.
     """
     if config.devices == 1:
         return 1
     backend = keras.backend.backend()
-    if backend != "jax":
+    if backend not in DATA_PARALLEL_BACKENDS:
         raise ConfigError(
             f"Training on several devices runs on JAX (KERAS_BACKEND=jax, "
-            f"keras.distribution.DataParallel); on {backend} kpair trains on "
+            f"keras.distribution.DataParallel) or TensorFlow "
+            f"(tf.distribute.MirroredStrategy); on {backend} kpair trains on "
             f"one device. Received: devices={config.devices!r}, "
             f"KERAS_BACKEND={backend}"
         )
     available = len(local_devices())
     count = available if config.devices == DEVICES_ALL else config.devices
     if count > available:
+        kind = "JAX" if backend == "jax" else "TensorFlow"
         raise ConfigError(
-            f"This process sees {available} JAX device(s). "
+            f"This process sees {available} {kind} device(s). "
             f"Received: devices={config.devices!r}"
         )
     processes = process_count()
@@ -135,13 +161,18 @@ def check_batch_divides(batching, batch_size, count):
 
 @contextlib.contextmanager
 def data_parallel(count):
-    """Builds and trains within: data parallel over `count` devices (JAX;
-    `device_count` refused more than one elsewhere).
+    """Builds and trains within: data parallel over `count` devices
+    (`device_count` refused more than one on torch).
 
-    Yields the `keras.distribution.DataParallel`, or None on one device.
+    Yields the JAX `keras.distribution.DataParallel`, else None.
     """
     if count == 1:
         yield None
+        return
+    if keras.backend.backend() == "tensorflow":
+        names = [device.name for device in local_devices()[:count]]
+        with tf.distribute.MirroredStrategy(names).scope():
+            yield
         return
     previous = keras.distribution.distribution()
     distribution = data_parallel_over(count)
@@ -161,3 +192,50 @@ def data_parallel_over(count):
     return keras.distribution.DataParallel(
         devices=local_devices()[:count],
         auto_shard_dataset=process_count() == 1)
+
+
+def replica_layout(batches, batching, count):
+    """The training batches as `MirroredStrategy` must split them.
+
+    The strategy splits every tensor of a batch along its first axis into
+    `count` equal parts, replica r taking part r. A `per-type` batch holds
+    each type's inputs as separate tensors and the targets of the three
+    types concatenated (A-A, B-B, A-B): split as they are, replica 0 would
+    take all A-A targets against its half of each type's predictions. The
+    targets are put in replica-major order instead (replica 0's A-A, B-B,
+    A-B, then replica 1's, ...), so that each replica's part is its share
+    of each type, in the order of its predictions. Other batchings, and one
+    replica, need nothing (JAX splits the step, not the batch).
+    """
+    if (count == 1 or batching != "per-type"
+            or keras.backend.backend() != "tensorflow"):
+        return batches
+
+    def replica_major(features, y):
+        # (types, replicas, pairs per replica, 2) -> (replicas, types, ...).
+        shares = tf.reshape(y, (len(PAIR_TYPES), count, -1, y.shape[-1]))
+        shares = tf.transpose(shares, (1, 0, 2, 3))
+        return features, tf.reshape(shares, (-1, y.shape[-1]))
+
+    return batches.map(replica_major)
+
+
+def synchronize_batch_norms(model, count):
+    """Switches stock batch norm to the moments of the global batch.
+
+    Under `MirroredStrategy` (TensorFlow, `count` > 1), sets Keras's
+    `BatchNormalization.synchronized` on every such layer of `model`, which
+    it reads when a step is traced: each replica's moments are then summed
+    over the replicas. The flag is set on the trained layers only, not in
+    the backbone's `norm_options`: `model.keras` is built from those, and
+    Keras refuses `synchronized=True` off TensorFlow. kpair's own norms
+    sum over the replicas by themselves (`kpair.layers.replicas`).
+    """
+    if count == 1 or keras.backend.backend() != "tensorflow":
+        return
+    pending = [model]
+    while pending:
+        layer = pending.pop()
+        if isinstance(layer, keras.layers.BatchNormalization):
+            layer.synchronized = True
+        pending.extend(getattr(layer, "layers", ()))

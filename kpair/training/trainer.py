@@ -32,7 +32,12 @@ from kpair.models.precision import describe_precision, detect_gpus, resolve_prec
 from kpair.models.pretrained import statistics_note
 from kpair.training import callbacks as kcb
 from kpair.training import gap
-from kpair.training.devices import check_backend, data_parallel
+from kpair.training.devices import (
+    check_backend,
+    data_parallel,
+    replica_layout,
+    synchronize_batch_norms,
+)
 from kpair.training.preflight import check_training_data
 from kpair.training.pretrained_source import read_source
 from kpair.training.processes import (
@@ -253,7 +258,9 @@ def _start_or_resume(config, batches, steps, epochs_done, data_dir, out,
     if pretrained is not None:
         note = statistics_note(config.norm, pretrained)
         print(pretrained.line() + (f" {note}" if note else ""), file=out, flush=True)
+    synchronize_batch_norms(pair_model, devices)
     model = training_model(pair_model, config)
+    batches = replica_layout(batches, config.batching, devices)
     _build(model, batches, local_state)
     if epochs_done:
         print(

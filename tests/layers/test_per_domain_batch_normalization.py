@@ -149,8 +149,10 @@ def test_domain_out_of_range_in_eager_mode():
         layer([np.zeros((3, 2, 2, 4), "float32"), np.array([0, 1, 2])])
 
 
-def test_synchronized_matches_one_device_on_the_whole_batch():
-    """Two logical CPU devices need a fresh process (set before TF starts)."""
+def test_replicas_normalize_with_the_whole_batch():
+    """Per-domain and eval-mode batch norm under MirroredStrategy record the
+    statistics of the global batch. Two logical CPU devices need a fresh
+    process (set before TF starts)."""
     script = textwrap.dedent(
         """
         import os
@@ -181,14 +183,34 @@ def test_synchronized_matches_one_device_on_the_whole_batch():
         for a, b in ((single.moving_mean, synced.moving_mean),
                      (single.moving_variance, synced.moving_variance)):
             np.testing.assert_allclose(a.numpy(), b.numpy(), atol=1e-5)
-        # Without synchronization the replicas disagree: the test can fail.
+        # synchronized=False (the registry's default) sums over the
+        # replicas too; each half alone would give other statistics.
         with strategy.scope():
-            local = PerDomainBatchNormalization(momentum=0.5)
-            local.build([(None, 3, 3, 4), (None,)])
-        strategy.run(tf.function(lambda a, b: local([a, b], training=True)),
+            default = PerDomainBatchNormalization(momentum=0.5)
+            default.build([(None, 3, 3, 4), (None,)])
+        strategy.run(tf.function(lambda a, b: default([a, b], training=True)),
                      args=halves)
+        np.testing.assert_allclose(single.moving_variance.numpy(),
+                                   default.moving_variance.numpy(), atol=1e-5)
+        half = PerDomainBatchNormalization(momentum=0.5)
+        half([x[:4], domain[:4]], training=True)
         assert not np.allclose(single.moving_variance.numpy(),
-                               local.moving_variance.numpy(), atol=1e-3)
+                               half.moving_variance.numpy(), atol=1e-3)
+        # Eval-mode batch norm's batch moments (warm-up: normalized with them).
+        from kpair.layers import EvalModeBatchNormalization
+        one = EvalModeBatchNormalization(momentum=0.5, warmup_steps=1)
+        expected = one(x, training=True).numpy()
+        with strategy.scope():
+            two = EvalModeBatchNormalization(momentum=0.5, warmup_steps=1)
+            two.build((None, 3, 3, 4))
+        got = strategy.run(tf.function(lambda a, b: two(a, training=True)),
+                           args=halves)
+        got = np.concatenate([t.numpy() for t in
+                              strategy.experimental_local_results(got)])
+        np.testing.assert_allclose(got, expected, atol=1e-5)
+        for a, b in ((one.moving_mean, two.moving_mean),
+                     (one.moving_variance, two.moving_variance)):
+            np.testing.assert_allclose(a.numpy(), b.numpy(), atol=1e-6)
         print("SYNC-OK")
         """
     )

@@ -36,10 +36,17 @@ def test_a_run_on_one_device_needs_no_distribution():
     assert devices.device_count(TrainConfig()) == 1
 
 
-def test_several_devices_on_tensorflow_are_refused_pointing_to_jax():
-    # The tests run on TensorFlow (tests/conftest.py).
-    with pytest.raises(ConfigError, match="runs on JAX.*Received: devices=2"):
+def test_more_devices_than_tensorflow_sees_are_refused():
+    # The tests run on TensorFlow (tests/conftest.py), on one logical CPU.
+    with pytest.raises(ConfigError, match=r"sees 1 TensorFlow device\(s\)\. "
+                       "Received: devices=2"):
         devices.device_count(TrainConfig(devices=2))
+
+
+def test_tensorflow_multi_worker_is_refused_pointing_to_jax(monkeypatch):
+    monkeypatch.setenv("TF_CONFIG", '{"cluster": {"worker": ["a:1", "b:1"]}}')
+    with pytest.raises(ConfigError, match="multi-worker.*KERAS_BACKEND=jax"):
+        devices.check_backend(TrainConfig())
 
 
 @pytest.mark.parametrize("batching,batch_size,count,ok", [

@@ -1,0 +1,82 @@
+"""`kpair train --devices 2` on TensorFlow (the CPU split into 2 logical
+devices, `tf.distribute.MirroredStrategy`) against `--devices 1`, on the same
+global batches: the same weights and moving statistics, to float32 rounding;
+and the model it writes loads on one device.
+
+The same global batches: under a strategy Keras draws a batch to build the
+model before `fit` (its TF trainer's symbolic build), and each iterator of
+the training batches moves tf.data's shuffles on to their next order, so
+`--devices 2` trains on another shuffle of the data than `--devices 1`.
+Here every step holds all training pairs of each type (8 of each, 8 a
+step), so both runs see the same pairs in each step, in another order.
+"""
+
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import keras
+import numpy as np
+import pytest
+
+ROOT = Path(__file__).resolve().parents[2]
+# Two steps, as on JAX (tests/backends/test_devices_jax.py): from the third,
+# this tiny model's first steps amplify rounding-sized differences.
+STEPS = 2
+
+
+@pytest.fixture(scope="module")
+def one_batch_data(tmp_path_factory):
+    """A demo data set whose training split is one per-type batch of 24."""
+    from kpair.data import build_demo
+
+    return build_demo(tmp_path_factory.mktemp("one_batch") / "data",
+                      image_size=16, pairs_per_type=(8, 4, 4))
+
+
+def train_both(norm, data, tmp_path):
+    """`--devices 1` then `--devices 2`, in one process that starts
+    TensorFlow once with 2 logical CPUs. Returns the output."""
+    common = [
+        "--norm", norm, "--batching", "per-type", "--data", str(data),
+        "--epochs", "1", "--steps-per-epoch", str(STEPS), "--image-size", "16",
+        "--width-multiplier", "0.125", "--embedding-dim", "16",
+        "--batch-size", "24", "--eval-pairs", "24", "--precision", "float32",
+        # SGD: Adam's first steps are lr * sign(gradient), so a gradient that
+        # is 0 but for rounding moves a weight by a whole step either way.
+        "--optimizer", "sgd", "--seed", "0",
+    ]
+    args = []
+    for devices in (1, 2):
+        args += ["+"] * bool(args) + [
+            "train", "--devices", str(devices), "--out",
+            str(tmp_path / f"devices{devices}"), *common]
+    env = {**os.environ, "KERAS_BACKEND": "tensorflow",
+           "KPAIR_PROGRESS_EVERY": "inf"}
+    done = subprocess.run(
+        [sys.executable, "-m", "tests.backends.logical_cpus", "2", *args],
+        cwd=ROOT, env=env, capture_output=True, text=True, timeout=900)
+    assert done.returncode == 0, done.stderr[-3000:]
+    return done.stdout
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("norm", ["per-domain", "batch"])
+def test_two_devices_train_as_one(norm, one_batch_data, tmp_path):
+    out = train_both(norm, one_batch_data, tmp_path)
+    assert out.count("backend=tensorflow devices=2 ") == 1, out
+    # Loaded here: one device, no strategy.
+    models = [keras.saving.load_model(tmp_path / f"devices{n}" / "model.keras")
+              for n in (1, 2)]
+    compared = 0
+    for a, b in zip(models[0].weights, models[1].weights):
+        assert a.path == b.path
+        np.testing.assert_allclose(np.asarray(b), np.asarray(a), rtol=0,
+                                   atol=1e-5, err_msg=a.path)
+        compared += 1
+    moving = [w for w in models[0].weights if "moving" in w.path]
+    assert moving and compared == len(models[0].weights)
+    if norm == "per-domain":
+        # A row of statistics per domain, each moved by training.
+        assert all(w.shape[0] == 2 for w in moving)
