@@ -89,6 +89,7 @@ def keras_step(spec):
         width_multiplier=spec["width_multiplier"], embedding_dim=128,
         num_domains=2, precision=spec["precision"], batching="mixed",
         optimizer="adam", learning_rate=1e-3, losses=("l2", "hinge", "hinge"),
+        freeze_stages=0,  # random weights, every stage trains
         resolved_norm_options=lambda: (
             {"num_domains": 2} if spec["norm"] == "per-domain" else {}
         ),

@@ -218,7 +218,7 @@ def test_a_failed_deployment_check_is_reported_line_by_line(tmp_path):
     import io
 
     from kpair.inspection.check import Finding
-    from kpair.training import trainer as training
+    from kpair.training import run_outputs as training
 
     findings = [Finding("statistics", "ok", "finite"),
                 Finding("every domain trained", "warning", "domain 1 at 0/1"),
