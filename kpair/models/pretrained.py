@@ -112,6 +112,30 @@ def block_names():
     ]
 
 
+# The names of a block's layers in each source, after the block's prefix.
+TORCHVISION_PARTS = {"conv1": "conv1", "norm1": "bn1", "conv2": "conv2",
+                     "norm2": "bn2", "shortcut_conv": "downsample.0",
+                     "shortcut_norm": "downsample.1"}
+KERAS_HUB_PARTS = {"conv1": "1_conv", "norm1": "1_bn", "conv2": "2_conv",
+                   "norm2": "2_bn", "shortcut_conv": "0_conv",
+                   "shortcut_norm": "0_bn"}
+
+
+def _gather(conv, norm, stem, prefix, parts):
+    """kpair's backbone params, each read from a source by `conv` or `norm`
+    under its name there: `stem` (conv, norm), then for each block
+    `prefix(stage, block)` followed by `parts[kpair's part]`."""
+    params = {"stem_conv": conv(stem[0]), "stem_norm": norm(stem[1])}
+    for name, stage, block in block_names():
+        kinds = ["conv1", "norm1", "conv2", "norm2"]
+        if _has_shortcut(stage, block):
+            kinds += ["shortcut_conv", "shortcut_norm"]
+        for kind in kinds:
+            read = norm if "norm" in kind else conv
+            params[f"{name}_{kind}"] = read(prefix(stage, block) + parts[kind])
+    return params
+
+
 def _has_shortcut(stage, block):
     return stage > 1 and block == 1
 
@@ -136,16 +160,9 @@ def from_torchvision_state(state, source):
         return {w: _array(state, f"{key}.{n}", source)
                 for w, n in zip(NORM_WEIGHTS, names)}
 
-    params = {"stem_conv": conv("conv1"), "stem_norm": norm("bn1")}
-    for name, stage, block in block_names():
-        prefix = f"layer{stage}.{block - 1}"
-        params[f"{name}_conv1"] = conv(f"{prefix}.conv1")
-        params[f"{name}_norm1"] = norm(f"{prefix}.bn1")
-        params[f"{name}_conv2"] = conv(f"{prefix}.conv2")
-        params[f"{name}_norm2"] = norm(f"{prefix}.bn2")
-        if _has_shortcut(stage, block):
-            params[f"{name}_shortcut_conv"] = conv(f"{prefix}.downsample.0")
-            params[f"{name}_shortcut_norm"] = norm(f"{prefix}.downsample.1")
+    params = _gather(conv, norm, ("conv1", "bn1"),
+                     lambda stage, block: f"layer{stage}.{block - 1}.",
+                     TORCHVISION_PARTS)
     return Pretrained(source, params, "symmetric", TORCH_EPSILON,
                       dict(IMAGENET_NORMALIZATION))
 
@@ -184,16 +201,9 @@ def from_keras_hub_backbone(backbone, source, input_normalization=None):
         layer = backbone.get_layer(name)
         return {w: _numpy(getattr(layer, w)) for w in NORM_WEIGHTS}
 
-    params = {"stem_conv": conv("conv1_conv"), "stem_norm": norm("conv1_bn")}
-    for name, stage, block in block_names():
-        prefix = f"stack{stage - 1}_block{block - 1}"
-        params[f"{name}_conv1"] = conv(f"{prefix}_1_conv")
-        params[f"{name}_norm1"] = norm(f"{prefix}_1_bn")
-        params[f"{name}_conv2"] = conv(f"{prefix}_2_conv")
-        params[f"{name}_norm2"] = norm(f"{prefix}_2_bn")
-        if _has_shortcut(stage, block):
-            params[f"{name}_shortcut_conv"] = conv(f"{prefix}_0_conv")
-            params[f"{name}_shortcut_norm"] = norm(f"{prefix}_0_bn")
+    params = _gather(conv, norm, ("conv1_conv", "conv1_bn"),
+                     lambda stage, block: f"stack{stage - 1}_block{block - 1}_",
+                     KERAS_HUB_PARTS)
     epsilon = float(backbone.get_layer("conv1_bn").epsilon)
     return Pretrained(source, params, "symmetric", epsilon, input_normalization)
 

@@ -7,9 +7,9 @@ import subprocess
 import sys
 from pathlib import Path
 
-import keras
-import numpy as np
 import pytest
+
+from tests.backends.same_weights import assert_same_weights
 
 ROOT = Path(__file__).resolve().parents[2]
 # Two steps: from the third, this tiny model's first steps amplify any
@@ -49,16 +49,6 @@ def test_four_devices_train_as_one(norm, demo_data, tmp_path):
     one = train_on(1, norm, demo_data, tmp_path / "one", tmp_path)
     four = train_on(4, norm, demo_data, tmp_path / "four", tmp_path)
     assert "devices=4" in four and "devices=" not in one.split("Training")[1][:120]
-    models = [keras.saving.load_model(tmp_path / run / "model.keras")
-              for run in ("one", "four")]
-    compared = 0
-    for a, b in zip(models[0].weights, models[1].weights):
-        assert a.path == b.path
-        np.testing.assert_allclose(np.asarray(b), np.asarray(a), rtol=0,
-                                   atol=1e-5, err_msg=a.path)
-        compared += 1
-    moving = [w for w in models[0].weights if "moving" in w.path]
-    assert moving and compared == len(models[0].weights)
-    if norm == "per-domain":
-        # A row of statistics per domain, each moved by training.
-        assert all(w.shape[0] == 2 for w in moving)
+    assert_same_weights(tmp_path / "one" / "model.keras",
+                        tmp_path / "four" / "model.keras",
+                        per_domain=norm == "per-domain")

@@ -16,9 +16,9 @@ import subprocess
 import sys
 from pathlib import Path
 
-import keras
-import numpy as np
 import pytest
+
+from tests.backends.same_weights import assert_same_weights
 
 ROOT = Path(__file__).resolve().parents[2]
 # Two steps, as on JAX (tests/backends/test_devices_jax.py): from the third,
@@ -70,17 +70,7 @@ def train_both(norm, data, tmp_path):
 def test_two_devices_train_as_one(norm, one_batch_data, tmp_path):
     out = train_both(norm, one_batch_data, tmp_path)
     assert out.count("backend=tensorflow devices=2 ") == 1, out
-    # Loaded here: one device, no strategy.
-    models = [keras.saving.load_model(tmp_path / f"devices{n}" / "model.keras")
-              for n in (1, 2)]
-    compared = 0
-    for a, b in zip(models[0].weights, models[1].weights):
-        assert a.path == b.path
-        np.testing.assert_allclose(np.asarray(b), np.asarray(a), rtol=0,
-                                   atol=1e-5, err_msg=a.path)
-        compared += 1
-    moving = [w for w in models[0].weights if "moving" in w.path]
-    assert moving and compared == len(models[0].weights)
-    if norm == "per-domain":
-        # A row of statistics per domain, each moved by training.
-        assert all(w.shape[0] == 2 for w in moving)
+    # Loaded in this process: one device, no strategy.
+    assert_same_weights(tmp_path / "devices1" / "model.keras",
+                        tmp_path / "devices2" / "model.keras",
+                        per_domain=norm == "per-domain")
