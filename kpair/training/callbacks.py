@@ -179,26 +179,26 @@ BACKUP_METADATA = "training_metadata.json"
 PREVIOUS = ".bkp"
 
 
-def backup_callback(backup_dir):
-    """BackupAndRestore keeping the previous backup, and kept at the end.
-
-    Kept, so that a run killed after its last epoch (while model.keras is
-    written) or trained longer later goes on from where it stopped.
-    """
-    return keras.callbacks.BackupAndRestore(
-        str(backup_dir), double_checkpoint=True, delete_checkpoint=False
-    )
-
-
 class ReadOnlyBackup(keras.callbacks.BackupAndRestore):
-    """BackupAndRestore that restores and never writes: for the processes of
-    a run that do not write its directory."""
+    """BackupAndRestore that restores and never writes."""
 
     def _save_model(self):
         pass
 
     def on_train_end(self, logs=None):
         pass
+
+
+def backup_callback(backup_dir, writes=True):
+    """BackupAndRestore keeping the previous backup, and kept at the end.
+
+    Kept, so that a run killed after its last epoch (while model.keras is
+    written) or trained longer later goes on from where it stopped. With
+    `writes=False` (the processes of a run but the first) it only restores.
+    """
+    backup = keras.callbacks.BackupAndRestore if writes else ReadOnlyBackup
+    return backup(str(backup_dir), double_checkpoint=True,
+                  delete_checkpoint=False)
 
 
 def backup_epochs_done(backup_dir):

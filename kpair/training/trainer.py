@@ -52,6 +52,10 @@ from kpair.training.run_outputs import finished_metrics, write_outputs
 from kpair.utils import files
 from kpair.utils.tensorflow_setup import describe_cpu_kernels
 
+# The callbacks that write into the run directory: only its first process
+# runs them.
+WRITE_RUN_DIRECTORY = (kcb.HistoryCSV, kcb.LastGoodCheckpoint,
+                       keras.callbacks.TensorBoard)
 # Config fields a run directory may be resumed with other values of: train
 # longer, on with a lower learning rate after a NaN, or on as many devices as
 # are at hand (the same steps, to rounding).
@@ -289,17 +293,7 @@ def _callbacks(config, pair_model, probe, val_pairs, out, extra_callbacks=(),
     checkpoint or logs, and a backup that is only read (to resume).
     """
     run_dir = Path(config.out)
-    if not writer:
-        return [
-            kcb.StopOnNonFiniteLoss(),
-            kcb.EpochLosses(pair_model, probe, val_pairs, config.losses,
-                            config.epochs, out),
-            *extra_callbacks,
-            kcb.ReadOnlyBackup(str(run_dir / "backup"), double_checkpoint=True,
-                               delete_checkpoint=False),
-            kcb.SetLearningRate(config.learning_rate),
-        ]
-    return [
+    callbacks = [
         # First: its line ends the epoch with Keras's running losses, before
         # the gap measured below adds its keys to the epoch's logs.
         keras.callbacks.ProgbarLogger(),
@@ -314,11 +308,14 @@ def _callbacks(config, pair_model, probe, val_pairs, out, extra_callbacks=(),
         *extra_callbacks,
         # Last at an epoch's end: once the backup says an epoch is done, its
         # history row and checkpoint are written already.
-        kcb.backup_callback(run_dir / "backup"),
+        kcb.backup_callback(run_dir / "backup", writes=writer),
         # After the restore, which brings back the optimizer's old rate: a
         # run resumed after a NaN trains on with the lower rate it was given.
         kcb.SetLearningRate(config.learning_rate),
     ]
+    if writer:
+        return callbacks
+    return [c for c in callbacks if not isinstance(c, WRITE_RUN_DIRECTORY)]
 
 
 def _build(model, batches, local_state=None):
