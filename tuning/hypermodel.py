@@ -14,7 +14,13 @@ from kpair.data import (
 from kpair.models.model_builder import build_pair_model, training_model
 from kpair.models.pair_model import PairModel
 from kpair.training import callbacks as kcb
-from kpair.training.devices import data_parallel_over, device_count
+from kpair.training.devices import (
+    data_parallel_over,
+    device_count,
+    replica_layout,
+    replicas_of,
+    synchronize_batch_norms,
+)
 from kpair.training.trainer import read_init, resolve_data, training_data
 
 # Hyperparameters that only some norms use, keyed by the registry option they
@@ -170,12 +176,19 @@ class PairHyperModel(keras_tuner.HyperModel):
     def build(self, hp):
         """The compiled model `kpair train` would build for this trial."""
         config = self.config_for(hp)
-        # Data parallel over `config.devices` (JAX): variables are laid out
-        # when built, and `fit` runs under the same distribution. Set at
-        # every build: keras-tuner clears the session, and with it the
-        # distribution, before each.
-        keras.distribution.set_distribution(data_parallel_over(device_count(config)))
-        model = training_model(build_pair_model(config, self.pretrained()), config)
+        if keras.backend.backend() != "tensorflow":
+            # Data parallel over `config.devices` (JAX): variables are laid
+            # out when built, and `fit` runs under the same distribution. Set
+            # at every build: keras-tuner clears the session, and with it the
+            # distribution, before each. (TensorFlow's is the tuner's
+            # `distribution_strategy`, in scope here.)
+            keras.distribution.set_distribution(
+                data_parallel_over(device_count(config)))
+        pair_model = build_pair_model(config, self.pretrained())
+        model = training_model(pair_model, config)
+        # As `kpair train --devices` does: under a strategy, stock batch norm
+        # takes the moments of the global batch.
+        synchronize_batch_norms(pair_model, replicas_of(model))
         # Optimizer variables now, so that weights saved from a trained model
         # (Hyperband's next round, the best model) load without a mismatch.
         model.optimizer.build(model.trainable_variables)
@@ -203,6 +216,9 @@ class PairHyperModel(keras_tuner.HyperModel):
         data_dir = self._data(config, out)
         # The same data, fixed training sample and steps as `kpair train`.
         batches, steps, probe, val_pairs = training_data(config, data_dir)
+        # Each replica's share of the per-type targets lines up with its
+        # share of each type's predictions (as in `kpair train --devices`).
+        batches = replica_layout(batches, config.batching, replicas_of(model))
         callbacks = [
             kcb.StopOnNonFiniteLoss(),
             kcb.EpochLosses(

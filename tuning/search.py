@@ -32,7 +32,11 @@ from keras_tuner.engine.trial import TrialStatus
 
 from kpair import layers
 from kpair.config import ConfigError
-from kpair.training.devices import check_backend, check_batch_divides
+from kpair.training.devices import (
+    check_backend,
+    check_batch_divides,
+    mirrored_strategy,
+)
 from kpair.utils import files
 from kpair.utils.progress import estimate
 
@@ -78,9 +82,10 @@ def run_search(
         out_dir: Search directory; the same one resumes the search.
         batchings: Batch compositions to search over (default all).
         distribution_strategy: Optional `tf.distribute` strategy each trial
-            runs under (e.g. `tf.distribute.MirroredStrategy()`).
-            `base_config.devices` is the other way, JAX's: each trial data
-            parallel over that many local devices.
+            runs under (TensorFlow), with `base_config.devices` 1. Else
+            `base_config.devices` decides, as in `kpair train`: each trial
+            data parallel over that many local devices (JAX's
+            `DataParallel`; on TensorFlow a `MirroredStrategy`).
         out: Stream for progress and the table (default `sys.stdout`).
         watch: On the chief, optional object whose `started()` is called
             once the oracle serves and `check()` every second while it does
@@ -110,9 +115,8 @@ def run_search(
     role = search_directory.role()
     hypermodel = PairHyperModel(base_config, norms=norms, batchings=batchings, out=out)
     if role != "chief":  # the chief trains nothing: it leaves the devices alone
-        count = check_backend(base_config)
-        for batching in hypermodel.batchings:
-            check_batch_divides(batching, base_config.batch_size, count)
+        distribution_strategy = _trial_devices(
+            base_config, hypermodel.batchings, distribution_strategy, out)
     if role != "local":
         chief.quiet_scope_protos()
     search_directory.prepare(role, hypermodel, tuner, out_dir, out)
@@ -126,6 +130,30 @@ def run_search(
         return {"role": role, "trials": [], "best": None}
     setup = {"backend": keras.backend.backend(), "devices": base_config.devices}
     return {"role": role, **summary.report(search, hypermodel, out_dir, out, setup)}
+
+
+def _trial_devices(base_config, batchings, strategy, out):
+    """Checks where each trial trains, and says so when it is more than one
+    device.
+
+    Returns the `tf.distribute` strategy trials run under: `strategy`, or on
+    TensorFlow with `devices` above 1 a `MirroredStrategy` over them, as
+    `kpair train --devices` trains (JAX's distribution is set by each
+    trial's build).
+    """
+    count = check_backend(base_config)
+    if strategy is None and count > 1 and keras.backend.backend() == "tensorflow":
+        strategy = mirrored_strategy(count)
+    if strategy is not None:
+        count = strategy.num_replicas_in_sync
+    for batching in batchings:
+        check_batch_divides(batching, base_config.batch_size, count)
+    if count > 1:
+        how = (type(strategy).__name__ if strategy is not None
+               else "keras.distribution.DataParallel")
+        print(f"Each trial trains on {count} devices ({how}).", file=out,
+              flush=True)
+    return strategy
 
 
 # --- the tuner -----------------------------------------------------------------

@@ -6,15 +6,18 @@ same directory must use the same ones); keras-tuner's project lies in
 directory, and workers wait for the chief before they search.
 """
 
+import functools
 import json
 import os
 import socket
 import time
 
+import keras
+
 import kpair
 from kpair.config import ConfigError
 from kpair.data import count_split
-from kpair.training.run_directory import claim
+from kpair.training.run_directory import claim, read_settings
 from kpair.training.trainer import resolve_data
 from kpair.utils import files
 
@@ -111,6 +114,8 @@ def _settings(hypermodel, tuner):
     config = hypermodel.base_config.to_dict()
     config.pop("out")
     return {
+        # Trials of one search train on one backend: its table says which.
+        "backend": keras.backend.backend(),
         "tuner": tuner,
         "norms": list(hypermodel.norms),
         "batchings": list(hypermodel.batchings),
@@ -125,11 +130,24 @@ def _claim(out_dir, settings):
     saved = claim(
         path, settings, "a search with other settings",
         "Use another --out, or the same settings to resume.",
+        load=functools.partial(_saved_settings, backend=settings["backend"]),
+        # The global batch is the same on any number of devices; the table
+        # says, trial by trial, how many each trained on.
+        resumable=("devices",),
         expand=("base_config",),
     )
     if saved is None:
         out_dir.mkdir(parents=True, exist_ok=True)
         files.write_json(path, settings, end="")
+
+
+def _saved_settings(path, backend):
+    """The settings in `path`; one written before searches recorded their
+    backend resumes on any."""
+    saved = read_settings(path)
+    if saved is not None:
+        saved.setdefault("backend", backend)
+    return saved
 
 
 def _check_state(project_dir):

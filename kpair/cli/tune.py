@@ -10,11 +10,12 @@ directory of another search) ends as one line with exit code 2.
 import os
 import sys
 
-import tensorflow as tf
+import keras
 
 from kpair.cli import tune_workers
 from kpair.cli.common import add_backend_flag, add_list_flags, one_or_all
 from kpair.cli.config_flags import add_config_flags, print_config, resolve_config
+from kpair.config import DEVICES_ALL
 from kpair.errors import ConfigError
 from kpair.tuning import search, search_directory
 
@@ -64,9 +65,9 @@ def add_tune_flags(p):
                        help=f"search directory (default: {DEFAULT_OUT})")
     group.add_argument(
         "--mirrored", action="store_true",
-        help="run each trial on every local GPU at once "
-        "(tf.distribute.MirroredStrategy; the batch is split between them) "
-        "(default: off; TensorFlow only; --devices is JAX's way)",
+        help="TensorFlow only: the same as --devices all (each trial on every "
+        "local GPU at once, tf.distribute.MirroredStrategy), kept for the "
+        "commands that name it (default: off)",
     )
     group.add_argument(
         "--parallel-trials", type=int, metavar="N",
@@ -91,6 +92,8 @@ def run_tune(args, base_config, norms, batchings):
             directory.
         norms, batchings: Lists of names to search over; `None`: all.
     """
+    if args.mirrored:
+        base_config = _mirrored(base_config)
     max_trials = args.max_trials
     if args.tuner != "hyperband" and max_trials is None:
         max_trials = DEFAULT_MAX_TRIALS
@@ -106,10 +109,7 @@ def run_tune(args, base_config, norms, batchings):
         # parent, or started by hand), or a chief started by hand.
         if tune_workers.PARENT in os.environ:
             tune_workers.die_with_parent()
-        search.run_search(
-            base_config, **run,
-            distribution_strategy=_mirrored() if args.mirrored else None,
-        )
+        search.run_search(base_config, **run)
         return 0
     if args.mirrored:
         raise ConfigError(
@@ -148,11 +148,13 @@ def run_tune(args, base_config, norms, batchings):
     return 0
 
 
-def _mirrored():
-    strategy = tf.distribute.MirroredStrategy()
-    print(
-        f"Each trial runs on {strategy.num_replicas_in_sync} devices "
-        "(MirroredStrategy).",
-        flush=True,
-    )
-    return strategy
+def _mirrored(config):
+    """`--mirrored`: `--devices all`, on TensorFlow."""
+    backend = keras.backend.backend()
+    if backend != "tensorflow" or config.devices not in (1, DEVICES_ALL):
+        raise ConfigError(
+            "--mirrored is --devices all on TensorFlow (MirroredStrategy); "
+            "give --devices N|all alone. Received: mirrored=True, "
+            f"devices={config.devices!r}, KERAS_BACKEND={backend}"
+        )
+    return config.replace(devices=DEVICES_ALL)

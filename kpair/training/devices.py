@@ -170,8 +170,7 @@ def data_parallel(count):
         yield None
         return
     if keras.backend.backend() == "tensorflow":
-        names = [device.name for device in local_devices()[:count]]
-        with tf.distribute.MirroredStrategy(names).scope():
+        with mirrored_strategy(count).scope():
             yield
         return
     previous = keras.distribution.distribution()
@@ -181,6 +180,22 @@ def data_parallel(count):
         yield distribution
     finally:
         keras.distribution.set_distribution(previous)
+
+
+def mirrored_strategy(count):
+    """`tf.distribute.MirroredStrategy` over the first `count` local devices
+    (GPUs, else logical CPUs): TensorFlow's data parallelism."""
+    return tf.distribute.MirroredStrategy(
+        [device.name for device in local_devices()[:count]])
+
+
+def replicas_of(model):
+    """How many replicas share each batch of `model`: those of the
+    `tf.distribute` strategy it was built under on TensorFlow, else 1 (JAX
+    splits the step, not the batch)."""
+    if keras.backend.backend() != "tensorflow":
+        return 1
+    return model.distribute_strategy.num_replicas_in_sync
 
 
 def data_parallel_over(count):

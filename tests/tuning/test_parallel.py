@@ -108,7 +108,7 @@ def test_visible_gpus_follow_cuda_visible_devices():
          "--mirrored spreads one trial"),
         (["--parallel-trials", "3"], {"CUDA_VISIBLE_DEVICES": "0,1"},
          "3 trials at once on 1 GPU(s) each need 3 GPUs; this machine has 2"),
-        (["--devices", "2", "--mirrored"], {}, "not both"),
+        (["--devices", "2", "--mirrored"], {}, "give --devices N|all alone"),
         # Keras is loaded here on TensorFlow: it cannot switch.
         (["--backend", "jax"], {}, "Run kpair tune in a fresh process"),
     ],

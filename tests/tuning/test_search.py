@@ -13,7 +13,7 @@ import pytest
 
 from kpair.config import ConfigError, TrainConfig
 from kpair.training.callbacks import TrainingDiverged
-from kpair.tuning import PairHyperModel, run_search
+from kpair.tuning import PairHyperModel, run_search, search_directory
 from kpair.tuning.search import TUNERS
 from kpair.utils import files
 
@@ -161,6 +161,28 @@ def test_resume_with_other_settings_is_refused(base_config, tmp_path, monkeypatc
     # More trials is a continuation, not another search.
     result = run_search(base_config, norms=["batch"], max_trials=2, out_dir=tmp_path)
     assert len(result["trials"]) == 2
+
+
+def test_a_search_resumes_on_its_own_backend_only(base_config, tmp_path,
+                                                  monkeypatch):
+    monkeypatch.setattr(PairHyperModel, "fit", no_training)
+    run_search(base_config, norms=["batch"], max_trials=1, out_dir=tmp_path)
+    settings_path = tmp_path / "search.json"
+    settings = json.loads(settings_path.read_text())
+    assert settings["backend"] == "tensorflow"
+    # Recorded on another backend: its trials and these would share a table.
+    settings_path.write_text(json.dumps({**settings, "backend": "jax"}))
+    with pytest.raises(ConfigError, match=r"differs in \['backend'\]"):
+        run_search(base_config, norms=["batch"], max_trials=2, out_dir=tmp_path)
+    # Written before searches recorded their backend: it resumes.
+    del settings["backend"]
+    settings_path.write_text(json.dumps(settings))
+    result = run_search(base_config, norms=["batch"], max_trials=2, out_dir=tmp_path)
+    assert len(result["trials"]) == 2
+    # On more devices, the same global batches: it resumes (the table says
+    # how many devices each trial had).
+    settings["base_config"]["devices"] = "all"
+    search_directory._claim(tmp_path, {**settings, "backend": "tensorflow"})
 
 
 def test_half_written_state_is_refused_in_one_line(base_config, tmp_path, monkeypatch):
