@@ -12,6 +12,7 @@ import pytest
 
 import kpair
 from kpair.cli import main
+from kpair.cli import tune as tune_cli
 from kpair.cli.tune_workers import (
     MAX_RESTARTS,
     WorkerPool,
@@ -151,3 +152,43 @@ def test_a_dead_worker_starts_again_then_the_pool_gives_up(monkeypatch, capsys):
             f"Worker tuner1 ended with exit code -9 {MAX_RESTARTS + 1} times, "
             "last saying: kpair: error: out of memory")):
         pool.check()
+
+
+def test_a_joining_machine_starts_its_workers_of_the_named_chief(
+    tmp_path, monkeypatch
+):
+    # The line the chief prints, run on another machine: N workers of that
+    # chief under ids of the machine's own, and no chief of its own.
+    pools = []
+
+    class RecordingPool:
+        def __init__(self, argv, shares, address, ids, out=None, environ=None):
+            pools.append({"argv": argv, "shares": shares, "address": address,
+                          "ids": ids, "ran": False, "closed": False})
+
+        def run(self):
+            pools[-1]["ran"] = True
+
+        def close(self):
+            pools[-1]["closed"] = True
+
+    def no_chief(*args, **kwargs):
+        raise AssertionError("a joining machine serves no oracle")
+
+    monkeypatch.setattr(tune_cli.tune_workers, "WorkerPool", RecordingPool)
+    monkeypatch.setattr(tune_cli.search, "run_search", no_chief)
+    monkeypatch.setenv("KERASTUNER_TUNER_ID", "m2")
+    monkeypatch.setenv("KERASTUNER_ORACLE_IP", "10.0.0.1")
+    monkeypatch.setenv("KERASTUNER_ORACLE_PORT", "8000")
+    monkeypatch.delenv("CUDA_VISIBLE_DEVICES", raising=False)
+    monkeypatch.setattr(tune_cli.tune_workers, "visible_gpus", lambda: [])
+    argv = ["tune", "--out", str(tmp_path / "t"), *TINY_FLAGS,
+            "--parallel-trials", "2"]
+    assert main(argv) == 0
+    (pool,) = pools
+    assert pool["ids"] == ["m2-0", "m2-1"]
+    assert pool["address"] == ("10.0.0.1", 8000)
+    assert pool["shares"] == [None, None]  # no GPUs: the host's devices
+    assert pool["argv"] == argv
+    assert pool["ran"] and pool["closed"]
+    assert not (tmp_path / "t").exists()  # the chief's machine writes it
