@@ -224,21 +224,33 @@ def make_batches(
     _check_batching(batching, batch_size)
     source = pairs if isinstance(pairs, Split) else None
     dataset = pairs_dataset(pairs)
-    if batching == "mixed":
-        ds = _mixed(dataset, source, batch_size, shuffle, seed, drop_remainder)
-    else:
+    if batching != "mixed":
         if counts is None:
             counts = source.counts if source is not None else _count_types(dataset)
         check_pair_types(counts, batching)
-        per_type = batch_size // len(PAIR_TYPES)
-        streams = _type_streams(dataset, source, shuffle, seed)
-        batches = [s.batch(per_type, drop_remainder=True) for s in streams]
-        if batching == "per-type":
-            ds = _per_type(batches)
+
+    def pipeline(_):
+        if batching == "mixed":
+            ds = _mixed(dataset, source, batch_size, shuffle, seed, drop_remainder)
         else:
-            ds = _balanced(batches, shuffle, seed, repeat)
-    if repeat and batching != "balanced":
-        # Repeat the finished epochs (not each stream) so that every epoch
-        # has `steps_per_epoch` steps and is reshuffled.
-        ds = ds.repeat()
+            per_type = batch_size // len(PAIR_TYPES)
+            streams = _type_streams(dataset, source, shuffle, seed)
+            batches = [s.batch(per_type, drop_remainder=True) for s in streams]
+            if batching == "per-type":
+                ds = _per_type(batches)
+            else:
+                ds = _balanced(batches, shuffle, seed, repeat)
+        if repeat and batching != "balanced":
+            # Repeat the finished epochs (not each stream) so that every
+            # epoch has `steps_per_epoch` steps and is reshuffled.
+            ds = ds.repeat()
+        return ds
+
+    # Each pass over the data is shuffled anew by tf.data, its orders drawn
+    # from a generator seeded with `seed`. Built inside `flat_map`, the
+    # pipeline (and that generator) is made anew for each iterator of the
+    # batches: every iterator yields the same batches, however many others
+    # were made and however far they read. (Keras makes one more under a
+    # distribution, to build the model, and reads ahead.)
+    ds = tf.data.Dataset.range(1).flat_map(pipeline)
     return ds.prefetch(tf.data.AUTOTUNE)

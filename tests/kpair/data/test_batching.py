@@ -115,6 +115,29 @@ def test_same_seed_same_batches_and_repeat(split, batching):
         assert static.shape == (6, 2)
 
 
+@pytest.mark.parametrize("batching", BATCHINGS)
+def test_every_iterator_yields_the_same_batches_whatever_others_read(
+    split, batching
+):
+    # Keras makes one more iterator of the training batches under a
+    # distribution, and reads ahead: a run's batches must not depend on it.
+    batches = make_batches(read_split(split, 8), batching, 6, seed=0, repeat=True)
+    steps = steps_per_epoch(COUNTS, batching, 6)
+
+    def targets(iterator, count):
+        return [next(iterator)[1].numpy().tolist() for _ in range(count)]
+
+    first = targets(iter(batches), 3 * steps)
+    assert targets(iter(batches), 1) == first[:1]
+    # Passes part: each is shuffled anew.
+    assert first[:steps] != first[steps:2 * steps]
+    # A fresh iterator after others have run, and read, over several passes.
+    assert targets(iter(batches), 3 * steps) == first
+    # So does a rebuilt pipeline.
+    again = make_batches(read_split(split, 8), batching, 6, seed=0, repeat=True)
+    assert targets(iter(again), 3 * steps) == first
+
+
 @pytest.mark.parametrize("batching", ["per-type", "balanced"])
 @pytest.mark.parametrize("plain", [False, True])
 def test_missing_pair_type_is_named(tiny_split, batching, plain):
