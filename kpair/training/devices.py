@@ -27,6 +27,7 @@ Several machines: TensorFlow's `MultiWorkerMirroredStrategy` is not offered
 """
 
 import contextlib
+import functools
 import os
 
 import keras
@@ -182,9 +183,18 @@ def data_parallel(count):
         keras.distribution.set_distribution(previous)
 
 
+@functools.cache
 def mirrored_strategy(count):
     """`tf.distribute.MirroredStrategy` over the first `count` local devices
-    (GPUs, else logical CPUs): TensorFlow's data parallelism."""
+    (GPUs, else logical CPUs): TensorFlow's data parallelism.
+
+    One per process and device count: the runs of one process (`kpair
+    compare`'s cells, `kpair.train` called in turn) share it. A second
+    strategy over the same devices numbers its collective ops from the
+    start again, and TensorFlow aborts a step whose op takes the number of
+    one of the first strategy's of another shape (measured: stock batch
+    norm after group norm, both on 2 devices, in one process).
+    """
     return tf.distribute.MirroredStrategy(
         [device.name for device in local_devices()[:count]])
 
