@@ -21,7 +21,7 @@ import pytest
 from tests.backends.same_weights import assert_same_weights
 
 ROOT = Path(__file__).resolve().parents[2]
-# Two steps, as on JAX (tests/backends/test_devices_jax.py): from the third,
+# Two steps, as on JAX (tests/backends/jax_runs.py): from the third,
 # this tiny model's first steps amplify rounding-sized differences.
 STEPS = 2
 
