@@ -15,8 +15,11 @@ from kpair.models.model_builder import build_pair_model, training_model
 from kpair.models.pair_model import PairModel
 from kpair.training import callbacks as kcb
 from kpair.training.devices import (
+    check_backend,
+    check_batch_divides,
     data_parallel_over,
     device_count,
+    mirrored_strategy,
     replica_layout,
     replicas_of,
     synchronize_batch_norms,
@@ -254,6 +257,30 @@ class PairHyperModel(keras_tuner.HyperModel):
         if self._data_dir is None:
             self._data_dir = resolve_data(config, out)
         return self._data_dir
+
+
+def trial_devices(base_config, batchings, strategy, out):
+    """Checks where each trial trains, and says so when it is more than one
+    device.
+
+    Returns the `tf.distribute` strategy trials run under: `strategy`, or on
+    TensorFlow with `devices` above 1 a `MirroredStrategy` over them, as
+    `kpair train --devices` trains (JAX's distribution is set by each
+    trial's build).
+    """
+    count = check_backend(base_config)
+    if strategy is None and count > 1 and keras.backend.backend() == "tensorflow":
+        strategy = mirrored_strategy(count)
+    if strategy is not None:
+        count = strategy.num_replicas_in_sync
+    for batching in batchings:
+        check_batch_divides(batching, base_config.batch_size, count)
+    if count > 1:
+        how = (type(strategy).__name__ if strategy is not None
+               else "keras.distribution.DataParallel")
+        print(f"Each trial trains on {count} devices ({how}).", file=out,
+              flush=True)
+    return strategy
 
 
 def _pair_model_of(model):

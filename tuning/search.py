@@ -32,16 +32,11 @@ from keras_tuner.engine.trial import TrialStatus
 
 from kpair import layers
 from kpair.config import ConfigError
-from kpair.training.devices import (
-    check_backend,
-    check_batch_divides,
-    mirrored_strategy,
-)
 from kpair.utils import files
 from kpair.utils.progress import estimate
 
 from . import chief, search_directory, summary
-from .hypermodel import PairHyperModel
+from .hypermodel import PairHyperModel, trial_devices
 from .search_directory import TUNERS  # noqa: F401 (kpair tune's choices)
 
 OBJECTIVE = "val_loss"
@@ -115,7 +110,7 @@ def run_search(
     role = search_directory.role()
     hypermodel = PairHyperModel(base_config, norms=norms, batchings=batchings, out=out)
     if role != "chief":  # the chief trains nothing: it leaves the devices alone
-        distribution_strategy = _trial_devices(
+        distribution_strategy = trial_devices(
             base_config, hypermodel.batchings, distribution_strategy, out)
     if role != "local":
         chief.quiet_scope_protos()
@@ -130,30 +125,6 @@ def run_search(
         return {"role": role, "trials": [], "best": None}
     setup = {"backend": keras.backend.backend(), "devices": base_config.devices}
     return {"role": role, **summary.report(search, hypermodel, out_dir, out, setup)}
-
-
-def _trial_devices(base_config, batchings, strategy, out):
-    """Checks where each trial trains, and says so when it is more than one
-    device.
-
-    Returns the `tf.distribute` strategy trials run under: `strategy`, or on
-    TensorFlow with `devices` above 1 a `MirroredStrategy` over them, as
-    `kpair train --devices` trains (JAX's distribution is set by each
-    trial's build).
-    """
-    count = check_backend(base_config)
-    if strategy is None and count > 1 and keras.backend.backend() == "tensorflow":
-        strategy = mirrored_strategy(count)
-    if strategy is not None:
-        count = strategy.num_replicas_in_sync
-    for batching in batchings:
-        check_batch_divides(batching, base_config.batch_size, count)
-    if count > 1:
-        how = (type(strategy).__name__ if strategy is not None
-               else "keras.distribution.DataParallel")
-        print(f"Each trial trains on {count} devices ({how}).", file=out,
-              flush=True)
-    return strategy
 
 
 # --- the tuner -----------------------------------------------------------------
