@@ -144,10 +144,7 @@ def _claim(out_dir, settings):
 def _saved_settings(path, backend):
     """The settings in `path`; one written before searches recorded their
     backend resumes on any."""
-    saved = read_settings(path)
-    if saved is not None:
-        saved.setdefault("backend", backend)
-    return saved
+    return {"backend": backend, **read_settings(path)}
 
 
 def _check_state(project_dir):
