@@ -31,12 +31,15 @@ the model's domains allow: the check needs no data.
 import dataclasses
 import itertools
 
-import keras
 import numpy as np
 
+from kpair.inspection.float32 import (
+    float32_arithmetic,
+    float32_copy,
+    half_precision_dtypes,
+)
 from kpair.inspection.norm_statistics import stateful_norm_layers
-from kpair.models.model_builder import with_precision
-from kpair.models.pair_model import PairModel, image_size_of, num_domains_of
+from kpair.models.pair_model import image_size_of, num_domains_of
 
 # The tolerance, relative to the predictions' scale (their largest
 # magnitude), is ROUNDING_MULTIPLE times the measured rounding figure plus
@@ -69,7 +72,6 @@ BATCH_STATISTICS_SHARE = 0.1
 # each alone is one more model call (~0.1 s of a tiny model on a CPU, eager),
 # paid by every `kpair train`.
 SINGLES = 4
-HALF_PRECISION = ("float16", "bfloat16")
 
 
 @dataclasses.dataclass(frozen=True)
@@ -177,7 +179,12 @@ def batch_invariance_findings(model, pairs=64, seed=0):
     scale, and at most `TOLERANCE` of it. The message says the difference,
     the tolerance and what it came from.
     """
-    model, precision = float32_copy(model), _precision_note(model)
+    with float32_arithmetic():
+        return _batch_invariance(float32_copy(model), _precision_note(model),
+                                 pairs, seed)
+
+
+def _batch_invariance(model, precision, pairs, seed):
     inputs = random_pairs(model, pairs, seed)
     together = _predict(model, inputs)
     singles = min(pairs, SINGLES)
@@ -197,15 +204,19 @@ def batch_invariance_findings(model, pairs=64, seed=0):
     )
     measured = ROUNDING_MULTIPLE * rounding + FLOOR
     allowed = min(measured, TOLERANCE)
-    capped = " (capped: over a tenth of it is not float32 rounding)"
+    tolerance = (
+        f"{ROUNDING_MULTIPLE} x the rounding figure {rounding:.2g} (the "
+        "largest change under a one-ulp nudge of the pixels and in batches "
+        f"predicted twice over) + {FLOOR:g}"
+    )
+    tolerance = (f"= {tolerance}" if measured <= TOLERANCE else
+                 f", the cap ({tolerance} = {measured:.2g} is more than float32 "
+                 "rounding)")
     summary = (
         f"{pairs} pairs predicted as one batch and grouped by pair type, "
         f"{singles} of them also one at a time, {precision}differ by at most "
         f"{worst:.2g} of the predictions' scale ({scale:.3g}); tolerance "
-        f"{allowed:.2g} = {ROUNDING_MULTIPLE} x the rounding figure "
-        f"{rounding:.2g} (the largest change under a one-ulp nudge of the "
-        f"pixels and in batches predicted twice over) + {FLOOR:g}"
-        f"{capped if measured > TOLERANCE else ''}"
+        f"{allowed:.2g} {tolerance}"
     )
     if worst <= allowed:
         return [Finding("batch invariance", "ok", summary)]
@@ -263,48 +274,12 @@ def rounding_figure(model, inputs, together, first_alone, seed=0):
     return max(float(np.max(np.abs(change))) for change in changes)
 
 
-def float32_copy(model):
-    """`model` itself if no layer computes in half precision; else a copy
-    with the same weights that computes in float32.
-
-    A pair model is copied by `kpair.models.model_builder.with_precision`;
-    a functional model around one (a wrapper) by `keras.models.clone_model`,
-    each half-precision layer rebuilt from its config under float32.
-    """
-    if not _half_precision(model):
-        return model
-    if isinstance(model, PairModel):
-        return with_precision(model, "float32")
-    copy = keras.models.clone_model(model, clone_function=_float32_layer)
-    copy.set_weights(model.get_weights())
-    return copy
-
-
-def _float32_layer(layer):
-    if not _half_precision(layer):
-        return layer  # computes in float32 already: shared, not copied
-    if isinstance(layer, keras.Model):
-        return float32_copy(layer)
-    return type(layer).from_config({**layer.get_config(), "dtype": "float32"})
-
-
-def _half_precision(model):
-    """The half-precision compute dtypes of `model`'s layers (a set)."""
-    return {layer.compute_dtype for layer in _layers(model)} & set(HALF_PRECISION)
-
-
 def _precision_note(model):
-    dtypes = _half_precision(model)
+    dtypes = half_precision_dtypes(model)
     if not dtypes:
         return ""
     return (f"computed in float32 (a copy of the model, which computes in "
             f"{' and '.join(sorted(dtypes))}), ")
-
-
-def _layers(model):
-    yield model
-    for layer in getattr(model, "layers", ()):
-        yield from _layers(layer)
 
 
 def _relative(difference, scale):

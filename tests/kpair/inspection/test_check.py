@@ -5,6 +5,7 @@ import io
 import keras
 import numpy as np
 import pytest
+import tensorflow as tf
 
 from kpair.inspection.check import check_model, failed
 from kpair.inspection.norm_statistics import stateful_norm_layers
@@ -167,6 +168,54 @@ class _BatchMeanLeak(keras.layers.Layer):
 def _wrapped(model, layer):
     inputs = {t.name: t for t in model.inputs}
     return keras.Model(inputs, layer(model(inputs)))
+
+
+class _BatchSumLeak(keras.layers.Layer):
+    """Adds `share` times the batch's sum: it grows with the batch size, so
+    that it also moves the rounding probe that predicts a batch twice over."""
+
+    def __init__(self, share, **kwargs):
+        super().__init__(**kwargs)
+        self.share = share
+
+    def call(self, x):
+        return x + self.share * keras.ops.sum(x, axis=0, keepdims=True)
+
+
+def test_a_leak_that_also_moves_the_rounding_probes_fails(per_domain_model):
+    """The tolerance follows the measured rounding only up to a cap: a batch
+    dependence that shows in the rounding probes too still fails."""
+    findings = check_model(_wrapped(per_domain_model, _BatchSumLeak(0.005)),
+                           pairs=12)
+    finding = _summary(findings)
+    assert finding.level == "failure", finding.line()
+    assert "the cap" in finding.message
+
+
+class _RecordsTensorFloat32(keras.layers.Layer):
+    """Notes, at each call, whether TensorFlow may compute float32 products
+    in TensorFloat-32."""
+
+    def __init__(self, **kwargs):
+        super().__init__(**kwargs)
+        self.seen = []
+
+    def call(self, x):
+        self.seen.append(tf.config.experimental.tensor_float_32_execution_enabled())
+        return x
+
+
+def test_the_check_computes_in_float32_not_tensor_float_32(per_domain_model):
+    """On an Ampere or later GPU, TensorFlow computes float32 convolutions in
+    TensorFloat-32 unless told not to: rounding of ~1e-3, as much as a small
+    leak. The check turns it off while it predicts, and back on after."""
+    assert tf.config.experimental.tensor_float_32_execution_enabled()
+    recorder = _RecordsTensorFloat32()
+    model = _wrapped(per_domain_model, recorder)
+    recorder.seen.clear()  # the symbolic call that built the model
+    check_model(model, pairs=6)
+    assert recorder.seen and not any(recorder.seen), recorder.seen
+    assert tf.config.experimental.tensor_float_32_execution_enabled()
 
 
 # The norms' tiny models trained for at least one epoch of the demo data:
