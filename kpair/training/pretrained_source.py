@@ -6,7 +6,8 @@ SOURCE is one of:
   with `torch.save`, read with torch (`pip install torch`);
 - `keras-hub:PRESET`: a keras-hub ResNet-18 preset (`resnet_18_imagenet`, or
   a preset directory), through keras-hub (`pip install keras-hub`), which
-  downloads it once into its cache;
+  downloads it once into its cache; its image converter says the input
+  normalization (`converter_normalization`);
 - `PATH.keras` or `PATH.weights.h5` that kpair wrote (a run's model.keras,
   or a backbone's or pair model's saved weights).
 
@@ -26,6 +27,10 @@ from kpair.models import pretrained
 from kpair.models.backbone import ResNet18Backbone
 from kpair.models.pair_model import PairModel
 
+# keras-hub's image converters take raw images: pixels in [0, 255] (its
+# ResNet presets scale by 1 / (255 * std)). kpair's backbone takes [0, 1].
+KERAS_HUB_PIXEL_RANGE = 255.0
+
 
 def read_source(init, backbone_arguments=None):
     """The `Pretrained` weights of `init` (see the module's docstring).
@@ -36,18 +41,23 @@ def read_source(init, backbone_arguments=None):
             `.weights.h5` was saved from. Keras stores weights by layer
             order, not by name, so such a file is read into a backbone built
             as its own was (the run's norm, stem and width, Keras's padding;
-            a `.keras` file says all of this itself).
+            a `.keras` file says all of this itself). Their
+            `input_normalization`, where given, stands for a keras-hub
+            preset's image converter, which is then not read.
 
     Raises:
         ConfigError: a file that is missing or not a ResNet-18 of the
-            expected layout, a missing optional package, or a keras-hub
-            preset that is not on disk and cannot be downloaded.
+            expected layout, a missing optional package, a keras-hub
+            preset that is not on disk and cannot be downloaded, or one
+            whose image converter cannot be read as a finite input
+            normalization (`converter_normalization`).
     """
     pretrained.check_source(init)
     if init.startswith("torchvision:"):
         return _torchvision(init, init.removeprefix("torchvision:"))
     if init.startswith("keras-hub:"):
-        return _keras_hub(init, init.removeprefix("keras-hub:"))
+        return _keras_hub(init, init.removeprefix("keras-hub:"),
+                          backbone_arguments or {})
     path = _existing(init, init)
     if init.endswith(".keras"):
         model = keras.saving.load_model(path)
@@ -77,6 +87,8 @@ def pretrained_backbone(init, norm="batch", image_size=224, **kwargs):
             source accepts).
         **kwargs: More `ResNet18Backbone` arguments (`norm_options`,
             `embedding_dim`, `num_domains`, `frozen_stages`, `dtype`, ...).
+            An `input_normalization` given here replaces the source's (for
+            a keras-hub preset, its image converter's).
 
     Example:
 
@@ -89,6 +101,8 @@ def pretrained_backbone(init, norm="batch", image_size=224, **kwargs):
     arguments.update(pretrained.backbone_arguments(
         source, arguments.get("norm_options") or {}
     ))
+    if kwargs.get("input_normalization") is not None:
+        arguments["input_normalization"] = kwargs["input_normalization"]
     backbone = ResNet18Backbone(**arguments)
     pretrained.load_pretrained(backbone, source)
     return backbone
@@ -118,7 +132,7 @@ def _torchvision(init, path):
     return pretrained.from_torchvision_state(arrays, init)
 
 
-def _keras_hub(init, preset):
+def _keras_hub(init, preset, backbone_arguments):
     keras_hub = _optional("keras_hub", init)
     try:
         backbone = keras_hub.models.Backbone.from_preset(preset)
@@ -128,28 +142,102 @@ def _keras_hub(init, preset):
             f"keras-hub could not download it ({_short(error)}; no network?). "
             f"Received: init={init!r}"
         ) from None
-    return pretrained.from_keras_hub_backbone(
-        backbone, init, _converter_normalization(keras_hub, preset)
-    )
+    normalization = backbone_arguments.get("input_normalization")
+    if normalization is None:
+        normalization = converter_normalization(
+            _image_converter(keras_hub, preset, init), init
+        )
+    return pretrained.from_keras_hub_backbone(backbone, init, normalization)
 
 
-def _converter_normalization(keras_hub, preset):
-    """What the preset's image converter does, as a mean and std on images in
-    [0, 1]; ImageNet's when it has none that says so.
-
-    keras-hub's converter computes `pixels * scale + offset` on pixels in
-    [0, 255]: that is `(x - mean) / std` with `std = 1 / (255 * scale)` and
-    `mean = -offset * std` for `x = pixels / 255`.
-    """
+def _image_converter(keras_hub, preset, init):
     try:
-        converter = keras_hub.layers.ImageConverter.from_preset(preset)
-        scale = np.broadcast_to(np.asarray(converter.scale, "float64"), (3,))
-        offset = np.broadcast_to(np.asarray(converter.offset, "float64"), (3,))
-    except Exception:  # no converter, or one without a per-channel affine map
-        return dict(pretrained.IMAGENET_NORMALIZATION)
-    std = 1.0 / (255.0 * scale)
-    return {"mean": [float(v) for v in -offset * std],
-            "std": [float(v) for v in std]}
+        return keras_hub.layers.ImageConverter.from_preset(preset)
+    except Exception as error:  # a missing file, bad JSON, an unknown class
+        raise _converter_error(
+            init, f"it has no image converter that keras-hub can load "
+            f"({_short(error)})"
+        ) from None
+
+
+def converter_normalization(converter, init, pixel_range=KERAS_HUB_PIXEL_RANGE):
+    """What a keras-hub image converter does, as the `{"mean", "std"}` of
+    `ResNet18Backbone`'s `input_normalization` (images in [0, 1]).
+
+    The converter computes `pixels * scale + offset` (no scale: 1; no
+    offset: 0; each a number or one per channel) on pixels in
+    [0, `pixel_range`]. With `pixels = pixel_range * x` for an image `x` in
+    [0, 1], that is `(x - mean) / std` with
+    `std = 1 / (pixel_range * scale)` and `mean = -offset * std`.
+
+    Args:
+        converter: A `keras_hub.layers.ImageConverter` (anything with
+            `scale` and `offset`).
+        init: The SOURCE, for the error's message.
+        pixel_range: The top of the pixel values the converter takes; 255
+            for keras-hub's, which take raw images.
+
+    Raises:
+        ConfigError: a `scale` or `offset` that is not None, a number or 3
+            numbers; a scale that is not positive (no std is negative or
+            0); or values whose mean or std is not finite. The message says
+            what to pass instead.
+    """
+    fields = f"scale={converter.scale!r}, offset={converter.offset!r}"
+    try:
+        scale = _per_channel(converter.scale, 1.0)
+        offset = _per_channel(converter.offset, 0.0)
+    except ValueError as error:
+        raise _converter_error(init, str(error), fields, pixel_range) from None
+    if not np.all(scale > 0):
+        raise _converter_error(
+            init, "its scale is not positive in every channel", fields,
+            pixel_range,
+        )
+    with np.errstate(over="ignore", divide="ignore", invalid="ignore",
+                     under="ignore"):
+        std = 1.0 / (pixel_range * scale)
+        mean = -offset * std
+        # As the backbone holds them: float32, the variance std * std.
+        held = np.concatenate([mean, std, std * std]).astype("float32")
+    if not (np.all(np.isfinite(held)) and np.all(held[3:] > 0)):
+        raise _converter_error(
+            init, f"its scale and offset give mean {mean.tolist()} and std "
+            f"{std.tolist()}, not finite and positive", fields, pixel_range,
+        )
+    return {"mean": [float(v) for v in mean], "std": [float(v) for v in std]}
+
+
+def _per_channel(value, default):
+    """`value` (None, a number or 3 numbers) as 3 finite float64s."""
+    if value is None:
+        return np.full(3, default)
+    array = np.asarray(value)
+    if array.dtype.kind not in "iuf" or array.shape not in ((), (1,), (3,)):
+        raise ValueError("its scale or offset is not a number or 3 numbers")
+    array = np.broadcast_to(array.astype("float64"), (3,))
+    if not np.all(np.isfinite(array)):
+        raise ValueError("its scale or offset is not finite")
+    return array
+
+
+def _converter_error(init, why, fields=None,
+                     pixel_range=KERAS_HUB_PIXEL_RANGE):
+    """A `ConfigError` that says what the converter must hold and what to
+    pass instead of it (`fields`: its scale and offset, as received)."""
+    received = f"init={init!r}" + (f", {fields}" if fields else "")
+    return ConfigError(
+        f"Cannot read the input normalization of {init}: {why}. Expected an "
+        "image converter whose `scale` and `offset` are each None, a finite "
+        "number or 3 finite numbers, the scale positive (it computes "
+        f"pixels * scale + offset on pixels in [0, {pixel_range:g}]). "
+        "Save one into the preset "
+        "(`keras_hub.layers.ResNetImageConverter(scale=..., offset=...)"
+        ".save_to_preset(PRESET_DIR)`), or pass what it does to images in "
+        "[0, 1] to `kpair.pretrained_backbone(..., input_normalization="
+        "{'mean': [3 numbers], 'std': [3 positive numbers]})`. "
+        f"Received: {received}"
+    )
 
 
 def _weights_file(init, path, backbone_arguments):

@@ -256,9 +256,57 @@ def test_saved_backbone_keeps_how_it_computes(hub_backbone, tmp_path):
                                   source.params["stem_conv"]["kernel"])
 
 
-def test_keras_hub_preset_on_disk_and_missing(hub_backbone, tmp_path, monkeypatch):
-    hub_backbone.save_to_preset(str(tmp_path / "preset"))
-    source = read_source(f"keras-hub:{tmp_path / 'preset'}")
+@pytest.fixture(scope="module")
+def hub_preset(hub_backbone, tmp_path_factory):
+    """`hub_backbone` saved as a preset directory, with no image converter
+    (each test saves its own and deletes it)."""
+    path = tmp_path_factory.mktemp("hub") / "preset"
+    hub_backbone.save_to_preset(str(path))
+    return path
+
+
+def _with_converter(preset, converter, read):
+    """`read()` with `converter` saved into `preset` (a JSON text: written as
+    it is), then the preset without it again."""
+    if isinstance(converter, str):
+        (preset / "image_converter.json").write_text(converter)
+    else:
+        converter.save_to_preset(str(preset))
+    try:
+        return read()
+    finally:
+        (preset / "image_converter.json").unlink()
+
+
+@pytest.mark.parametrize("scale, offset", [
+    (1 / 255, None),  # ResNetImageConverter(scale=1/255), as the issue saves it
+    ([1 / (255 * s) for s in pretrained.IMAGENET_NORMALIZATION["std"]],
+     [-m / s for m, s in zip(*pretrained.IMAGENET_NORMALIZATION.values())]),
+])
+def test_keras_hub_preset_converter(hub_backbone, hub_preset, scale, offset):
+    """kpair's backbone from the preset, on images in [0, 1], computes the
+    features keras-hub's computes on the converter's output for the same
+    images in [0, 255]."""
+    converter = keras_hub.layers.ResNetImageConverter(scale=scale, offset=offset)
+    backbone = _with_converter(hub_preset, converter, lambda: kpair.pretrained_backbone(
+        f"keras-hub:{hub_preset}", norm="batch", image_size=64
+    ))
+    assert np.all(np.isfinite(backbone.input_normalization["mean"]))
+    images = _images(64)
+    got = _features(backbone, images)
+    expected = _hub_features(
+        hub_backbone, keras.ops.convert_to_numpy(converter(images * 255))
+    )
+    assert np.all(np.isfinite(got)) and _relative(got, expected) < 1e-4
+
+
+def test_keras_hub_preset_on_disk_and_missing(hub_backbone, hub_preset, tmp_path,
+                                              monkeypatch):
+    init = f"keras-hub:{hub_preset}"
+    source = _with_converter(
+        hub_preset, keras_hub.layers.ResNetImageConverter(scale=1 / 255),
+        lambda: read_source(init),
+    )
     np.testing.assert_array_equal(
         source.params["stage4_block2_norm2"]["moving_mean"],
         keras.ops.convert_to_numpy(
@@ -272,6 +320,40 @@ def test_keras_hub_preset_on_disk_and_missing(hub_backbone, tmp_path, monkeypatc
     with pytest.raises(ConfigError, match="could not download it") as error:
         read_source("keras-hub:resnet_18_imagenet")
     assert "\n" not in str(error.value)
+
+
+@pytest.mark.parametrize("converter, why", [
+    (None, "no image converter that keras-hub can load"),
+    ("{not json", "no image converter that keras-hub can load"),
+    (keras_hub.layers.ResNetImageConverter(scale="1/255"), "not a number"),
+    (keras_hub.layers.ResNetImageConverter(scale=1.0, offset=float("nan")),
+     "not finite"),
+])
+def test_keras_hub_converter_unread_is_an_error(hub_preset, converter, why):
+    """No guess (the issue's fallback was ImageNet's normalization): an error
+    that says what to pass; and what it says to pass is read."""
+    init = f"keras-hub:{hub_preset}"
+
+    def read():
+        return read_source(init)
+
+    with pytest.raises(ConfigError, match=why) as error:
+        read() if converter is None else _with_converter(hub_preset, converter, read)
+    message = str(error.value)
+    assert "input_normalization=" in message and f"Received: init={init!r}" in message
+    assert "\n" not in message
+    given = {"mean": [0.5] * 3, "std": [0.25] * 3}
+    source = read_source(init, {"input_normalization": given})
+    assert source.input_normalization == given
+
+
+def test_input_normalization_given_replaces_the_sources(hub_preset):
+    given = {"mean": [0.5, 0.4, 0.3], "std": [0.2, 0.3, 0.4]}
+    backbone = kpair.pretrained_backbone(
+        f"keras-hub:{hub_preset}", norm="batch", image_size=32,
+        input_normalization=given,
+    )
+    assert backbone.input_normalization == given
 
 
 @pytest.mark.parametrize("init", ["resnet18.pth", "torchvision:", "keras-hub"])
