@@ -16,7 +16,15 @@ it (`kpair.deploy.fold_norm`): inference only, and the same predictions to float
 rounding. A per-domain model folds into one backbone per domain; `serve`
 sends each image to the backbone of its domain id (`tf.dynamic_partition`,
 then `tf.dynamic_stitch` back into the batch's order), so each image is
-computed once, with its own domain's weights.
+computed once, with its own domain's weights. The input normalization of
+a model started from ImageNet weights stays as it is, ahead of the first
+convolution (folding it there would change the borders).
+
+Every signature serves every batch a server may send, a batch of 0 pairs
+included (0 rows back): TensorFlow's oneDNN kernels (on by default on CPUs
+with AVX512_BF16, and wherever TF_ENABLE_ONEDNN_OPTS=1) fail on an empty
+batch where the plain kernels return nothing (a convolution returns its
+input unchanged), so an empty batch never reaches the model.
 
 A model whose inference output depends on the batch (a norm that uses batch
 statistics at inference) is refused: a server batches requests as it
@@ -99,10 +107,14 @@ def export_model(model, out_dir, precision="float32", fold_norm=False):
                             name=name)
         for name in INPUT_NAMES
     }
-    serve = _refusing_unknown_domains(serve, _num_domains(model))
+    output = (model.output.shape[1:], model.output.dtype)
+    serve = _refusing_unknown_domains(
+        _serving_empty_batches(serve, output, dict_input=True),
+        _num_domains(model))
     archive.add_endpoint(SERVE, serve, input_signature=[specs])
     for domain, function in enumerate(per_domain):
-        archive.add_endpoint(DOMAIN_ENDPOINT.format(domain), function,
+        archive.add_endpoint(DOMAIN_ENDPOINT.format(domain),
+                             _serving_empty_batches(function, output),
                              input_signature=[specs["left"], specs["right"]])
     with directory_aside(out_dir) as tmp_dir:
         archive.write_out(str(tmp_dir), verbose=False)
@@ -132,6 +144,44 @@ def _refusing_unknown_domains(serve, num_domains):
         return serve(features)
 
     return checked
+
+
+def _serving_empty_batches(function, output, dict_input=False):
+    """`function`, returning 0 rows for a batch of 0 pairs without running
+    the model (see the module docstring); on every CPU, whether oneDNN is
+    on or not, as what a machine turns on is not known at export.
+
+    Args:
+        function: Takes the inputs dict (`dict_input`) or `left, right`.
+        output: `(shape without the batch axis, dtype)` of its output.
+
+    Every input must hold the same number of pairs: else the client gets
+    TensorFlow's InvalidArgumentError naming the input, not 0 rows for a
+    batch whose left images alone are empty.
+    """
+    shape, dtype = output
+
+    def guarded(*inputs):
+        named = inputs[0] if dict_input else dict(zip(("left", "right"), inputs))
+        pairs = tf.shape(named["left"])[0]
+        checks = [
+            tf.debugging.assert_equal(
+                tf.shape(tensor)[0], pairs,
+                message=f"{name}: expected as many rows as `left` (pairs)")
+            for name, tensor in named.items() if name != "left"
+        ]
+        with tf.control_dependencies(checks):
+            pairs = tf.identity(pairs)
+
+        def predict():
+            return tf.cast(function(*inputs), dtype)
+
+        def nothing():
+            return tf.zeros((0, *shape), dtype)
+
+        return tf.cond(pairs > 0, predict, nothing)
+
+    return guarded
 
 
 def _check_pair_model(model):

@@ -16,9 +16,19 @@ layers (the embedding, the convolutions no norm follows) are shared.
 Only norms whose inference output is a per-channel constant affine map
 fold: batch norm (also renorm and eval-mode batch norm, which normalize
 with their moving statistics at inference) and per-domain batch norm.
-Group norm normalizes each image with that image's own statistics, at
-inference too: there is nothing constant to fold, and `foldable_norms`
-refuses it.
+
+The input normalization of a backbone started from ImageNet weights
+(`keras.layers.Normalization`: a fixed mean and std per channel) is a
+constant affine map too, but it stays in the folded model as it is, ahead
+of the first convolution: that convolution pads the normalized image with
+zeros, and folded into its kernel those zeros would be zeros of the raw
+image (`-mean / std` after normalization), which changes every output pixel
+at the borders. It costs two elementwise ops on the input.
+
+Group norm (and layer, unit and RMS normalization) normalizes each image
+with that image's own statistics, at inference too: there is nothing
+constant to fold, and `foldable_norms` refuses it, as it refuses a
+normalization layer it does not know.
 """
 
 import keras
@@ -32,26 +42,54 @@ FOLDABLE = (
     layers.EvalModeBatchNormalization,
     layers.PerDomainBatchNormalization,
 )
+# Constant per-channel affine maps at inference, kept as they are (see the
+# module docstring).
+KEPT = (keras.layers.Normalization,)
+# Norms that compute each image's own statistics, at inference too.
+PER_IMAGE = (
+    keras.layers.GroupNormalization,
+    keras.layers.LayerNormalization,
+    keras.layers.UnitNormalization,
+    keras.layers.RMSNormalization,
+)
 
 
 def foldable_norms(backbone):
     """`{norm layer: the Conv2D it folds into}` for every norm of `backbone`.
 
+    A `keras.layers.Normalization` (the input normalization of pretrained
+    weights) is not among them: it is kept as it is.
+
     Raises:
-        KpairError: a norm layer that does not fold (group norm, or any
-            normalization that is not a batch norm), or a batch norm that
-            does not directly follow a convolution used by it alone.
+        KpairError: a norm that normalizes each image with its own
+            statistics (group norm), a normalization layer kpair does not
+            know, or a batch norm that does not directly follow a
+            convolution used by it alone.
     """
     found = {}
     for layer in backbone.layers:
         if isinstance(layer, FOLDABLE):
             found[layer] = _conv_before(layer)
-        elif "Normalization" in type(layer).__name__:
+        elif isinstance(layer, KEPT):
+            continue
+        elif isinstance(layer, PER_IMAGE):
             raise KpairError(
                 f"fold_norm=True cannot fold {type(layer).__name__} (layer "
                 f"{layer.name!r}): it normalizes each image with the image's "
                 "own statistics at inference, so there are no constants to "
                 "fold into a convolution. Export without fold_norm=True."
+            )
+        elif "Normalization" in type(layer).__name__:
+            # A norm of the user's own: whether it is constant at inference
+            # cannot be read from the layer, so it is neither folded nor
+            # exported as if it were.
+            raise KpairError(
+                f"fold_norm=True cannot fold {type(layer).__name__} (layer "
+                f"{layer.name!r}): kpair folds "
+                f"{', '.join(cls.__name__ for cls in FOLDABLE)} and keeps "
+                f"{', '.join(cls.__name__ for cls in KEPT)} as it is, and does "
+                "not know what this layer computes at inference. Export "
+                "without fold_norm=True."
             )
     return found
 
@@ -107,7 +145,8 @@ def fold_backbone(backbone, domain=0):
     The copy takes the same `[image, domain]` inputs (the domain ids are
     then ignored: the copy holds domain `domain`'s statistics) and computes
     `backbone([image, domain ids all equal to domain], training=False)`.
-    Layers without a norm after them are shared with `backbone`, not copied.
+    Layers without a norm after them, and the input normalization, are
+    shared with `backbone`, not copied.
     """
     folds = foldable_norms(backbone)
     convs = {id(conv): _folded_conv(conv, norm, domain)
