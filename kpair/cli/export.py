@@ -22,7 +22,8 @@ def add_flags(p):
         "--fold-norm", action="store_true",
         help="fold each batch norm into the convolution before it (inference "
         "only; a per-domain norm gives one folded backbone per domain, chosen "
-        "by each image's domain id); refused for group norm (default: off)",
+        "by each image's domain id; the input normalization of pretrained "
+        "weights stays as it is); refused for group norm (default: off)",
     )
     p.set_defaults(run=_export)
 

@@ -123,6 +123,11 @@ def test_export_matches_keras_for_every_domain(norm, fold_norm, tmp_path):
         with pytest.raises(tf.errors.InvalidArgumentError,
                            match=rf"{name}: every domain id must be in \[0, 2\)"):
             served.serve(dict(f, **{name: ids}))
+    # A request whose inputs hold different numbers of pairs fails, naming
+    # the input (not 0 rows because `left` alone is empty, say).
+    with pytest.raises(tf.errors.InvalidArgumentError,
+                       match="right: expected as many rows as `left`"):
+        served.serving_domain_1(f["left"][:0], f["right"])
 
 
 def test_fold_norm_refuses_group_norm_in_one_line(tmp_path, capsys):
