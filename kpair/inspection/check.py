@@ -31,6 +31,7 @@ the model's domains allow: the check needs no data.
 import dataclasses
 import itertools
 
+import keras
 import numpy as np
 
 from kpair.inspection.float32 import (
@@ -238,10 +239,10 @@ def rounding_figure(model, inputs, together, first_alone, seed=0):
     """How far rounding alone moves `model`'s predictions of `inputs`.
 
     The largest absolute change of a prediction under three changes that
-    leave every batch statistic (mean, variance, per domain, of any order)
-    as it is, so that only rounding moves a prediction, even of a model that
-    depends on its batch: every pixel moved one float32 ulp up or down (at
-    random), how far the model carries the rounding of its input; the whole
+    move no batch statistic (mean, variance, per domain, any moment) by more
+    than rounding, so that only rounding moves a prediction, even of a model
+    that depends on its batch: every pixel moved one float32 ulp up or down
+    (at random), how far the model carries the rounding of its input; the whole
     batch predicted twice over in one call, twice the batch size; the first
     pair predicted twice over in a call of two, against `first_alone`, its
     prediction alone (kernels chosen for one sample differ from those for
@@ -317,9 +318,9 @@ def _take(inputs, rows):
 
 
 def _predict(model, inputs, training=False):
-    return np.asarray(model(inputs, training=training), np.float64).reshape(
-        len(inputs["left"]), -1
-    )
+    # convert_to_numpy: a torch tensor that requires grad refuses np.asarray.
+    predictions = keras.ops.convert_to_numpy(model(inputs, training=training))
+    return np.asarray(predictions, np.float64).reshape(len(inputs["left"]), -1)
 
 
 def _batch_statistics_effect(model, inputs, together):
