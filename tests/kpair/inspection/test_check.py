@@ -1,6 +1,9 @@
 """`kpair.inspection.check`: the checks a deployed pair model must pass."""
 
 import io
+import os
+import subprocess
+import sys
 
 import keras
 import numpy as np
@@ -216,6 +219,31 @@ def test_the_check_computes_in_float32_not_tensor_float_32(per_domain_model):
     check_model(model, pairs=6)
     assert recorder.seen and not any(recorder.seen), recorder.seen
     assert tf.config.experimental.tensor_float_32_execution_enabled()
+
+
+# Run on the torch backend, in a process of its own.
+ON_TORCH = """
+from kpair.inspection.check import check_model, failed
+from kpair.models.backbone import ResNet18Backbone
+from kpair.models.pair_model import PairModel
+
+model = PairModel(ResNet18Backbone(norm="group", width_multiplier=0.125,
+                                   image_size=16, embedding_dim=16))
+findings = check_model(model, pairs=4)
+assert not failed(findings), [f.line() for f in findings]
+print(findings[-1].line())
+"""
+
+
+@pytest.mark.slow
+def test_the_check_runs_on_the_torch_backend():
+    """torch's predictions require grad, and np.asarray refused them: the
+    check raised on every torch model."""
+    env = {**os.environ, "KERAS_BACKEND": "torch"}
+    result = subprocess.run([sys.executable, "-c", ON_TORCH], env=env,
+                            capture_output=True, text=True, timeout=300)
+    assert result.returncode == 0, result.stderr[-2000:]
+    assert result.stdout.startswith("OK       batch invariance"), result.stdout
 
 
 # The norms' tiny models trained for at least one epoch of the demo data:
