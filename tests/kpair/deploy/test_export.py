@@ -237,22 +237,23 @@ def test_every_signature_serves_every_batch(tmp_path):
 
 
 @pytest.mark.slow
-@pytest.mark.parametrize("width,stem,size", [
-    (0.25, "small", 32),  # the model `make demo` trains
-    (0.125, "small", 32),  # the model of the issue's `kpair train`
-    (1.0, "small", 32),
-    (1.0, "imagenet", 64),
+@pytest.mark.parametrize("width,stem,size,pretrained", [
+    (0.25, "small", 32, False),  # the model `make demo` trains
+    (0.125, "small", 32, False),  # the model of the issue's `kpair train`
+    (1.0, "small", 32, False),
+    (1.0, "imagenet", 64, False),
+    (1.0, "imagenet", 64, True),  # `kpair train --init torchvision:...`
 ])
 def test_folded_export_of_real_widths_serves_every_batch(width, stem, size,
-                                                         tmp_path):
+                                                         pretrained, tmp_path):
     """`--fold-norm` at the widths users train, through `model.keras` as
     `kpair export` reads it, in a fresh process; oneDNN on and off.
     `--fold-norm` once failed every batch that lacked a domain (oneDNN's
     convolution on the empty part of that domain's backbone)."""
-    model = _varied(PairModel(ResNet18Backbone(
-        norm="per-domain", width_multiplier=width, stem=stem, image_size=size,
-        embedding_dim=16,
-    )))
+    options = dict(width_multiplier=width, stem=stem, image_size=size,
+                   embedding_dim=16)
+    model = _varied(_pretrained_layout(**options) if pretrained else PairModel(
+        ResNet18Backbone(norm="per-domain", **options)))
     write_model(model, tmp_path / "model.keras")
     out = export_saved_model(tmp_path / "model.keras", tmp_path / "serving",
                              fold_norm=True)
