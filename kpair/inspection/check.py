@@ -19,7 +19,8 @@ Three checks, each a list of findings (one line each):
 
 The batch-invariance check runs in float32 whatever the model computes in:
 a model with float16 or bfloat16 layers is checked as a float32 copy with
-the same weights (`float32_copy`). Half precision rounds each layer's output
+the same weights (`float32_copy`), with the backend's TensorFloat-32
+products off (`float32_arithmetic`). Half precision rounds each layer's output
 to 8 or 11 significant bits, coarser than a leak of a few thousandths of the
 batch's mean into each prediction; in float32 such a leak moved the
 predictions of the norms' models tens to thousands of times as far as
