@@ -18,7 +18,8 @@ be), then on `model.keras`:
   cell exports plain instead) and every signature serves every batch shape
   a server may send (`client_batches`: 0 pairs, one pair, one domain, B-A
   only, A-B only, every mix) in a fresh process that never imports kpair,
-  as Keras predicts within 1e-4 of the predictions' scale;
+  as Keras predicts within 1e-4 of the predictions' scale (or of 1, where
+  two steps left every prediction smaller);
 - it reloads on its backend (`safe_mode=True`, a fresh process for JAX and
   PyTorch) and predicts the same batches within 1e-4 of their scale.
 
@@ -96,18 +97,16 @@ def test_cells_compose(share, demo_data, init_sources, tmp_path):
     problems, made = {}, {}
     for cell in cells:
         name = cell_name(cell)
-        try:
-            made[name] = _make_cell(cell, demo_data, init_sources,
-                                    tmp_path / name, batches)
-        except Exception as error:  # every cell runs; all failures reported
-            problems[name] = f"{type(error).__name__}: {_short(error)}"
-    saved_models = {name: cell["saved_model"] for name, cell in made.items()}
-    served = serving.served_outputs(saved_models, batches, tmp_path)
+        made[name], problems[name] = _make_cell(
+            cell, demo_data, init_sources, tmp_path / name, batches)
+    made = {name: cell for name, cell in made.items() if cell is not None}
+    served = serving.served_outputs(
+        {name: cell["saved_model"] for name, cell in made.items()}, batches,
+        tmp_path)
     for name, cell in made.items():
-        try:
-            serving.assert_serves_like(served[name], cell["expected"])
-        except AssertionError as error:
-            problems[f"{name} served"] = _short(error)
+        problem = _serving_problem(served[name], cell["expected"])
+        if problem:
+            problems[name].append(f"served: {problem}")
     for backend in ("jax", "torch"):
         models = {name: cell["model_path"] for name, cell in made.items()
                   if cell["backend"] == backend}
@@ -116,13 +115,19 @@ def test_cells_compose(share, demo_data, init_sources, tmp_path):
             for name in models:
                 problem = _reload_problem(reloaded, name, made[name]["expected"])
                 if problem:
-                    problems[f"{name} on {backend}"] = problem
-    assert not problems, "\n".join(f"{k}: {v}" for k, v in problems.items())
-    assert len(made) == len(cells)
+                    problems[name].append(f"on {backend}: {problem}")
+    problems = {name: found for name, found in problems.items() if found}
+    assert not problems, "\n".join(
+        f"{name}: {'; '.join(found)}" for name, found in problems.items())
 
 
 def _make_cell(cell, demo_data, sources, workdir, batches):
-    """Trains, checks and exports one cell; returns what the rest compares."""
+    """Trains, checks and exports one cell.
+
+    Returns `(what the rest compares, or None; [problems])`: each step that
+    can go on after another failed does, so that a cell names every defect
+    it meets."""
+    problems = []
     imagenet = cell["init"] in ("torchvision", "keras-hub")
     changes = dict(
         norm=cell["norm"], batching=cell["batching"], precision=cell["precision"],
@@ -134,16 +139,19 @@ def _make_cell(cell, demo_data, sources, workdir, batches):
         changes.update(width_multiplier=1.0, freeze_stages=2)
     config = TrainConfig(**{**TINY, "data": str(demo_data),
                             "out": str(workdir / "run"), **changes})
-    with _eager():
-        metrics = train(config, out=io.StringIO())
+    try:
+        with _eager():
+            metrics = train(config, out=io.StringIO())
+    except Exception as error:  # nothing to check, export or reload
+        return None, [f"train: {type(error).__name__}: {_short(error)}"]
     # `kpair train` ends with `kpair check` on the model it wrote.
-    assert metrics["check"] == "ok", metrics["check"]
+    if metrics["check"] != "ok":
+        problems.append(f"kpair check: {metrics['check']}")
     model_path = workdir / "run" / "model.keras"
     model = keras.saving.load_model(model_path, safe_mode=True)
-    leaky = _with_batch_mean_leak(model, LEAK)
-    assert failed(check_model(leaky)), (
-        f"kpair check passes a model whose predictions leak {LEAK:.1%} of the "
-        "batch's mean")
+    if not failed(check_model(_with_batch_mean_leak(model, LEAK))):
+        problems.append(f"kpair check passes a model whose predictions leak "
+                        f"{LEAK:.1%} of the batch's mean")
 
     fold = cell["export"] == "folded"
     if fold and cell["norm"] == "group":
@@ -151,13 +159,32 @@ def _make_cell(cell, demo_data, sources, workdir, batches):
             export_model(model, workdir / "refused", fold_norm=True)
         assert "own statistics" in str(refused.value)
         fold = False
-    export_model(model, workdir / "saved_model", fold_norm=fold)
+    try:
+        export_model(model, workdir / "saved_model", fold_norm=fold)
+    except Exception as error:  # nothing to serve or reload
+        problems.append(f"export: {type(error).__name__}: {_short(error)}")
+        return None, problems
     return {
         "saved_model": workdir / "saved_model",
         "model_path": model_path,
         "backend": cell["backend"],
         "expected": serving.expected_predictions(model, batches, NUM_DOMAINS),
-    }
+    }, problems
+
+
+def _serving_problem(served, expected):
+    """What differs between the served and the Keras predictions, or None.
+
+    Within 1e-4 of the predictions' scale, or of 1 where every prediction
+    is smaller (two steps of training may leave them all near 0)."""
+    try:
+        differences, scale = serving.max_differences(served, expected)
+    except AssertionError as error:
+        return _short(error)
+    worst = max(differences, key=differences.get)
+    if differences[worst] > serving.TOLERANCE * max(scale, 1.0):
+        return f"{worst} differs by {differences[worst]:.3g} (scale {scale:.3g})"
+    return None
 
 
 @contextlib.contextmanager
@@ -217,8 +244,8 @@ def _reload_problem(reloaded, name, expected):
               if key.startswith(name + "/") and key.endswith("/error")]
     if errors:
         return "; ".join(errors)
-    scale = max(float(np.max(np.abs(e["serve"]), initial=0.0))
-                for e in expected.values())
+    scale = max(1.0, *(float(np.max(np.abs(e["serve"]), initial=0.0))
+                       for e in expected.values()))
     for batch, signatures in expected.items():
         got, want = reloaded[f"{name}/{batch}"], signatures["serve"]
         if got.shape != want.shape:
