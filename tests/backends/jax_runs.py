@@ -6,7 +6,9 @@ Every such process of a session shares one XLA compilation cache (the
 `jax_runs` fixture's): a program another process compiled already (one of
 the same computation, devices, XLA flags and JAX version) is read, not
 compiled again. Compiling is most of a run's time here; the programs are
-the same, so are the weights.
+the same, so are the weights. The 1-device run again from weights one ulp
+away (tests/backends/one_ulp.py), which measures the tests' tolerance, runs
+the 1-device run's programs: read from the cache.
 """
 
 import os
@@ -15,12 +17,13 @@ import sys
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[2]
-# Two epochs of one step. Two steps: from the third, this tiny model's first
-# steps amplify any rounding-sized change (losses swing 4.6 -> 2.2 -> 4.8):
-# one float32 ulp added to every weight of a 1-device run moved its weights
-# by 2.9e-3 after six steps, more than 4 devices did (6.9e-4). The
-# comparisons are made where rounding is still rounding. Two epochs: the
-# several-process test's kill falls between them.
+# Two epochs of one step: the several-process test's kill falls between
+# them, and the second step starts from what the first left on each device.
+# This tiny model's first steps amplify any rounding-sized change (losses
+# swing 4.6 -> 2.2 -> 4.8; one float32 ulp added to every weight of a
+# 1-device run moved its weights by 2.9e-3 after six steps, more than 4
+# devices did, 6.9e-4), so the tests hold N devices to 1 within a tolerance
+# measured in the same steps (tests/backends/same_weights.py).
 EPOCHS = 2
 
 
@@ -58,22 +61,26 @@ def environment(devices_per_process, cache):
 
 
 class Runs:
-    """`runs(devices, norm)`: the run directory and output of `kpair train
-    --devices DEVICES --norm NORM` on `data` in one process of 4 host
-    devices, trained once (the 1 x 4 per-domain run is the reference of
-    both device tests)."""
+    """`runs(devices, norm, one_ulp=False)`: the run directory and output of
+    `kpair train --devices DEVICES --norm NORM` on `data` in one process of
+    4 host devices, from weights one ulp away if `one_ulp`, trained once
+    (the 1-device per-domain runs are the reference of both device
+    tests)."""
 
     def __init__(self, data, root):
         self.data, self.root, self.cache = data, root, root / "xla-cache"
         self.done = {}
 
-    def __call__(self, devices, norm):
-        if (devices, norm) not in self.done:
-            out = self.root / f"{norm}-devices{devices}"
+    def __call__(self, devices, norm, one_ulp=False):
+        key = devices, norm, one_ulp
+        if key not in self.done:
+            out = self.root / (f"{norm}-devices{devices}"
+                               + "-one-ulp" * one_ulp)
+            module = "tests.backends.one_ulp" if one_ulp else "kpair"
             done = subprocess.run(
-                command(self.data, out, devices, norm), cwd=ROOT,
+                command(self.data, out, devices, norm, module), cwd=ROOT,
                 env=environment(4, self.cache), capture_output=True,
                 text=True, timeout=900)
             assert done.returncode == 0, done.stderr[-3000:]
-            self.done[devices, norm] = out, done.stdout
-        return self.done[devices, norm]
+            self.done[key] = out, done.stdout
+        return self.done[key]

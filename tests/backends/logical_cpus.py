@@ -5,7 +5,9 @@ TensorFlow takes its device configuration once, before it first runs an op,
 so the split is made here, before kpair starts TensorFlow's devices: then
 `tf.distribute.MirroredStrategy` has N CPU replicas to run on. Each group
 of ARGS (groups separated by `+`) is one `kpair` command, run in turn in
-this process, which starts TensorFlow once for all of them.
+this process, which starts TensorFlow once for all of them; a group that
+begins with `one-ulp` trains from weights one ulp away
+(tests/backends/one_ulp.py).
 """
 
 import os
@@ -38,9 +40,15 @@ def commands(args):
 
 if __name__ == "__main__":
     split_cpu(int(sys.argv[1]))
-    from kpair.cli import main  # after the split: kpair starts TensorFlow
+    # After the split: kpair starts TensorFlow.
+    from kpair.cli import main
+    from tests.backends.one_ulp import one_ulp_away
 
     for command in commands(sys.argv[2:]):
-        status = main(command)
+        if command[0] == "one-ulp":
+            with one_ulp_away():
+                status = main(command[1:])
+        else:
+            status = main(command)
         if status:
             sys.exit(status)
