@@ -9,8 +9,9 @@ from tests.backends.jax_runs import Runs
 
 @pytest.fixture(scope="session")
 def jax_runs(demo_data, tmp_path_factory):
-    """`jax_runs(devices, norm)`: `(run directory, output)` of `kpair train`
-    on JAX in one process of 4 host devices, on `demo_data`, trained once a
+    """`jax_runs(devices, norm, one_ulp=False)`: `(run directory, output)`
+    of `kpair train` on JAX in one process of 4 host devices, on
+    `demo_data`, from weights one ulp away if `one_ulp`, trained once a
     session (`tests.backends.jax_runs.Runs`). Read them, never write into
     them."""
     return Runs(demo_data, tmp_path_factory.mktemp("jax-runs"))
