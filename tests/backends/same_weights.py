@@ -12,8 +12,8 @@ weights one float32 ulp away (tests/backends/one_ulp.py) parts from the
 plain run by the `spread` that rounding reaches in the same steps. N devices
 must stay within `SPREADS` spreads of it, plus `FLOOR`. A wrong
 synchronization (replica 0's statistics for all, stock batch norm not
-synchronized, a process feeding another's rows) parts them by 0.16 to 0.81
-(the tests' docstrings give each figure).
+synchronized, a process feeding another's rows) parts them by 0.059 to
+0.81 (the tests' docstrings give each figure).
 """
 
 import keras
@@ -27,7 +27,8 @@ SPREADS = 10
 # by 4.1e-4, and TensorFlow's stock batch norm from seed 0 by 4.8e-7 only.
 # The floor covers the largest growth seen (6.2e-4, TensorFlow's
 # per-domain spread; 4.1e-4 across devices on a busy machine), rounded
-# up: 160 times below the smallest wrong synchronization's 0.16.
+# up: 59 times below the smallest wrong synchronization measured, 0.059
+# (TensorFlow's stock batch norm not synchronized).
 FLOOR = 1e-3
 
 

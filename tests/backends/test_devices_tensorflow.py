@@ -9,6 +9,13 @@ Every iterator of the training batches yields the same batches (the
 strategy's and Keras's own included). The data: one per-type batch of 24
 (8 training pairs of each type), two SGD steps.
 
+Measured (2026-12-07, the 2-core Xeon, shared with other jobs): 2 devices
+parted from 1 by 9.5e-7 for per-domain (one ulp's spread 6.2e-4: tolerance
+7.2e-3) and 3.6e-7 for stock batch norm (spread 4.8e-7: 1.0e-3). With a
+wrong synchronization put in for the measurement, by 0.18 (per-domain's
+moments not summed over the replicas) and 0.059 (stock batch norm not
+synchronized).
+
 All runs share one process, which starts TensorFlow once: per-domain, then
 stock batch norm, each on 1 device, on 1 device one ulp away, and on 2
 devices. A second `MirroredStrategy` over the same devices in one process
