@@ -37,7 +37,7 @@ from bench_training import machine  # noqa: E402  (beside this script)
 import kpair  # noqa: E402,F401  (first: oneDNN, as users' code gets it)
 from kpair.config import PRECISIONS, TrainConfig  # noqa: E402
 from kpair.data import ensure_demo  # noqa: E402
-from kpair.runs.evaluate_run import evaluate_run  # noqa: E402
+from kpair.runs.evaluate import evaluate_run  # noqa: E402
 from kpair.training.trainer import train  # noqa: E402
 
 RUNS = (

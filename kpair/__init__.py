@@ -52,7 +52,7 @@ if not _started_as_command():
 _API = {
     "TrainConfig": ("kpair.config", "TrainConfig"),
     "train": ("kpair.training.trainer", "train"),
-    "evaluate": ("kpair.runs.evaluate_run", "evaluate_run"),
+    "evaluate": ("kpair.runs.evaluate", "evaluate_run"),
     "infer_domains": ("kpair.inspection.unknown_domains", "infer_domains"),
     "load_model": ("kpair.runs.model_files", "load_run_or_model"),
     "GapMonitor": ("kpair.training.gap_monitor", "GapMonitor"),

@@ -151,10 +151,11 @@ def _in_flag_words(text, flags):
 def _train_flags():
     parser = argparse.ArgumentParser(allow_abbrev=False)
     _command("train").add_flags(parser)
-    return _flags_of(parser)
+    return flags_of(parser)
 
 
-def _flags_of(parser):
+def flags_of(parser):
+    """The option strings (`--name`) a command's parser takes, as a frozenset."""
     return frozenset(s for action in parser._actions for s in action.option_strings)
 
 
@@ -201,5 +202,5 @@ def _parser(only=None):
                            + ".", allow_abbrev=False)
         if only is None or only == name:
             _command(name).add_flags(p)
-            p.set_defaults(flags=_flags_of(p))
+            p.set_defaults(flags=flags_of(p))
     return parser

@@ -4,8 +4,8 @@ from kpair.cli.common import RUN_OR_MODEL_HELP, SPLITS, add_batch_size
 from kpair.errors import ConfigError
 from kpair.inspection.adapt import DEFAULT_MAX_IMAGES
 from kpair.inspection.adapt_curve import DEFAULT_DRAWS, STABLE_SPREAD
-from kpair.runs.adapt_curve_file import adapt_curve_file, format_curve
-from kpair.runs.adapt_file import adapt_file, format_report
+from kpair.runs.adapt import adapt_file, format_report
+from kpair.runs.adapt_curve import adapt_curve_file, format_curve
 
 
 def add_flags(p):

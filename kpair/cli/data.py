@@ -2,7 +2,7 @@
 
 from pathlib import Path
 
-from kpair.cli import _flags_of
+from kpair.cli import flags_of
 from kpair.data import build_demo, import_pairs
 
 
@@ -18,7 +18,7 @@ def add_flags(p):
                      help="seed of the hash split (default: 0)")
     imp.add_argument("--overwrite", action="store_true",
                      help="replace an existing --out directory (default: off)")
-    imp.set_defaults(run=_data_import, flags=_flags_of(imp))
+    imp.set_defaults(run=_data_import, flags=flags_of(imp))
     demo = data_sub.add_parser("demo", help="write the built-in demo data set",
                                allow_abbrev=False)
     demo.add_argument("--out", required=True, help="dataset directory to write")
@@ -33,7 +33,7 @@ def add_flags(p):
                       help="also write the images as PNG files in DIR, with "
                       "DIR/pairs.csv for `data import` and `predict` (default: "
                       "not written)")
-    demo.set_defaults(run=_data_demo, flags=_flags_of(demo))
+    demo.set_defaults(run=_data_demo, flags=flags_of(demo))
 
 
 def _data_import(args):

@@ -4,8 +4,8 @@ import json
 from pathlib import Path
 
 from kpair.cli.common import DATA_HELP, RUN_OR_MODEL_HELP, SPLITS, note_demo_fallback
-from kpair.runs.diagnose_run import diagnose, format_table, heat_map
-from kpair.runs.evaluate_run import open_for_evaluation
+from kpair.runs.diagnose import diagnose, format_table, heat_map
+from kpair.runs.open_run import open_for_evaluation
 
 
 def add_flags(p):

@@ -11,7 +11,7 @@ from kpair.cli.common import (
 )
 from kpair.inspection.unknown_domains import POLICIES
 from kpair.pair_types import PAIR_TYPES
-from kpair.runs.evaluate_run import evaluate_run
+from kpair.runs.evaluate import evaluate_run
 
 
 def add_flags(p):

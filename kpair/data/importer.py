@@ -23,7 +23,7 @@ import tensorflow as tf
 from PIL import Image
 
 from kpair.data.records import SPLITS, DataError, Pair, write_split
-from kpair.data.splits import _tf_reason, outside_domains, valid_domains
+from kpair.data.splits import outside_domains, tf_reason, valid_domains
 from kpair.utils.files import directory_aside
 from kpair.utils.progress import Progress
 
@@ -98,7 +98,7 @@ def inspect_image(path):
         try:
             tf.io.decode_image(path.read_bytes(), channels=3, expand_animations=False)
         except tf.errors.InvalidArgumentError as e:
-            return (f"cannot decode image {path.name}: TensorFlow: {_tf_reason(e)}",
+            return (f"cannot decode image {path.name}: TensorFlow: {tf_reason(e)}",
                     None)
     return None, note
 

@@ -110,7 +110,7 @@ def _sha256(path):
     return digest.hexdigest()
 
 
-def _normalize_size(image_size):
+def normalize_size(image_size):
     """`image_size` as an (h, w) tuple of positive ints, or None."""
     if image_size is None:
         return None
@@ -150,7 +150,7 @@ def write_split(pairs, out_dir, records_per_shard=1000, image_size=None):
             "`records_per_shard` must be >= 1. "
             f"Received: records_per_shard={records_per_shard}"
         )
-    size = _normalize_size(image_size)
+    size = normalize_size(image_size)
     with directory_aside(out_dir) as tmp_dir:
         # The shard count is only known at the end; write numbered parts and
         # give them their final names once it is.
@@ -222,7 +222,7 @@ def decode_image(data, image_size):
     The one preprocessing of every image kpair reads, in training and in
     prediction alike.
     """
-    image_size = _normalize_size(image_size)
+    image_size = normalize_size(image_size)
     # channels=3 turns grayscale and RGBA into RGB; expand_animations=False
     # gives a rank-3 tensor even for GIF so that resize has a static rank.
     image = tf.io.decode_image(data, channels=3, expand_animations=False)

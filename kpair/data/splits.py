@@ -14,10 +14,10 @@ import tensorflow as tf
 from kpair.data.records import (
     _FEATURES,
     Split,
-    _normalize_size,
     _sha256,
     decode_pair,
     load_manifest,
+    normalize_size,
     raw_records,
 )
 from kpair.errors import DataError
@@ -62,11 +62,11 @@ def _first_unparsable(batch):
         try:
             tf.io.parse_single_example(record, _FEATURES)
         except tf.errors.InvalidArgumentError as e:
-            return index, _tf_reason(e)
+            return index, tf_reason(e)
     return 0, "unparsable batch"
 
 
-def _tf_reason(error):
+def tf_reason(error):
     """A TensorFlow error's message without the op and function names."""
     text = error.message.splitlines()[0] if error.message else type(error).__name__
     return text.split("}}")[-1].split("[Op:")[0].strip()
@@ -144,7 +144,7 @@ def validate_split(split_dir, check_sha256=True, num_domains=None,
             counts = _scan_shard(path, num_domains, sign_targets)
         except tf.errors.DataLossError as e:
             raise DataError(
-                f"Shard {path} is corrupt or truncated: {_tf_reason(e)}"
+                f"Shard {path} is corrupt or truncated: {tf_reason(e)}"
             ) from None
         if sum(counts) != int(shard["records"]):
             raise DataError(
@@ -183,7 +183,7 @@ def read_split(split_dir, image_size, num_domains=None, sign_targets=None):
     Raises:
         DataError: the split is missing, incomplete or corrupt.
     """
-    size = _normalize_size(image_size)
+    size = normalize_size(image_size)
     split_dir = Path(split_dir)
     counts = validate_split(
         split_dir, num_domains=num_domains, sign_targets=sign_targets

@@ -10,7 +10,8 @@ from kpair.data.importer import inspect_image, parse_domain, resolve_under_root
 from kpair.data.records import DataError, decode_image
 from kpair.errors import ConfigError
 from kpair.inspection import unknown_domains
-from kpair.runs.evaluate_run import open_for_evaluation, training_domain_weights
+from kpair.runs.domain_weights import training_domain_weights
+from kpair.runs.open_run import open_for_evaluation
 from kpair.utils import files
 from kpair.utils.progress import Progress
 

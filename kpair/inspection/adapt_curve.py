@@ -40,7 +40,7 @@ from kpair.inspection.adapt import (
     statistics_estimator,
 )
 from kpair.inspection.domain_tables import add_domain, check_domain
-from kpair.inspection.evaluation import evaluate_pairs
+from kpair.inspection.evaluate import evaluate_pairs
 from kpair.inspection.norm_statistics import stateful_norm_layers
 from kpair.utils.validation import positive_int
 

@@ -1,5 +1,5 @@
 """The measures of `kpair diagnose` on a model and images: find a
-training/inference gap and show where it comes from (`kpair.runs.diagnose_run`
+training/inference gap and show where it comes from (`kpair.runs.diagnose`
 reads the split and writes the report).
 
 For every normalization layer that keeps moving statistics, images of one
@@ -43,27 +43,6 @@ class LayerShift:
     shift: float  # mean over channels of the standardized mean shift
     max_shift: float
     log_var_ratio: float  # mean over channels of |log(var_batch / moving_var)|
-
-
-def domain_images(dataset, domain, limit):
-    """Up to `limit` images of one domain, from either side of the pairs."""
-    return images_by_domain(dataset, (domain,), limit).get(domain)
-
-
-def images_by_domain(dataset, domains, limit):
-    """`{domain: images}`, up to `limit` images of each domain, in one pass.
-
-    A domain without images in `dataset` is left out.
-    """
-    found = {domain: [] for domain in domains}
-    for features, _ in dataset:
-        for side in ("left", "right"):
-            images = found.get(int(features[f"{side}_domain"]))
-            if images is not None and len(images) < limit:
-                images.append(features[side].numpy())
-        if all(len(images) >= limit for images in found.values()):
-            break
-    return {d: np.stack(images) for d, images in found.items() if images}
 
 
 def layer_shifts(model, images_by_domain):

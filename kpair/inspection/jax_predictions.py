@@ -1,6 +1,6 @@
 """A pair model's predictions on the JAX backend: XLA-compiled, nothing updated.
 
-On TensorFlow, `kpair.inspection.evaluation` runs the gap measurement and the
+On TensorFlow, `kpair.inspection.evaluate` runs the gap measurement and the
 validation losses through `tf.function`s, and puts the moving statistics
 back after every training-mode batch. On JAX each call is `jax.jit` around
 Keras's `stateless_call`, which returns the statistics a training-mode call
@@ -18,7 +18,7 @@ import keras
 import numpy as np
 
 from kpair.data.records import pairs_dataset
-from kpair.inspection.evaluation import pair_inputs
+from kpair.inspection.evaluate import pair_inputs
 from kpair.models.losses import pair_losses_numpy
 
 
@@ -75,7 +75,7 @@ def compiled_call(model, training):
 def gap_predictions(runner, pair_model, batches):
     """`(training_preds, inference_preds, rows)` of each batch of `batches`,
     in both modes on the very same pairs, as
-    `kpair.inspection.evaluation.training_mode_predictions(..., with_inference=True)`
+    `kpair.inspection.evaluate.training_mode_predictions(..., with_inference=True)`
     gives them on TensorFlow.
 
     `runner` (the pair model, or the per-type wrapper sharing its weights)
@@ -98,7 +98,7 @@ def gap_predictions(runner, pair_model, batches):
 
 def evaluate_pairs_jax(model, pairs, losses, batch_size=256):
     """Inference-mode losses per pair type and their sum on JAX, as
-    `kpair.inspection.evaluation.evaluate_pairs(model, pairs, losses)` gives
+    `kpair.inspection.evaluate.evaluate_pairs(model, pairs, losses)` gives
     them on TensorFlow:
     `{"A-A": .., "B-B": .., "A-B": .., "total": .., "pairs": n}`.
 

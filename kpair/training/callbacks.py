@@ -17,7 +17,7 @@ import keras
 
 from kpair.errors import BackupError, TrainingDiverged
 from kpair.inspection import jax_predictions
-from kpair.inspection.evaluation import evaluate_pairs
+from kpair.inspection.evaluate import evaluate_pairs
 from kpair.pair_types import PAIR_TYPES, TYPE_KEYS
 from kpair.training import gap
 from kpair.utils import files

@@ -21,7 +21,7 @@ import tensorflow as tf
 
 from kpair.data import make_batches
 from kpair.inspection import jax_predictions
-from kpair.inspection.evaluation import training_mode_predictions
+from kpair.inspection.evaluate import training_mode_predictions
 from kpair.models.losses import pair_losses_numpy
 from kpair.models.pair_model import build_per_type_model
 from kpair.pair_types import PAIR_TYPES, TYPE_KEYS

@@ -54,7 +54,7 @@ def test_train_load_and_predict_from_python(demo_data, tiny_config, tmp_path,
 def test_the_api_names_are_the_library_functions():
     from kpair.config import TrainConfig
     from kpair.inspection.unknown_domains import infer_domains
-    from kpair.runs.evaluate_run import evaluate_run
+    from kpair.runs.evaluate import evaluate_run
     from kpair.training.trainer import train
 
     # kpair.training.trainer imported (above) leaves kpair.train the function.

@@ -9,8 +9,8 @@ from kpair import layers
 from kpair.cli import main
 from kpair.data import read_split
 from kpair.inspection.adapt import adapt_model
-from kpair.inspection.diagnose import domain_images
-from kpair.inspection.evaluation import evaluate_pairs
+from kpair.inspection.domain_images import domain_images
+from kpair.inspection.evaluate import evaluate_pairs
 from kpair.inspection.norm_statistics import stateful_norm_layers
 from kpair.models.backbone import ResNet18Backbone
 from kpair.models.pair_model import PairModel

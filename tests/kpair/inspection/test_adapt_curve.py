@@ -11,7 +11,7 @@ from kpair.cli import main
 from kpair.data import read_split
 from kpair.errors import ConfigError
 from kpair.inspection.adapt_curve import CSV_COLUMNS, adapt_curve, image_counts
-from kpair.inspection.diagnose import domain_images
+from kpair.inspection.domain_images import domain_images
 from kpair.models.backbone import ResNet18Backbone
 from kpair.models.pair_model import PairModel
 from kpair.utils.files import write_model

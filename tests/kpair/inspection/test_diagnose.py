@@ -14,7 +14,7 @@ from kpair import layers
 from kpair.cli import main
 from kpair.data import Pair, build_demo, write_split
 from kpair.inspection.diagnose import layer_shifts, verdict
-from kpair.runs.diagnose_run import diagnose
+from kpair.runs.diagnose import diagnose
 
 # With `pytest -n`, one worker trains the shared `trained` models once.
 pytestmark = pytest.mark.xdist_group("trained-models")

@@ -13,11 +13,11 @@ from kpair.data import read_split
 from kpair.errors import ConfigError
 from kpair.inspection import unknown_domains
 from kpair.inspection.adapt import adapt_model
-from kpair.inspection.diagnose import images_by_domain
+from kpair.inspection.domain_images import images_by_domain
 from kpair.inspection.domain_tables import add_domain
 from kpair.models.backbone import ResNet18Backbone
 from kpair.models.pair_model import PairModel
-from kpair.runs.evaluate_run import training_domain_weights
+from kpair.runs.domain_weights import training_domain_weights
 from kpair.utils.files import write_model
 
 SIZE = 16

@@ -9,13 +9,13 @@ import numpy as np
 from kpair.data import DataError, read_split
 from kpair.errors import ConfigError
 from kpair.inspection.adapt import DEFAULT_MAX_IMAGES, adapt_model
-from kpair.inspection.diagnose import domain_images
+from kpair.inspection.domain_images import domain_images
 from kpair.inspection.domain_tables import PER_DOMAIN, check_domain
-from kpair.inspection.evaluation import evaluate_pairs
+from kpair.inspection.evaluate import evaluate_pairs
 from kpair.inspection.norm_statistics import stateful_norm_layers
 from kpair.pair_types import PAIR_TYPES, domain_name
 from kpair.runs import model_files as runs
-from kpair.runs.evaluate_run import open_for_evaluation
+from kpair.runs.open_run import open_for_evaluation
 from kpair.utils.files import write_model
 from kpair.utils.progress import Progress
 from kpair.utils.validation import positive_int

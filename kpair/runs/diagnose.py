@@ -10,8 +10,9 @@ import numpy as np
 from kpair import layers
 from kpair.data import DataError, read_split
 from kpair.data.records import load_manifest
-from kpair.inspection.diagnose import images_by_domain, layer_shifts, verdict
-from kpair.inspection.evaluation import evaluate_pairs
+from kpair.inspection.diagnose import layer_shifts, verdict
+from kpair.inspection.domain_images import images_by_domain
+from kpair.inspection.evaluate import evaluate_pairs
 from kpair.inspection.norm_statistics import stateful_norm_layers
 from kpair.models.pair_model import num_domains_of
 from kpair.pair_types import PAIR_TYPES, domain_name

@@ -15,8 +15,8 @@ from kpair.inspection.adapt_curve import (
 from kpair.inspection.domain_tables import check_domain
 from kpair.pair_types import domain_name
 from kpair.runs import model_files as runs
-from kpair.runs.adapt_file import domain_data
-from kpair.runs.evaluate_run import open_for_evaluation
+from kpair.runs.adapt import domain_data
+from kpair.runs.open_run import open_for_evaluation
 from kpair.utils.files import write_figure
 from kpair.utils.progress import Progress
 from kpair.utils.tables import aligned, cells, write_csv

@@ -1,27 +1,23 @@
-"""A run at the path level: open a run or model file for evaluation (its model,
-losses, image size and data), evaluate it, and the domain weights of a run.
+"""`kpair evaluate` at the path level: the losses per pair type of a run
+directory or model file on a split, with the domains given, inferred or
+pooled.
 
 `kpair.evaluate` is `evaluate_run`.
 """
 
-import dataclasses
-from pathlib import Path
-
-import keras
 import numpy as np
 
-from kpair.data import DataError, count_split, ensure_demo, read_split
+from kpair.data import DataError, read_split
 from kpair.data.batching import check_pair_types
 from kpair.errors import ConfigError
-from kpair.inspection.evaluation import (
+from kpair.inspection.evaluate import (
     domain_policy_predictions,
     evaluate_pairs,
 )
 from kpair.inspection.unknown_domains import POLICIES, per_domain_owner
-from kpair.models.losses import DEFAULT_LOSSES, pair_losses_numpy, sign_targets
-from kpair.models.pair_model import image_size_of, num_domains_of
-from kpair.pair_types import DOMAIN_NAMES
-from kpair.runs.model_files import Run, load_model, resolve
+from kpair.models.losses import pair_losses_numpy, sign_targets
+from kpair.runs.domain_weights import training_domain_weights
+from kpair.runs.open_run import open_for_evaluation
 from kpair.utils.progress import Progress
 
 
@@ -121,93 +117,3 @@ def _evaluate_with_policy(opened, pairs, domain, batch_size, split):
     else:
         result["pooled_weights"] = source
     return result
-
-
-def training_domain_weights(run, num_domains, data=None):
-    """Each domain's weight for `with_pooled_domain`, and how it was found.
-
-    Weighted by the domain's count of images in the training split (an
-    A-A pair counts two images of A, an A-B pair one of each) when the
-    training data is known: a run directory (its data, or the demo data
-    it trained on) or `data`; otherwise equal weights.
-
-    Args:
-        run: A `kpair.runs.model_files.Run` (`kpair.runs.model_files.resolve(path)`).
-        num_domains: Integer, the model's number of domains.
-        data: Dataset directory the model was trained on, if not the run's.
-
-    Returns:
-        `(weights or None, source)`: None means equal weights; `source`
-        says in words where the weights come from.
-    """
-    if data is None and run.config is None:
-        return None, "equal weights (a model file outside its run directory)"
-    if num_domains != len(DOMAIN_NAMES):
-        return None, (f"equal weights (the split counts pairs of domains A and B "
-                      f"only; the model has {num_domains} domains)")
-    # The size matters only for the demo data a run without `data` used.
-    size = (run.config.image_size,) * 2 if run.config is not None else None
-    split = data_dir_for(run, data, size) / "train"
-    counts = count_split(split)
-    images = [2 * counts["A-A"] + counts["A-B"], 2 * counts["B-B"] + counts["A-B"]]
-    if not sum(images):
-        return None, f"equal weights ({split} holds no pairs)"
-    shares = ", ".join(f"{n} {c}" for n, c in zip(DOMAIN_NAMES, images))
-    return images, f"weighted by training images per domain ({shares}; {split})"
-
-
-@dataclasses.dataclass(frozen=True)
-class OpenedRun:
-    """A run or model file opened for evaluation (`open_for_evaluation`)."""
-
-    run: Run
-    model: keras.Model
-    image_size: tuple
-    num_domains: int | None
-    losses: tuple
-    data_dir: Path | None
-
-    @property
-    def config(self):
-        return self.run.config
-
-    @property
-    def model_path(self):
-        return self.run.model_path
-
-
-def open_for_evaluation(run_or_model, data=None, with_data=True):
-    """Loads a model and finds what evaluating it takes: size, losses, data.
-
-    Args:
-        run_or_model: a run directory, a `.keras` file, or a resolved `Run`.
-        data: dataset directory; by default the run's own data
-            (`config.data`), else the demo data set at the model's size.
-        with_data: False for a caller that reads pairs of its own (a pair
-            CSV): no data directory is looked for, nor the demo set built,
-            and `data_dir` is None.
-
-    Returns:
-        An `OpenedRun`. Its losses are the run's, or `DEFAULT_LOSSES` for a
-        model file outside a run directory.
-    """
-    run = run_or_model if isinstance(run_or_model, Run) else resolve(run_or_model)
-    model = load_model(run.model_path)
-    size = image_size_of(model)
-    return OpenedRun(
-        run=run,
-        model=model,
-        image_size=size,
-        num_domains=num_domains_of(model),
-        losses=run.config.losses if run.config is not None else DEFAULT_LOSSES,
-        data_dir=data_dir_for(run, data, size) if with_data else None,
-    )
-
-
-def data_dir_for(run, data, image_size):
-    """`data` if given, else the run's own data, else the demo data set."""
-    if data is not None:
-        return Path(data)
-    if run.config is not None and run.config.data is not None:
-        return Path(run.config.data)
-    return ensure_demo(image_size=image_size[0])
