@@ -1,0 +1,78 @@
+"""The Python API reference: what `kpair`, `kpair.layers` and `kpair.tuning`
+export (their `__all__`), rendered from the docstrings by mkdocstrings.
+
+`docs/reference/python-api.md` holds one marker line per package; at build
+time this hook puts in its place a `::: identifier` block for each exported
+name, under the public name a user imports (`kpair.train`), whatever module
+defines it now. A name added to or dropped from `__all__` changes the page.
+"""
+
+import importlib
+import logging
+
+from mkdocs.exceptions import PluginError
+
+PAGE = "reference/python-api.md"
+MARKER = "<!-- kpair-python-api: {} -->"
+PACKAGES = ("kpair", "kpair.layers", "kpair.tuning")
+# Warnings griffe gives on docstrings kpair keeps as they are, each exactly:
+# the layers' Args name several parameters on one entry that wraps
+# ("beta_initializer, gamma_initializer, moving_mean_initializer,\n
+# moving_variance_initializer: Initializers."), as Keras's own layers do.
+# Any other docstring warning fails the strict build.
+ACCEPTED_WARNINGS = (
+    "Failed to get 'name: description' pair from 'beta_initializer, "
+    "gamma_initializer, moving_mean_initializer,'",
+)
+
+
+class _Accepted(logging.Filter):
+    def filter(self, record):
+        message = record.getMessage()
+        return not any(accepted in message for accepted in ACCEPTED_WARNINGS)
+
+
+def on_startup(**_):
+    # mkdocstrings relocates griffe's logger under mkdocs's.
+    logging.getLogger("mkdocs.plugins.griffe").addFilter(_Accepted())
+
+
+def on_page_markdown(markdown, page, **_):
+    if page.file.src_uri != PAGE:
+        return markdown
+    for package in PACKAGES:
+        marker = MARKER.format(package)
+        if marker not in markdown:
+            raise PluginError(f"{PAGE} lacks the line {marker}")
+        markdown = markdown.replace(marker, render(package))
+    return markdown
+
+
+def exports(package):
+    """(public name, identifier mkdocstrings reads) for each name of
+    `package.__all__` but dunders, in `__all__`'s order."""
+    module = importlib.import_module(package)
+    for name in module.__all__:
+        if name.startswith("__"):
+            continue
+        value = getattr(module, name)
+        # `kpair` exports lazily (its `__getattr__`), which griffe cannot
+        # follow: a class or function is read where it is defined.
+        defined = getattr(value, "__module__", None)
+        qualname = getattr(value, "__qualname__", None)
+        if callable(value) and defined and qualname:
+            yield f"{package}.{name}", f"{defined}.{qualname}"
+        else:
+            yield f"{package}.{name}", f"{package}.{name}"
+
+
+def render(package):
+    blocks = []
+    for public, identifier in exports(package):
+        blocks.append(
+            f"::: {identifier}\n"
+            "    options:\n"
+            f'      heading: "{public}"\n'
+            f'      toc_label: "{public}"\n'
+        )
+    return "\n".join(blocks)

@@ -1,0 +1,52 @@
+"""docs/reference/run-directory.md documents exactly what a run writes:
+every file and folder of a tiny run's directory, and every key of its
+metrics.json, is named on the page, and everything the page names exists."""
+
+import fnmatch
+import json
+import re
+
+import pytest
+
+from tests.docs.markdown_pages import ROOT
+
+PAGE = ROOT / "docs" / "reference" / "run-directory.md"
+
+
+def documented(section):
+    """The names in the first column of the table under `## section`."""
+    text = PAGE.read_text(encoding="utf-8")
+    part = text.split(f"\n## {section}\n", 1)[1].split("\n## ", 1)[0]
+    rows = [line for line in part.splitlines() if line.startswith("| `")]
+    return [name for row in rows for name in re.findall(r"`([^`]+)`",
+                                                          row.split(" | ")[0])]
+
+
+@pytest.fixture(scope="module")
+def tiny_run(demo_data, tiny_config, tmp_path_factory):
+    import kpair
+
+    run = tmp_path_factory.mktemp("run") / "run"
+    kpair.train(tiny_config(demo_data, run))
+    return run
+
+
+@pytest.mark.slow
+def test_every_file_of_a_run_is_documented_and_exists(tiny_run):
+    patterns = documented("Files")
+    written = [p.relative_to(tiny_run).as_posix() + ("/" if p.is_dir() else "")
+               for p in sorted(tiny_run.rglob("*"))]
+    undocumented = [p for p in written
+                    if not any(fnmatch.fnmatch(p, d) for d in patterns)]
+    absent = [d for d in patterns if not any(fnmatch.fnmatch(p, d) for p in written)]
+    assert not undocumented, f"written by the run, not in {PAGE.name}: {undocumented}"
+    assert not absent, f"in {PAGE.name}, not written by the run: {absent}"
+
+
+@pytest.mark.slow
+def test_every_metrics_key_is_documented_and_exists(tiny_run):
+    keys = set(json.loads((tiny_run / "metrics.json").read_text()))
+    names = documented("metrics.json")
+    assert len(names) == len(set(names)), "a key documented twice"
+    assert keys - set(names) == set(), f"undocumented metrics keys: {keys - set(names)}"
+    assert set(names) - keys == set(), f"documented, not written: {set(names) - keys}"
