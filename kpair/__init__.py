@@ -56,8 +56,7 @@ _API = {
     "infer_domains": ("kpair.inspection.unknown_domains", "infer_domains"),
     "load_model": ("kpair.runs.model_files", "load_run_or_model"),
     "GapMonitor": ("kpair.training.gap_monitor", "GapMonitor"),
-    "pretrained_backbone": ("kpair.training.pretrained_source",
-                            "pretrained_backbone"),
+    "pretrained_backbone": ("kpair.pretrained", "pretrained_backbone"),
 }
 
 __all__ = ["TrainConfig", "train", "evaluate", "infer_domains", "load_model",

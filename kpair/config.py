@@ -11,7 +11,7 @@ from kpair.errors import ConfigError
 from kpair.models.backbone import MAX_FROZEN_STAGES, STEMS
 from kpair.models.losses import check_losses
 from kpair.models.precision import PRECISIONS
-from kpair.models.pretrained import IMAGENET_SOURCES, check_source
+from kpair.pretrained import IMAGENET_SOURCES, check_source
 from kpair.utils.validation import positive_int
 
 OPTIMIZERS = ("adam", "sgd")

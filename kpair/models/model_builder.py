@@ -17,7 +17,7 @@ def build_pair_model(config, pretrained=None):
     """The pair model of `config`, computing in `config.precision`.
 
     With `pretrained` (a `kpair.models.pretrained.Pretrained`, read from
-    `config.init` by `kpair.training.pretrained_source.read_source`) the
+    `config.init` by `kpair.pretrained.read_source`) the
     backbone pads, normalizes its input and sets its norms' epsilon as the
     source does, and starts from its weights; the head stays random.
 

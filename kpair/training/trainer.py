@@ -30,6 +30,7 @@ from kpair.models.model_builder import (
 )
 from kpair.models.precision import describe_precision, detect_gpus, resolve_precision
 from kpair.models.pretrained import statistics_note
+from kpair.pretrained import read_source
 from kpair.training import callbacks as kcb
 from kpair.training import gap
 from kpair.training.devices import (
@@ -39,7 +40,6 @@ from kpair.training.devices import (
     synchronize_batch_norms,
 )
 from kpair.training.preflight import check_training_data
-from kpair.training.pretrained_source import read_source
 from kpair.training.processes import (
     ProcessLocalState,
     barrier,

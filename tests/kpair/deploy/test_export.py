@@ -13,7 +13,7 @@ from kpair.errors import KpairError
 from kpair.inspection.norm_statistics import stateful_norm_layers
 from kpair.models.backbone import ResNet18Backbone
 from kpair.models.pair_model import PairModel
-from kpair.models.pretrained import IMAGENET_NORMALIZATION
+from kpair.pretrained import IMAGENET_NORMALIZATION
 from kpair.utils.files import write_model
 from tests.kpair.deploy import serving
 

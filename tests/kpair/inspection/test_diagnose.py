@@ -14,7 +14,6 @@ from kpair import layers
 from kpair.cli import main
 from kpair.data import Pair, build_demo, write_split
 from kpair.inspection.diagnose import layer_shifts, verdict
-from kpair.runs.diagnose import diagnose
 
 # With `pytest -n`, one worker trains the shared `trained` models once.
 pytestmark = pytest.mark.xdist_group("trained-models")
@@ -72,18 +71,6 @@ def test_verdicts():
     assert "consistent" in verdict(_report(0.1, 0.8, 0.8))
     assert "nothing to diverge" in verdict(_report(0.0, 1.0, 1.0, layers_count=0))
     assert "momentum" in verdict(_report(1.2, 2.0, 0.8, per_domain=True))
-
-
-def test_diagnose_names_batch_composition_and_the_fixes(trained):
-    from kpair.runs import model_files as runs
-
-    model = runs.load_model(trained / "bug" / "model.keras")
-    report = diagnose(model, trained / "data" / "train", ("l2", "hinge", "hinge"),
-                      (16, 16))
-    assert report["layers"][0]["shift"] == max(r["shift"] for r in report["layers"])
-    assert "batch composition" in report["verdict"]
-    assert "--norm per-domain" in report["verdict"]
-    assert "--batching balanced" in report["verdict"]
 
 
 def test_diagnose_cli_on_a_per_domain_model_reports_consistent(trained):

@@ -17,7 +17,6 @@ from kpair.inspection.domain_images import images_by_domain
 from kpair.inspection.domain_tables import add_domain
 from kpair.models.backbone import ResNet18Backbone
 from kpair.models.pair_model import PairModel
-from kpair.runs.domain_weights import training_domain_weights
 from kpair.utils.files import write_model
 
 SIZE = 16
@@ -111,23 +110,6 @@ def test_a_model_without_per_domain_layers_is_refused_naming_its_norm():
         unknown_domains.infer_domains(model, _images(0, 1))
     with pytest.raises(ConfigError, match="norm 'batch'"):
         unknown_domains.with_pooled_domain(model)
-
-
-def test_pooled_weights_count_the_training_images_of_each_domain(
-    demo_data, tiny_config, tmp_path
-):
-    from kpair.data import count_split
-    from kpair.runs.model_files import Run
-
-    counts = count_split(demo_data / "train")
-    run = Run(tmp_path / "model.keras", tiny_config(demo_data, tmp_path))
-    weights, source = training_domain_weights(run, 2)
-    assert weights == [2 * counts["A-A"] + counts["A-B"],
-                       2 * counts["B-B"] + counts["A-B"]]
-    assert "training images" in source
-    weights, source = training_domain_weights(
-        Run(tmp_path / "m.keras", None), 2)
-    assert weights is None and source.startswith("equal weights")
 
 
 def _pairs_csv(tmp_path, rows, fields=("left", "right", "left_domain",

@@ -11,7 +11,7 @@ from kpair.cli import main
 from kpair.config import TrainConfig
 from kpair.errors import ConfigError
 from kpair.models.backbone import ResNet18Backbone
-from kpair.training.pretrained_source import read_source
+from kpair.pretrained import read_source
 from kpair.training.trainer import train
 from kpair.tuning.hypermodel import PairHyperModel
 

@@ -9,7 +9,7 @@ import pytest
 
 from kpair.errors import ConfigError
 from kpair.models.backbone import ResNet18Backbone
-from kpair.training.pretrained_source import converter_normalization
+from kpair.pretrained.keras_hub import converter_normalization
 
 keras_hub = pytest.importorskip("keras_hub")
 

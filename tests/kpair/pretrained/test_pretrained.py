@@ -16,8 +16,9 @@ import kpair
 from kpair.errors import ConfigError
 from kpair.models import pretrained
 from kpair.models.backbone import ResNet18Backbone
-from kpair.training.pretrained_source import read_source
-from tests.kpair.models import pretrained_backend_checks
+from kpair.pretrained import IMAGENET_NORMALIZATION, check_source, read_source
+from kpair.pretrained.keras_hub import from_keras_hub_backbone
+from tests.kpair.pretrained import pretrained_backend_checks
 
 keras_hub = pytest.importorskip("keras_hub")
 torch = pytest.importorskip("torch")
@@ -86,7 +87,7 @@ def _kpair_backbone(source, size, norm="batch", **changes):
 
 @pytest.mark.parametrize("size", SIZES)
 def test_keras_hub_features(hub_backbone, size):
-    source = pretrained.from_keras_hub_backbone(hub_backbone, "keras-hub test")
+    source = from_keras_hub_backbone(hub_backbone, "keras-hub test")
     images = _images(size)
     expected = _hub_features(hub_backbone, images)
     got = _features(_kpair_backbone(source, size), images)
@@ -167,8 +168,8 @@ def torch_state(tmp_path_factory):
 
 def _normalized(images):
     """What torchvision's users feed the model: ImageNet mean/std inputs."""
-    mean = np.array(pretrained.IMAGENET_NORMALIZATION["mean"], "float32")
-    std = np.array(pretrained.IMAGENET_NORMALIZATION["std"], "float32")
+    mean = np.array(IMAGENET_NORMALIZATION["mean"], "float32")
+    std = np.array(IMAGENET_NORMALIZATION["std"], "float32")
     return (images - mean) / std
 
 
@@ -192,7 +193,7 @@ def test_torchvision_state_dict(torch_state, hub_backbone):
     images = _images(160, seed=1)
     # The kpair backbone takes images in [0, 1]: it normalizes them itself.
     backbone = kpair.pretrained_backbone(f"torchvision:{path}", image_size=160)
-    assert backbone.input_normalization == pretrained.IMAGENET_NORMALIZATION
+    assert backbone.input_normalization == IMAGENET_NORMALIZATION
     got = _features(backbone, images)
     with torch.no_grad():
         nchw = torch.from_numpy(_normalized(images).transpose(0, 3, 1, 2))
@@ -207,7 +208,7 @@ def test_torchvision_state_dict(torch_state, hub_backbone):
 
 
 def test_every_norm_starts_from_the_pretrained_batch_norm(hub_backbone):
-    source = pretrained.from_keras_hub_backbone(hub_backbone, "keras-hub test")
+    source = from_keras_hub_backbone(hub_backbone, "keras-hub test")
     expected = source.params["stage2_block1_norm1"]
     per_domain = _kpair_backbone(source, 32, norm="per-domain", num_domains=3)
     layer = per_domain.get_layer("stage2_block1_norm1")
@@ -236,8 +237,8 @@ def test_every_norm_starts_from_the_pretrained_batch_norm(hub_backbone):
 
 
 def test_saved_backbone_keeps_how_it_computes(hub_backbone, tmp_path):
-    source = pretrained.from_keras_hub_backbone(
-        hub_backbone, "keras-hub test", pretrained.IMAGENET_NORMALIZATION
+    source = from_keras_hub_backbone(
+        hub_backbone, "keras-hub test", IMAGENET_NORMALIZATION
     )
     backbone = _kpair_backbone(source, 64)
     backbone.save(tmp_path / "backbone.keras")
@@ -245,7 +246,7 @@ def test_saved_backbone_keeps_how_it_computes(hub_backbone, tmp_path):
     config = loaded.get_config()
     assert config["padding"] == "symmetric"
     assert config["norm_options"]["epsilon"] == 1e-5
-    assert config["input_normalization"] == pretrained.IMAGENET_NORMALIZATION
+    assert config["input_normalization"] == IMAGENET_NORMALIZATION
     images = _images(64)
     np.testing.assert_allclose(_features(loaded, images), _features(backbone, images),
                                rtol=1e-6, atol=1e-6)
@@ -280,8 +281,8 @@ def _with_converter(preset, converter, read):
 
 @pytest.mark.parametrize("scale, offset", [
     (1 / 255, None),  # ResNetImageConverter(scale=1/255), as the issue saves it
-    ([1 / (255 * s) for s in pretrained.IMAGENET_NORMALIZATION["std"]],
-     [-m / s for m, s in zip(*pretrained.IMAGENET_NORMALIZATION.values())]),
+    ([1 / (255 * s) for s in IMAGENET_NORMALIZATION["std"]],
+     [-m / s for m, s in zip(*IMAGENET_NORMALIZATION.values())]),
 ])
 def test_keras_hub_preset_converter(hub_backbone, hub_preset, scale, offset):
     """kpair's backbone from the preset, on images in [0, 1], computes the
@@ -359,11 +360,11 @@ def test_input_normalization_given_replaces_the_sources(hub_preset):
 @pytest.mark.parametrize("init", ["resnet18.pth", "torchvision:", "keras-hub"])
 def test_bad_sources(init):
     with pytest.raises(ConfigError, match="Received: init="):
-        pretrained.check_source(init)
+        check_source(init)
 
 
 def test_weights_file(hub_backbone, tmp_path):
-    source = pretrained.from_keras_hub_backbone(hub_backbone, "keras-hub test")
+    source = from_keras_hub_backbone(hub_backbone, "keras-hub test")
     arguments = dict(norm="batch", stem="imagenet", image_size=32)
     backbone = ResNet18Backbone(**arguments)
     pretrained.load_pretrained(backbone, source)
@@ -388,7 +389,7 @@ def test_on_backend(backend, torch_state, tmp_path):
              features=pretrained_backend_checks.features(path, images))
     env = {**os.environ, "KERAS_BACKEND": backend, "JAX_PLATFORMS": "cpu"}
     result = subprocess.run(
-        [sys.executable, "-m", "tests.kpair.models.pretrained_backend_checks",
+        [sys.executable, "-m", "tests.kpair.pretrained.pretrained_backend_checks",
          str(path), str(saved)],
         cwd=ROOT, env=env, capture_output=True, text=True, timeout=300,
     )

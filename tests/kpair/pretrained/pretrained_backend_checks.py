@@ -1,4 +1,4 @@
-"""`python -m tests.kpair.models.pretrained_backend_checks STATE FEATURES`:
+"""`python -m tests.kpair.pretrained.pretrained_backend_checks STATE FEATURES`:
 a backbone from a torchvision-layout state dict (symmetric padding, input
 normalization) on the backend of `KERAS_BACKEND`; its pooled features must
 equal those the TensorFlow process saved in FEATURES (an .npz with `images`
