@@ -1,2 +1,3 @@
-"""A model and arrays in, figures out: norm statistics, evaluation, diagnose,
-adapt, the adapt curve, unknown domains, check. Never a path."""
+"""A model and arrays in, figures out: norm statistics, evaluate, diagnose,
+adapt, the adapt curve, domain images and tables, unknown domains, check.
+Never a path."""

@@ -1,5 +1,5 @@
 """The models: backbone, pair model, losses, building from a config,
-precision.
+precision, and pretrained weights loaded onto a backbone.
 
 Importing this package registers kpair's custom Keras objects (under the
 package name `kpair`): the backbone, the pair model, the losses, and through

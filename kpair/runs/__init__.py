@@ -1,2 +1,3 @@
-"""The path level: open a run or a model file, evaluate a run, adapt a file,
-the domain weights of a run, reports."""
+"""The path level: model files, open a run for evaluation, and each
+command's work on a run or model file (evaluate, diagnose, adapt, the adapt
+curve), the domain weights of a run."""
