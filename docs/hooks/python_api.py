@@ -9,6 +9,7 @@ defines it now. A name added to or dropped from `__all__` changes the page.
 
 import importlib
 import logging
+from pathlib import Path
 
 from mkdocs.exceptions import PluginError
 
@@ -35,6 +36,21 @@ class _Accepted(logging.Filter):
 def on_startup(**_):
     # mkdocstrings relocates griffe's logger under mkdocs's.
     logging.getLogger("mkdocs.plugins.griffe").addFilter(_Accepted())
+
+
+def on_config(config):
+    """Refuses to build on a missing or stale build/import-tree: griffe reads
+    kpair from there, laid out as installed (kpair.layers is the folder
+    layers/), and would otherwise miss modules by their import names."""
+    root = Path(config.config_file_path).parent
+    tree = root / "build" / "import-tree" / "kpair"
+    wanted = {p.name for p in (root / "kpair").iterdir()} | {"layers", "tuning"}
+    present = {p.name for p in tree.iterdir()} if tree.is_dir() else set()
+    if not wanted <= present:
+        raise PluginError(
+            f"{tree.relative_to(root)} lacks {sorted(wanted - present)}: run "
+            "`make import-tree` first (`make docs` does)")
+    return config
 
 
 def on_page_markdown(markdown, page, **_):

@@ -11,6 +11,8 @@ import pytest
 from tests.docs.markdown_pages import ROOT
 
 PAGE = ROOT / "docs" / "reference" / "run-directory.md"
+# One worker trains the run both tests read (`pytest -n 2 --dist loadgroup`).
+pytestmark = [pytest.mark.slow, pytest.mark.xdist_group("docs_run_directory")]
 
 
 def documented(section):
@@ -31,7 +33,6 @@ def tiny_run(demo_data, tiny_config, tmp_path_factory):
     return run
 
 
-@pytest.mark.slow
 def test_every_file_of_a_run_is_documented_and_exists(tiny_run):
     patterns = documented("Files")
     written = [p.relative_to(tiny_run).as_posix() + ("/" if p.is_dir() else "")
@@ -43,7 +44,6 @@ def test_every_file_of_a_run_is_documented_and_exists(tiny_run):
     assert not absent, f"in {PAGE.name}, not written by the run: {absent}"
 
 
-@pytest.mark.slow
 def test_every_metrics_key_is_documented_and_exists(tiny_run):
     keys = set(json.loads((tiny_run / "metrics.json").read_text()))
     names = documented("metrics.json")
