@@ -1,10 +1,18 @@
-"""The post's bug and its two fixes on the built-in demo data, as one table.
+"""The post's bug and its two fixes on the built-in demo data, across seeds.
 
-    python benchmarks/reproduce_post.py [--epochs 5] [--width-multiplier 0.25]
-        [--precisions float32,mixed_bfloat16] [--ba-fraction 0.5] [--out runs/post]
+    python benchmarks/reproduce_post.py [--seeds 0,1,2] [--settings demo,defaults]
+        [--epochs 5] [--precisions float32,mixed_bfloat16] [--ba-fraction 0.5]
+        [--out runs/post] [--markdown FILE] [--json FILE]
 
-For each precision, three `kpair train` runs with the same seed, data and
-number of steps (every other setting at `kpair train`'s defaults):
+Two settings, both 5 epochs in float32 (unless `--precisions`), every other
+setting at `kpair train`'s defaults:
+
+- `demo`: `make demo`'s settings, width 0.25;
+- `defaults`: `kpair train`'s defaults, width 1.0.
+
+(`--width-multiplier W` replaces them with one setting of that width.)
+For each setting, precision and seed, three `kpair train` runs with the same
+seed, data and number of steps:
 
 1. `--norm batch --batching per-type` (the post's setup): the gap should be
    at least 2.5x.
@@ -14,25 +22,37 @@ number of steps (every other setting at `kpair train`'s defaults):
 The gap is `kpair train`'s own (`kpair.training.gap`): on one fixed sample of
 training pairs with each run's final weights, the inference-mode loss over
 the training-mode loss (the run's own batches, nothing updated). For run 1
-the table adds the post's diagnostic: the training split evaluated with
-batch statistics on shuffled mixed batches (`kpair evaluate --split train
---mode batch-stats`), which brought the post's loss back near the
+the per-seed table adds the post's diagnostic: the training split evaluated
+with batch statistics on shuffled mixed batches (`kpair evaluate --split
+train --mode batch-stats`), which brought the post's loss back near the
 training-mode figure. `--ba-fraction 0.5` stores half of the demo's A-B
 pairs the other way round (B-A: left image from B), to show that per-type
-batching keeps one domain per backbone call whatever the orientation. The
-last line says whether every goal holds; the script exits 1 when one does
-not.
+batching keeps one domain per backbone call whatever the orientation.
+
+Each setting prints its per-seed rows, then each gap's median, min and max
+over the seeds and whether its goal holds on every seed. The last line says
+whether every goal holds on every seed; the script exits 1 when one does
+not. `--markdown FILE` writes the same tables as markdown, `--json FILE`
+the figures (what `benchmarks/figures.py` builds the README's table from).
+
+Each run is an ordinary run directory under `--out`
+(`SETTING/seedN/PRECISION-NORM-BATCHING`): started again with the same
+`--out`, finished runs are read back and an unfinished one resumes.
+TensorFlow's CPU kernels are not deterministic by default, so a seed run
+twice can end on other weights: the spread over seeds is the figure to read.
 """
 
 import argparse
+import json
 import os
+import statistics
 import sys
 import time
 from pathlib import Path
 
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
 
-from bench_training import machine  # noqa: E402  (beside this script)
+from figures import machine, versions  # noqa: E402  (beside this script)
 
 import kpair  # noqa: E402,F401  (first: oneDNN, as users' code gets it)
 from kpair.config import PRECISIONS, TrainConfig  # noqa: E402
@@ -45,83 +65,201 @@ RUNS = (
     ("per-domain", "per-type", "<= 1.3x", lambda r: r <= 1.3),
     ("batch", "balanced", "<= 1.3x", lambda r: r <= 1.3),
 )
-HEADER = (
-    "| precision | norm | batching | train loss, training mode | train loss, "
-    "inference mode | gap | goal | holds | train loss, batch stats on mixed "
-    "batches | val loss |"
+# name: (width multiplier, how the heading names it)
+SETTINGS = {
+    "demo": (0.25, "`make demo`'s settings"),
+    "defaults": (1.0, "`kpair train`'s defaults"),
+}
+SEED_HEADER = (
+    "| seed | precision | norm | batching | train loss, training mode | train "
+    "loss, inference mode | gap | goal | holds | train loss, batch stats on "
+    "mixed batches | val loss |"
+)
+SUMMARY_HEADER = (
+    "| precision | norm | batching | gap, median | gap, min | gap, max | goal "
+    "| holds on every seed |"
 )
 
 
-def title(args):
-    import keras
-    import tensorflow as tf
+def table(header, rows):
+    columns = header.count(" | ") + 1
+    return [header, "|" + "---|" * columns, *rows]
 
+
+def seed_row(record):
+    return (
+        f"| {record['seed']} | {record['precision']} | {record['norm']} | "
+        f"{record['batching']} | {record['train_loss_training_mode']:.3f} | "
+        f"{record['train_loss_inference_mode']:.3f} | {record['gap']:.2f}x | "
+        f"{record['goal']} | {'yes' if record['holds'] else 'NO'} | "
+        f"{record['batch_stats']} | {record['val_loss']:.3f} |"
+    )
+
+
+def summarize(records):
+    """Per (precision, norm, batching): the gap's median, min and max over
+    the seeds, and whether the goal holds on every seed."""
+    groups = {}
+    for record in records:
+        key = (record["precision"], record["norm"], record["batching"])
+        groups.setdefault(key, []).append(record)
+    summary = []
+    for (precision, norm, batching), group in groups.items():
+        gaps = [r["gap"] for r in group]
+        summary.append({
+            "precision": precision, "norm": norm, "batching": batching,
+            "seeds": [r["seed"] for r in group],
+            "median": statistics.median(gaps), "min": min(gaps), "max": max(gaps),
+            "goal": group[0]["goal"], "holds": all(r["holds"] for r in group),
+        })
+    return summary
+
+
+def summary_row(entry):
+    return (
+        f"| {entry['precision']} | {entry['norm']} | {entry['batching']} | "
+        f"{entry['median']:.2f}x | {entry['min']:.2f}x | {entry['max']:.2f}x | "
+        f"{entry['goal']} | {'yes' if entry['holds'] else 'NO'} |"
+    )
+
+
+def heading(label, width, args, seeds):
     pairs = (
         f", {args.ba_fraction:g} of the A-B pairs stored as B-A"
         if args.ba_fraction else ""
     )
     return (
-        f"The post on the demo data{pairs}: {args.epochs} epochs, width "
-        f"{args.width_multiplier}, seed {args.seed}, every other setting at "
-        f"`kpair train`'s defaults; {time.strftime('%Y-%m-%d')}, {machine()}; "
-        f"TF {tf.__version__}, Keras {keras.__version__}"
+        f"The post on the demo data{pairs} at {label}: width {width:g}, "
+        f"{args.epochs} epochs, seeds {', '.join(map(str, seeds))}, every "
+        f"other setting at `kpair train`'s defaults; "
+        f"{time.strftime('%Y-%m-%d', time.gmtime())}, {machine()}; {versions()}"
     )
 
 
-def row(precision, norm, batching, metrics, goal, holds, batch_stats):
-    return (
-        f"| {precision} | {norm} | {batching} | "
-        f"{metrics['train_loss_training_mode']:.3f} | "
-        f"{metrics['train_loss_inference_mode']:.3f} | "
-        f"{metrics['gap_ratio']:.2f}x | {goal} | {'yes' if holds else 'NO'} | "
-        f"{batch_stats} | {metrics['val_loss']:.3f} |"
+def run_setting(name, width, data, args, seeds, precisions):
+    """The per-seed records of one setting."""
+    records = []
+    for precision in precisions:
+        for seed in seeds:
+            for norm, batching, goal, holds in RUNS:
+                out = (Path(args.out) / name / f"seed{seed}"
+                       / f"{precision}-{norm}-{batching}")
+                config = TrainConfig(
+                    data=str(data), norm=norm, batching=batching,
+                    precision=precision, epochs=args.epochs, seed=seed,
+                    width_multiplier=width, out=str(out),
+                )
+                metrics = train(config)
+                batch_stats = "-"
+                if norm == "batch" and batching == "per-type":
+                    result = evaluate_run(out, split="train", mode="batch-stats")
+                    batch_stats = f"{result['total']:.3f}"
+                records.append({
+                    "seed": seed, "precision": precision, "norm": norm,
+                    "batching": batching, "goal": goal,
+                    "gap": metrics["gap_ratio"],
+                    "holds": bool(holds(metrics["gap_ratio"])),
+                    "train_loss_training_mode": metrics["train_loss_training_mode"],
+                    "train_loss_inference_mode":
+                        metrics["train_loss_inference_mode"],
+                    "val_loss": metrics["val_loss"], "batch_stats": batch_stats,
+                })
+    return records
+
+
+def report(results):
+    """The lines printed (and written as markdown) for every setting."""
+    lines = []
+    for result in results:
+        lines += ["", result["title"], "", "Per seed:", ""]
+        lines += table(SEED_HEADER, [seed_row(r) for r in result["rows"]])
+        lines += ["", "Over the seeds:", ""]
+        lines += table(SUMMARY_HEADER, [summary_row(s) for s in result["summary"]])
+    failing = [
+        f"{r['setting']}: {s['norm']} on {s['batching']} batches ({s['precision']})"
+        for r in results for s in r["summary"] if not s["holds"]
+    ]
+    lines.append("")
+    lines.append(
+        "A goal does NOT hold on every seed: " + "; ".join(failing) + "."
+        if failing else "Every goal holds on every seed."
     )
+    return lines, not failing
 
 
-def main():
+def parse_list(text):
+    return [item.strip() for item in text.split(",") if item.strip()]
+
+
+def parse_args(argv=None):
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--seeds", default="0,1,2",
+                        help="comma-separated training seeds (default 0,1,2)")
+    parser.add_argument("--seed", type=int, default=None,
+                        help="one seed: the same as --seeds N")
+    parser.add_argument("--settings", default="demo,defaults",
+                        help=f"comma-separated, among {list(SETTINGS)}")
+    parser.add_argument("--width-multiplier", type=float, default=None,
+                        help="one setting of this width instead of --settings")
     parser.add_argument("--epochs", type=int, default=5)
-    parser.add_argument("--width-multiplier", type=float, default=0.25)
     parser.add_argument("--precisions", default="float32",
                         help=f"comma-separated, among {list(PRECISIONS)}")
-    parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--ba-fraction", type=float, default=0.0,
                         help="share of the A-B pairs stored as B-A pairs")
     parser.add_argument("--out", default="runs/post")
-    args = parser.parse_args()
-    precisions = [p.strip() for p in args.precisions.split(",") if p.strip()]
-    unknown = [p for p in precisions if p not in PRECISIONS]
-    if unknown or not precisions:
+    parser.add_argument("--markdown", default=None,
+                        help="also write the tables as markdown to this file")
+    parser.add_argument("--json", default=None,
+                        help="also write the figures as JSON to this file")
+    args = parser.parse_args(argv)
+    try:
+        args.seed_list = (
+            [args.seed] if args.seed is not None
+            else [int(s) for s in parse_list(args.seeds)]
+        )
+    except ValueError:
+        parser.error(f"--seeds must be comma-separated integers: {args.seeds!r}")
+    if not args.seed_list:
+        parser.error("--seeds names no seed")
+    args.precision_list = parse_list(args.precisions)
+    unknown = [p for p in args.precision_list if p not in PRECISIONS]
+    if unknown or not args.precision_list:
         parser.error(f"unknown precisions {unknown}; choose among {list(PRECISIONS)}")
+    if args.width_multiplier is not None:
+        args.setting_list = [(f"width{args.width_multiplier:g}",
+                              args.width_multiplier, "these settings")]
+    else:
+        names = parse_list(args.settings)
+        unknown = [s for s in names if s not in SETTINGS]
+        if unknown or not names:
+            parser.error(f"unknown settings {unknown}; choose among {list(SETTINGS)}")
+        args.setting_list = [(n, *SETTINGS[n]) for n in names]
+    return args
+
+
+def main(argv=None):
+    args = parse_args(argv)
     # The cached demo data set (built on first use), as `kpair train` finds it.
     data = ensure_demo(ba_fraction=args.ba_fraction)
-    heading = title(args)
-    lines, every_goal = [], True
-    for precision in precisions:
-        for norm, batching, goal, holds in RUNS:
-            out = Path(args.out) / f"{precision}-{norm}-{batching}"
-            config = TrainConfig(
-                data=str(data), norm=norm, batching=batching, precision=precision,
-                epochs=args.epochs, seed=args.seed,
-                width_multiplier=args.width_multiplier, out=str(out),
-            )
-            metrics = train(config)
-            batch_stats = "-"
-            if norm == "batch" and batching == "per-type":
-                result = evaluate_run(out, split="train", mode="batch-stats")
-                batch_stats = f"{result['total']:.3f}"
-            ok = holds(metrics["gap_ratio"])
-            every_goal &= ok
-            lines.append(row(precision, norm, batching, metrics, goal, ok,
-                             batch_stats))
-    print()
-    print(heading)
-    print()
-    print(HEADER)
-    print("|" + "---|" * HEADER.count(" | ") + "---|")
+    results = []
+    for name, width, label in args.setting_list:
+        title = heading(label, width, args, args.seed_list)
+        records = run_setting(name, width, data, args, args.seed_list,
+                              args.precision_list)
+        results.append({
+            "setting": name, "width_multiplier": width, "epochs": args.epochs,
+            "seeds": args.seed_list, "title": title, "rows": records,
+            "summary": summarize(records),
+        })
+    lines, every_goal = report(results)
     print("\n".join(lines))
-    print()
-    print("Every goal holds." if every_goal else "A goal does NOT hold.")
+    if args.markdown:
+        Path(args.markdown).parent.mkdir(parents=True, exist_ok=True)
+        Path(args.markdown).write_text("\n".join(lines).lstrip("\n") + "\n")
+    if args.json:
+        Path(args.json).parent.mkdir(parents=True, exist_ok=True)
+        Path(args.json).write_text(json.dumps(
+            {"every_goal_holds": every_goal, "settings": results}, indent=1) + "\n")
     return 0 if every_goal else 1
 
 

@@ -1,0 +1,294 @@
+"""Runs the figure jobs and regenerates the files that show their tables.
+
+    python benchmarks/figures.py [JOB ...]      # `make figures [FIGURES="JOB ..."]`
+
+Each job runs one benchmark script and keeps its output in a file of its
+own, `docs/figures/JOB.md` (the docs include these files): a heading, the
+command, the date, the machine (CPU model, cores, and whether it has native
+bfloat16, `avx512_bf16`, or AVX2 only) and the TensorFlow and Keras
+versions, then the script's tables. Then, from every job's file, whether
+run now or earlier:
+
+- `benchmarks/RESULTS.md` is assembled: one section per job, in the order
+  of `JOBS`. A job not named on the command line keeps the section it last
+  wrote, so `make figures FIGURES=post-demo` leaves the others as they are.
+- The README's table of the post's goals across seeds is rewritten between
+  the lines `<!-- figures:post:begin -->` and `<!-- figures:post:end -->`,
+  from the post jobs' JSON (`docs/figures/post-*.json`). Nothing else in
+  the README is touched; without both markers it is left as it is, and
+  this script says so.
+
+The jobs:
+
+- `post-demo`: `reproduce_post.py --seeds 0,1,2 --settings demo` (width
+  0.25, 5 epochs, float32: `make demo`'s settings);
+- `post-defaults`: the same at `kpair train`'s defaults (width 1.0);
+- `norm-layers`: `bench_norm_layers.py`, each norm layer's training step
+  against stock batch norm.
+
+The other scripts of `benchmarks/` (training throughput, the input
+pipeline, GPU runs, memory over 20 epochs) need a quiet machine, a GPU or
+an hour; their figures are not kept here. The script exits 1 when a job
+fails (for `reproduce_post.py`: when a goal does not hold on every seed);
+the job's section is written all the same, with its exit status.
+"""
+
+import argparse
+import importlib.metadata
+import json
+import os
+import re
+import subprocess
+import sys
+import tempfile
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parent.parent
+FIGURES_DIR = ROOT / "docs" / "figures"
+RESULTS = ROOT / "benchmarks" / "RESULTS.md"
+README = ROOT / "README.md"
+BEGIN = "<!-- figures:post:begin -->"
+END = "<!-- figures:post:end -->"
+
+
+@dataclass(frozen=True)
+class Job:
+    """One figure job: `python SCRIPT *args` from the repository root.
+
+    `markdown`: the script takes `--markdown FILE` and writes its tables
+    there; otherwise its standard output is kept, as a code block. `json`:
+    it also takes `--json FILE` (the README's table is built from these).
+    """
+
+    name: str
+    title: str
+    script: str
+    args: tuple = ()
+    markdown: bool = False
+    json: bool = False
+
+    def command(self):
+        return " ".join(["python", self.script, *self.args])
+
+
+JOBS = (
+    Job("post-demo", "The post's bug and its fixes at `make demo`'s settings",
+        "benchmarks/reproduce_post.py",
+        ("--seeds", "0,1,2", "--settings", "demo", "--out", "runs/figures/post"),
+        markdown=True, json=True),
+    Job("post-defaults", "The post's bug and its fixes at `kpair train`'s defaults",
+        "benchmarks/reproduce_post.py",
+        ("--seeds", "0,1,2", "--settings", "defaults", "--out", "runs/figures/post"),
+        markdown=True, json=True),
+    Job("norm-layers", "Each norm layer's training step against stock batch norm",
+        "benchmarks/bench_norm_layers.py"),
+)
+
+RESULTS_HEADER = """\
+# Benchmark results
+
+This file is generated: `make figures` (`benchmarks/figures.py`) writes it
+from the figure jobs' files in `docs/figures/`; edit the scripts, not this
+file. Each section names its command, date, machine and versions; compare
+figures only within a section. `make figures FIGURES=JOB` re-runs one job and
+keeps the other sections.
+"""
+
+
+def machine(cpuinfo="/proc/cpuinfo"):
+    """CPU model, cores, and its native bfloat16 or AVX2 (the CPU's flags)."""
+    name, flags = None, set()
+    try:
+        with open(cpuinfo) as f:
+            for line in f:
+                key, _, value = line.partition(":")
+                key = key.strip()
+                if key == "model name" and name is None:
+                    name = value.strip()
+                elif key == "flags" and not flags:
+                    flags = set(value.split())
+    except OSError:
+        pass
+    name = name or os.uname().machine
+    native = [f for f in ("avx512_bf16", "amx_bf16") if f in flags]
+    if native:
+        vector = "/".join(native)
+    elif "avx2" in flags:
+        vector = "AVX2 only (no native bfloat16)"
+    else:
+        vector = "neither AVX2 nor native bfloat16"
+    return f"{name}, {os.cpu_count()} cores, {vector}"
+
+
+def versions():
+    found = []
+    for label, package in (("TF", "tensorflow"), ("Keras", "keras")):
+        try:
+            found.append(f"{label} {importlib.metadata.version(package)}")
+        except importlib.metadata.PackageNotFoundError:
+            found.append(f"{label}: not installed")
+    return ", ".join(found)
+
+
+def section(job, body, status, date=None, where=None):
+    """A job's file: its heading, command, date, machine, then its tables."""
+    date = date or time.strftime("%Y-%m-%d", time.gmtime())
+    where = where or f"{machine()}; {versions()}"
+    lines = [
+        f"## {job.name}: {job.title}",
+        "",
+        f"`{job.command()}`",
+        "",
+        f"{date}; {where}; exit status {status}.",
+        "",
+    ]
+    text = body.strip("\n")
+    lines += [text] if job.markdown else ["```", text, "```"]
+    return "\n".join(lines) + "\n"
+
+
+def run_job(job, figures_dir, cwd=ROOT):
+    """Runs `job`, writes `figures_dir/NAME.md` (and `.json`); its exit status."""
+    figures_dir = Path(figures_dir)
+    figures_dir.mkdir(parents=True, exist_ok=True)
+    argv = [sys.executable, job.script, *job.args]
+    with tempfile.TemporaryDirectory() as tmp:
+        markdown, json_file = Path(tmp) / "out.md", Path(tmp) / "out.json"
+        if job.markdown:
+            argv += ["--markdown", str(markdown)]
+        if job.json:
+            argv += ["--json", str(json_file)]
+        print(f"[figures] {job.name}: {job.command()}", flush=True)
+        out = []
+        with subprocess.Popen(argv, cwd=cwd, stdout=subprocess.PIPE,
+                              text=True) as process:
+            for line in process.stdout:  # shown as it comes, and kept
+                sys.stdout.write(line)
+                out.append(line)
+        status = process.returncode
+        if job.markdown and markdown.is_file():
+            body = markdown.read_text()
+        else:
+            body = "".join(out)
+        (figures_dir / f"{job.name}.md").write_text(section(job, body, status))
+        target = figures_dir / f"{job.name}.json"
+        if job.json and json_file.is_file():
+            target.write_text(json_file.read_text())
+    return status
+
+
+def assemble_results(jobs, figures_dir):
+    """RESULTS.md's text: the header, then every job's file that exists."""
+    parts = [RESULTS_HEADER]
+    missing = []
+    for job in jobs:
+        path = Path(figures_dir) / f"{job.name}.md"
+        if path.is_file():
+            parts.append(path.read_text().rstrip("\n") + "\n")
+        else:
+            missing.append(job.name)
+    if missing:
+        parts.append(
+            "Jobs without a section yet (`make figures "
+            f"FIGURES=\"{' '.join(missing)}\"` writes them): "
+            + ", ".join(f"`{m}`" for m in missing) + ".\n"
+        )
+    return "\n".join(parts)
+
+
+def readme_table(jobs, figures_dir):
+    """The README's table: each post goal's gap over the seeds, per setting."""
+    rows = []
+    for job in jobs:
+        path = Path(figures_dir) / f"{job.name}.json"
+        if not job.json or not path.is_file():
+            continue
+        data = json.loads(path.read_text())
+        for setting in data["settings"]:
+            seeds = ", ".join(str(s) for s in setting["seeds"])
+            where = (f"width {setting['width_multiplier']:g}, "
+                     f"{setting['epochs']} epochs")
+            for s in setting["summary"]:
+                rows.append(
+                    f"| {setting['setting']} ({where}) | {s['precision']} | "
+                    f"{s['norm']} | {s['batching']} | {seeds} | "
+                    f"{s['median']:.2f}x | {s['min']:.2f}x | {s['max']:.2f}x | "
+                    f"{s['goal']} | {'yes' if s['holds'] else 'NO'} |"
+                )
+    if not rows:
+        return None
+    return "\n".join([
+        "| setting | precision | norm | batching | seeds | gap, median | "
+        "gap, min | gap, max | goal | holds on every seed |",
+        "|---|---|---|---|---|---|---|---|---|---|",
+        *rows,
+    ])
+
+
+def replace_between_markers(text, body, begin=BEGIN, end=END):
+    """`text` with the lines between `begin` and `end` replaced by `body`;
+    None when the markers are not both there, in that order."""
+    pattern = re.compile(
+        rf"(^[ \t]*{re.escape(begin)}[ \t]*\n)(.*?)(^[ \t]*{re.escape(end)})",
+        re.DOTALL | re.MULTILINE,
+    )
+    match = pattern.search(text)
+    if match is None:
+        return None
+    inner = body.strip("\n") + "\n" if body.strip() else ""
+    return text[: match.start(2)] + inner + text[match.end(2):]
+
+
+def update_readme(readme, body):
+    """Rewrites the README between the markers; False (and says so) when
+    the README or its markers are not there."""
+    readme = Path(readme)
+    text = readme.read_text() if readme.is_file() else None
+    new = None if text is None else replace_between_markers(text, body)
+    if new is None:
+        print(f"[figures] {readme} has no lines {BEGIN} and {END}: its "
+              "table is left as it is.", file=sys.stderr)
+        return False
+    if new != text:
+        readme.write_text(new)
+    return True
+
+
+def make_figures(names=(), jobs=JOBS, figures_dir=FIGURES_DIR, results=RESULTS,
+                 readme=README, cwd=ROOT):
+    """Runs the named jobs (all when none), then regenerates RESULTS.md and
+    the README's table from every job's file. Returns the exit status."""
+    by_name = {job.name: job for job in jobs}
+    unknown = [n for n in names if n not in by_name]
+    if unknown:
+        print(f"[figures] unknown jobs {unknown}; the jobs are {list(by_name)}",
+              file=sys.stderr)
+        return 2
+    status = 0
+    for job in jobs:
+        if names and job.name not in names:
+            continue
+        code = run_job(job, figures_dir, cwd=cwd)
+        if code:
+            print(f"[figures] {job.name} exited with status {code}", file=sys.stderr)
+            status = 1
+    Path(results).write_text(assemble_results(jobs, figures_dir))
+    print(f"[figures] wrote {results}")
+    table = readme_table(jobs, figures_dir)
+    if table is not None and update_readme(readme, table):
+        print(f"[figures] wrote the table of {readme}")
+    return status
+
+
+def main(argv=None):
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("jobs", nargs="*",
+                        help=f"jobs to run (default: all): {[j.name for j in JOBS]}")
+    args = parser.parse_args(argv)
+    return make_figures(args.jobs)
+
+
+if __name__ == "__main__":
+    sys.exit(main())
