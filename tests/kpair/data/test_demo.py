@@ -218,7 +218,11 @@ def test_camera_b_casts_exposes_blurs_and_adds_noise():
     edge = np.zeros((32, 32, 3), np.uint8)
     edge[:, 16:] = 200
     row = demo_module._camera_b(edge, np.random.default_rng(0))[:, :, 1].mean(0)
-    assert 0.2 * 225 < row[15] < row[16] < 0.9 * 225
+    bright = 200 * demo_module.B_GAIN[1] + demo_module.B_EXPOSURE
+    dark = demo_module.B_EXPOSURE
+    # Both sides of the edge pulled toward each other, around the midpoint.
+    assert dark + 0.1 * (bright - dark) < row[15] < row[16]
+    assert row[16] < bright - 0.1 * (bright - dark)
 
 
 def test_cli_data_demo_ba_fraction(tmp_path, capsys):
