@@ -3,15 +3,16 @@
     python benchmarks/figures.py [JOB ...]      # `make figures [FIGURES="JOB ..."]`
 
 Each job runs one benchmark script and keeps its output in a file of its
-own, `docs/figures/JOB.md` (the docs include these files): a heading, the
-command, the date, the machine (CPU model, cores, and whether it has native
+own, `docs/figures/JOB.md` (the docs include these files): the command,
+the date, the machine (CPU model, cores, and whether it has native
 bfloat16, `avx512_bf16`, or AVX2 only) and the TensorFlow and Keras
 versions, then the script's tables. Then, from every job's file, whether
 run now or earlier:
 
 - `benchmarks/RESULTS.md` is assembled: one section per job, in the order
-  of `JOBS`. A job not named on the command line keeps the section it last
-  wrote, so `make figures FIGURES=post-demo` leaves the others as they are.
+  of `JOBS`, headed by the job's name and title. A job not named on the
+  command line keeps the section it last wrote, so `make figures
+  FIGURES=post-demo` leaves the others as they are.
 - The README's table of the post's goals across seeds is rewritten between
   the lines `<!-- figures:post:begin -->` and `<!-- figures:post:end -->`,
   from the post jobs' JSON (`docs/figures/post-*.json`). Nothing else in
@@ -133,12 +134,11 @@ def versions():
 
 
 def section(job, body, status, date=None, where=None):
-    """A job's file: its heading, command, date, machine, then its tables."""
+    """A job's file: its command, date, machine, then its tables (the docs
+    include it as it is; RESULTS.md adds a heading)."""
     date = date or time.strftime("%Y-%m-%d", time.gmtime())
     where = where or f"{machine()}; {versions()}"
     lines = [
-        f"## {job.name}: {job.title}",
-        "",
         f"`{job.command()}`",
         "",
         f"{date}; {where}; exit status {status}.",
@@ -186,7 +186,8 @@ def assemble_results(jobs, figures_dir):
     for job in jobs:
         path = Path(figures_dir) / f"{job.name}.md"
         if path.is_file():
-            parts.append(path.read_text().rstrip("\n") + "\n")
+            parts.append(f"## {job.name}: {job.title}\n\n"
+                         + path.read_text().rstrip("\n") + "\n")
         else:
             missing.append(job.name)
     if missing:

@@ -81,8 +81,7 @@ def test_every_job_writes_its_file_and_results_assembles_them(fake):
     assert figures.make_figures((), jobs=jobs, **paths) == 1  # "two" fails
     figs = paths["figures_dir"]
     one = (figs / "one.md").read_text()
-    assert one.startswith("## one: First fake\n")
-    assert "`python fake_post.py 4.0 demo`" in one
+    assert one.startswith("`python fake_post.py 4.0 demo`\n")
     assert "| batch | 4.00x |" in one
     assert "exit status 0." in one
     assert figures.machine() in one and figures.versions() in one
@@ -95,19 +94,21 @@ def test_every_job_writes_its_file_and_results_assembles_them(fake):
     # In the jobs' order, each the job's own file.
     starts = [results.index(f"## {name}:") for name in ("one", "two", "plain")]
     assert starts == sorted(starts)
-    for name in ("one", "two", "plain"):
-        assert (figs / f"{name}.md").read_text().strip() in results
+    for name, title in (("one", "First fake"), ("two", "Second fake"),
+                        ("plain", "A plain script")):
+        own = (figs / f"{name}.md").read_text().strip()
+        assert f"## {name}: {title}\n\n{own}\n" in results
 
 
 def test_a_job_not_rerun_keeps_its_section(fake):
     jobs, paths = fake
     figures.make_figures((), jobs=jobs, **paths)
     figs = paths["figures_dir"]
-    (figs / "two.md").write_text("## two: kept from an earlier run\n")
-    (figs / "one.md").write_text("## one: to be replaced\n")
+    (figs / "two.md").write_text("kept from an earlier run\n")
+    (figs / "one.md").write_text("to be replaced\n")
     assert figures.make_figures(("one",), jobs=jobs, **paths) == 0
     results = paths["results"].read_text()
-    assert "## two: kept from an earlier run" in results
+    assert "## two: Second fake\n\nkept from an earlier run\n" in results
     assert "to be replaced" not in results
     assert "| batch | 4.00x |" in results
 
