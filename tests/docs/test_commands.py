@@ -21,7 +21,9 @@ _INLINE_CODE = re.compile(r"`([^`]+)`")
 
 def shell_lines(page):
     """(line number, words) of each command line of `page`'s shell blocks,
-    continuation lines joined, prompts, comments and `VAR=value` dropped."""
+    continuation lines joined, prompts, comments and `VAR=value` dropped.
+    In a ```console block only lines after a `$ ` prompt are commands (the
+    others are what they print)."""
     found = []
     for block in blocks(page):
         if block.language not in SHELL:
@@ -33,6 +35,8 @@ def shell_lines(page):
                 start = block.line + offset
                 if text.startswith("$ "):
                     text = text[2:]
+                elif block.language == "console":
+                    continue
             pending += text
             if pending.endswith("\\"):
                 pending = pending[:-1] + " "
@@ -57,10 +61,25 @@ def _command_words(words):
     return words
 
 
+def _kpair_arguments(words):
+    """The arguments of `kpair ...` or `python -m kpair ...`, else None.
+    A line kpair prints (`kpair: error: ...`, `kpair check: ...`) is none."""
+    words = _command_words(words)
+    if words[:1] == ["kpair"]:
+        arguments = words[1:]
+    elif len(words) > 2 and words[1:3] == ["-m", "kpair"] and "python" in words[0]:
+        arguments = words[3:]
+    else:
+        return None
+    if arguments and arguments[0].endswith(":"):
+        return None
+    return arguments
+
+
 def kpair_commands():
-    return [(f"{page}:{line}", _command_words(words)[1:])
+    return [(f"{page}:{line}", arguments)
             for page in pages() for line, words in shell_lines(page)
-            if words[0] == "kpair"]
+            if (arguments := _kpair_arguments(words)) is not None]
 
 
 @pytest.fixture(scope="module")
