@@ -44,7 +44,9 @@ def on_config(config):
     layers/), and would otherwise miss modules by their import names."""
     root = Path(config.config_file_path).parent
     tree = root / "build" / "import-tree" / "kpair"
-    wanted = {p.name for p in (root / "kpair").iterdir()} | {"layers", "tuning"}
+    modules = [p for p in (root / "kpair").iterdir()
+               if p.suffix == ".py" or (p / "__init__.py").is_file()]
+    wanted = {p.name for p in modules} | {"layers", "tuning"}
     present = {p.name for p in tree.iterdir()} if tree.is_dir() else set()
     if not wanted <= present:
         raise PluginError(
