@@ -50,3 +50,10 @@ def test_every_metrics_key_is_documented_and_exists(tiny_run):
     assert len(names) == len(set(names)), "a key documented twice"
     assert keys - set(names) == set(), f"undocumented metrics keys: {keys - set(names)}"
     assert set(names) - keys == set(), f"documented, not written: {set(names) - keys}"
+
+
+def test_every_history_column_is_documented(tiny_run):
+    """history.csv holds `epoch` and figures the metrics table documents."""
+    columns = (tiny_run / "history.csv").read_text().splitlines()[0].split(",")
+    unknown = set(columns) - {"epoch"} - set(documented("metrics.json"))
+    assert "epoch" in columns and not unknown, unknown
