@@ -56,11 +56,12 @@ _API = {
     "infer_domains": ("kpair.inspection.unknown_domains", "infer_domains"),
     "load_model": ("kpair.runs.model_files", "load_run_or_model"),
     "GapMonitor": ("kpair.training.gap_monitor", "GapMonitor"),
+    "GapWarning": ("kpair.training.gap_monitor", "GapWarning"),
     "pretrained_backbone": ("kpair.pretrained", "pretrained_backbone"),
 }
 
 __all__ = ["TrainConfig", "train", "evaluate", "infer_domains", "load_model",
-           "GapMonitor", "pretrained_backbone", "__version__"]
+           "GapMonitor", "GapWarning", "pretrained_backbone", "__version__"]
 
 
 def __getattr__(name):

@@ -7,9 +7,11 @@ from kpair.runs.model_files import load_model, resolve
 
 
 def add_flags(p):
-    p.add_argument("model", metavar="RUN_OR_MODEL")
+    p.add_argument("model", metavar="RUN_OR_MODEL",
+                   help="a run directory or a .keras model file")
     p.add_argument("--pairs", type=int, default=64,
-                   help="random pairs predicted in each batching (default 64)")
+                   help="random pairs in all, spread over every pair of the "
+                   "model's domains, predicted in each batching (default 64)")
     p.set_defaults(run=_check)
 
 

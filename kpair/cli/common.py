@@ -68,7 +68,8 @@ def add_backend_flag(p, verb):
     p.add_argument(
         "--backend", choices=BACKENDS,
         help=f"Keras backend that {verb}: tensorflow (graph steps), jax "
-        "(XLA-compiled steps; fastest on GPUs; the only one for --devices "
-        "above 1) or torch (eager steps, slowest); the data pipeline is "
-        "TensorFlow's on each (default: $KERAS_BACKEND if set, else tensorflow)",
+        "(XLA-compiled steps; fastest on GPUs; the only one for several "
+        "machines) or torch (eager steps, slowest, one device); the data "
+        "pipeline is TensorFlow's on each (default: $KERAS_BACKEND if set, "
+        "else tensorflow)",
     )

@@ -83,7 +83,18 @@ def export_model(model, out_dir, precision="float32", fold_norm=False):
         KpairError: the model fails `kpair check` (its output depends on the
             batch, or its statistics are not finite), or `fold_norm` for a
             norm that does not fold.
+        ConfigError: Keras runs on another backend than TensorFlow, or
+            `out_dir` holds files.
     """
+    if keras.backend.backend() != "tensorflow":
+        # A SavedModel holds TensorFlow graphs: Keras traces them from a
+        # model whose variables live in TensorFlow.
+        raise ConfigError(
+            "A SavedModel is exported from Keras on TensorFlow: run the export "
+            "with KERAS_BACKEND unset or `tensorflow` (the .keras file is the "
+            "same on every backend). Received: KERAS_BACKEND="
+            f"{keras.backend.backend()!r}"
+        )
     out_dir = Path(out_dir)
     if out_dir.exists() and any(out_dir.iterdir()):
         raise ConfigError(

@@ -15,6 +15,7 @@ statistics of the layers before it.
 """
 
 
+import keras
 import numpy as np
 import tensorflow as tf
 
@@ -109,6 +110,14 @@ def _moments_function(owner, norms):
     values lose digits in float32.
     """
     probe = norm_input_probe(owner, norms)
+    if keras.backend.backend() != "tensorflow":
+        # JAX and torch run the probe eagerly; the moments in NumPy float64.
+        def eager_moments(*inputs):
+            outputs = probe(inputs)
+            return [_numpy_batch_moments(keras.ops.convert_to_numpy(x), layer.axis)
+                    for layer, x in zip(norms, outputs)]
+
+        return eager_moments
     specs = [tf.TensorSpec(t.shape, t.dtype) for t in owner.inputs]
 
     @tf.function(input_signature=specs)
@@ -117,6 +126,16 @@ def _moments_function(owner, norms):
         return [_batch_moments(x, layer.axis) for layer, x in zip(norms, outputs)]
 
     return moments
+
+
+def _numpy_batch_moments(x, axis):
+    """`_batch_moments` of an array, in NumPy."""
+    x = np.asarray(x, np.float64)
+    axis = axis % x.ndim
+    reduce = tuple(a for a in range(x.ndim) if a != axis)
+    mean = np.mean(x, reduce, keepdims=True)
+    squares = np.sum(np.square(x - mean), reduce)
+    return x.size / x.shape[axis], mean.reshape(-1), squares
 
 
 def _batch_moments(x, axis):

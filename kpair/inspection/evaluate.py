@@ -160,8 +160,13 @@ def _advance(progress, rows):
 
 
 def _collect(batches, predict, progress=None):
+    # tf.data yields TensorFlow tensors, which only TensorFlow's Keras takes:
+    # JAX's and torch's predict functions want arrays.
+    as_arrays = keras.backend.backend() != "tensorflow"
     preds, rows = [], []
     for features, y in batches:
+        if as_arrays:
+            features = {name: value.numpy() for name, value in features.items()}
         preds.append(_flat(predict(features)))
         rows.append(y.numpy())
         _advance(progress, rows[-1])

@@ -2,8 +2,10 @@
 
 `python -m tests.backends.backend_checks MODEL.keras INPUTS.npz` with
 `KERAS_BACKEND` set: `import kpair` leaves TensorFlow unloaded, the
-float64-reference checks of the norms hold, and the TensorFlow-saved model
-predicts what TensorFlow predicted. Any failure raises (exit status 1).
+float64-reference checks of the norms hold, the TensorFlow-saved model
+predicts what TensorFlow predicted (also through `kpair evaluate`'s tf.data
+path), `kpair adapt` sets the statistics it set on TensorFlow, and a
+SavedModel export is refused in one line. Any failure raises (exit status 1).
 """
 
 import sys
@@ -124,6 +126,42 @@ def check_tensorflow_model_predicts_the_same(model_path, inputs_path):
     np.testing.assert_allclose(got, data["expected"], rtol=0, atol=1e-4)
 
 
+def check_evaluate_adapt_and_export(model_path, inputs_path):
+    """`kpair evaluate` predicts what TensorFlow predicted, `kpair adapt`
+    sets the statistics TensorFlow set, `kpair export` refuses in one line
+    (a SavedModel needs TensorFlow's Keras)."""
+    # Imported here, after the checks that TensorFlow stays unloaded: both
+    # modules load it (the data pipeline).
+    import tensorflow as tf
+
+    from kpair.deploy.export import export_model
+    from kpair.errors import ConfigError
+    from kpair.inspection.adapt import adapt_model
+    from kpair.inspection.evaluate import predictions
+
+    data = np.load(inputs_path)
+    # `kpair evaluate`'s predictions of a tf.data split: TensorFlow tensors,
+    # which this backend's predict function does not take as they are.
+    features = {k: data[k] for k in ("left", "right", "left_domain", "right_domain")}
+    rows = np.zeros((len(data["left"]), 2), "float32")
+    pairs = tf.data.Dataset.from_tensor_slices((features, rows))
+    predicted, _ = predictions(keras.saving.load_model(model_path), pairs,
+                               batch_size=3)
+    np.testing.assert_allclose(predicted, data["expected"].reshape(-1),
+                               rtol=0, atol=1e-4)
+    model = adapt_model(keras.saving.load_model(model_path), data["left"], domain=1)
+    for variable in model.non_trainable_variables:
+        np.testing.assert_allclose(
+            to_numpy(variable), data[f"adapted/{variable.path}"],
+            rtol=1e-5, atol=1e-6, err_msg=variable.path)
+    try:
+        export_model(model, "never-written")
+    except ConfigError as error:
+        assert "KERAS_BACKEND unset or `tensorflow`" in str(error), error
+    else:
+        raise AssertionError("export_model exported on " + keras.backend.backend())
+
+
 def main(model_path, inputs_path):
     check_no_tensorflow()
     check_per_domain_reference(per_domain_affine=True)
@@ -133,6 +171,7 @@ def main(model_path, inputs_path):
     check_synchronized_loads()
     check_tensorflow_model_predicts_the_same(model_path, inputs_path)
     check_no_tensorflow()
+    check_evaluate_adapt_and_export(model_path, inputs_path)
     print(f"backend checks passed on {keras.backend.backend()}")
 
 

@@ -5,9 +5,11 @@ import subprocess
 import sys
 from pathlib import Path
 
+import keras
 import numpy as np
 import pytest
 
+from kpair.inspection.adapt import adapt_model
 from kpair.models.model_builder import build_pair_model
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -38,7 +40,12 @@ def tensorflow_model(tmp_path_factory, tiny_config):
     folder = tmp_path_factory.mktemp("tf-model")
     model.save(folder / "model.keras")
     expected = model.predict(inputs, verbose=0)
-    np.savez(folder / "inputs.npz", expected=expected, **inputs)
+    # `kpair adapt`'s statistics of domain 1 from these images, on TensorFlow.
+    adapted = adapt_model(keras.saving.load_model(folder / "model.keras"),
+                          inputs["left"], domain=1)
+    statistics = {f"adapted/{v.path}": np.asarray(v)
+                  for v in adapted.non_trainable_variables}
+    np.savez(folder / "inputs.npz", expected=expected, **inputs, **statistics)
     return folder / "model.keras", folder / "inputs.npz"
 
 
