@@ -40,10 +40,14 @@ class EvalModeBatchNormalization(keras.layers.Layer):
             normalize with batch statistics before the switch.
         center: If `True`, add a learned offset `beta`.
         scale: If `True`, multiply by a learned scale `gamma`.
-        beta_initializer, gamma_initializer, moving_mean_initializer,
-        moving_variance_initializer: Initializers.
-        beta_regularizer, gamma_regularizer: Optional regularizers.
-        beta_constraint, gamma_constraint: Optional constraints.
+        beta_initializer: Initializer of `beta`.
+        gamma_initializer: Initializer of `gamma`.
+        moving_mean_initializer: Initializer of the moving means.
+        moving_variance_initializer: Initializer of the moving variances.
+        beta_regularizer: Optional regularizer of `beta`.
+        gamma_regularizer: Optional regularizer of `gamma`.
+        beta_constraint: Optional constraint on `beta`.
+        gamma_constraint: Optional constraint on `gamma`.
         **kwargs: Base layer keyword arguments (`name`, `dtype`, ...).
 
     The batch statistics are those of the global batch: under a

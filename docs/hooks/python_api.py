@@ -8,7 +8,6 @@ defines it now. A name added to or dropped from `__all__` changes the page.
 """
 
 import importlib
-import logging
 from pathlib import Path
 
 from mkdocs.exceptions import PluginError
@@ -16,28 +15,6 @@ from mkdocs.exceptions import PluginError
 PAGE = "reference/python-api.md"
 MARKER = "<!-- kpair-python-api: {} -->"
 PACKAGES = ("kpair", "kpair.layers", "kpair.tuning")
-# Warnings griffe gives on docstrings kpair keeps as they are, each exactly:
-# the layers' Args name several parameters on one entry that wraps
-# ("beta_initializer, gamma_initializer, moving_mean_initializer,\n
-# moving_variance_initializer: Initializers."), as Keras's own layers do.
-# Any other docstring warning fails the strict build.
-ACCEPTED_WARNINGS = (
-    "Failed to get 'name: description' pair from 'beta_initializer, "
-    "gamma_initializer, moving_mean_initializer,'",
-)
-
-
-class _Accepted(logging.Filter):
-    def filter(self, record):
-        message = record.getMessage()
-        return not any(accepted in message for accepted in ACCEPTED_WARNINGS)
-
-
-def on_startup(**_):
-    # mkdocstrings relocates griffe's logger under mkdocs's.
-    logging.getLogger("mkdocs.plugins.griffe").addFilter(_Accepted())
-
-
 def on_config(config):
     """Refuses to build on a missing or stale build/import-tree: griffe reads
     kpair from there, laid out as installed (kpair.layers is the folder
