@@ -1,5 +1,7 @@
 """`kpair adapt`: a domain's statistics re-estimated (AdaBN), or `--curve`."""
 
+import math
+
 from kpair.cli.common import RUN_OR_MODEL_HELP, SPLITS, add_batch_size
 from kpair.errors import ConfigError
 from kpair.inspection.adapt import DEFAULT_MAX_IMAGES
@@ -44,10 +46,36 @@ def add_flags(p):
     p.add_argument("--draws", type=int, default=DEFAULT_DRAWS,
                    help=f"random draws per image count with --curve (default: "
                    f"{DEFAULT_DRAWS})")
+    p.add_argument(
+        "--prior", metavar="N",
+        help="blend instead of replace: the stored statistics weigh as N "
+        "images against the n new ones, mean and variance each "
+        "(N x stored + n x new) / (N + n) (Schneider et al. 2020); for few "
+        "images. A new domain blends with --like's statistics. With --curve, "
+        "draw the curve with and without the prior (default: no prior, the "
+        "statistics are replaced)",
+    )
     p.set_defaults(run=_adapt)
 
 
+def _prior(text):
+    """`--prior`'s number, or None if not given."""
+    if text is None:
+        return None
+    try:
+        value = float(text)
+    except ValueError:
+        value = None
+    if value is None or not math.isfinite(value) or value < 0:
+        raise ConfigError(
+            "--prior must be a non-negative number: how many images the stored "
+            f"statistics weigh as (0: replace them). Received: --prior {text}"
+        )
+    return value
+
+
 def _adapt(args):
+    prior = _prior(args.prior)
     if args.curve:
         if args.out is not None:
             raise ConfigError(
@@ -57,7 +85,7 @@ def _adapt(args):
         report = adapt_curve_file(
             args.model, args.data, args.domain, split=args.split,
             batch_size=args.batch_size, max_images=args.max_images,
-            draws=args.draws, like=args.like,
+            draws=args.draws, like=args.like, prior=prior,
         )
         print(format_curve(report))
         return
@@ -67,5 +95,6 @@ def _adapt(args):
     report = adapt_file(
         args.model, args.data, args.domain, args.out, split=args.split,
         batch_size=args.batch_size, max_images=args.max_images, like=args.like,
+        prior=prior,
     )
     print(format_report(report))

@@ -12,14 +12,24 @@ across batches in float64, not a momentum average; and they are estimated
 one layer at a time in network order, each with the earlier layers already
 adapted, because a layer's inputs in inference mode depend on the
 statistics of the layers before it.
+
+With a `prior` N (Schneider et al., NeurIPS 2020, "Improving robustness
+against common corruptions by covariate shift adaptation"), the statistics
+are not replaced but blended: the stored ones weigh as N images against the
+n new ones, `(N * stored + n * new) / (N + n)` for the mean and for the
+variance alike. Few images then move the statistics only part of the way.
 """
 
+
+import math
+import numbers
 
 import keras
 import numpy as np
 import tensorflow as tf
 
 from kpair import layers
+from kpair.errors import ConfigError
 from kpair.inspection.domain_tables import add_domain, check_domain
 from kpair.inspection.norm_statistics import (
     norm_input_probe,
@@ -38,7 +48,8 @@ PER_DOMAIN = layers.PerDomainBatchNormalization
 DEFAULT_MAX_IMAGES = 1024
 
 
-def adapt_model(model, images, domain, like=None, batch_size=64, progress=None):
+def adapt_model(model, images, domain, like=None, batch_size=64, progress=None,
+                prior=None):
     """Sets every norm layer's statistics for `domain` from `images`.
 
     Args:
@@ -52,39 +63,111 @@ def adapt_model(model, images, domain, like=None, batch_size=64, progress=None):
             (batch norm, renorm, eval-mode) are adapted whatever the id: the
             model then describes that domain only.
         like: Domain whose affine parameters a new domain starts from
-            (default 0). Only for a new domain.
+            (default 0); with a `prior`, also the stored statistics it blends
+            with. Only for a new domain.
         batch_size: Images per forward pass; the statistics do not depend on
             it (inference mode, exact pooling).
         progress: A `kpair.utils.progress.Progress` counting the layers adapted,
             or None.
+        prior: None or 0 (default): the statistics are replaced by the
+            images'. A number N > 0: they are blended with the stored ones,
+            which weigh as N images against the `n` given (see
+            `blend_statistics`). A new domain blends with domain `like`'s
+            statistics, and then needs `like`.
 
     Returns:
         `model`, adapted in place; or, for a new domain, a new model with one
         more domain (`model` is then left as it was).
     """
     num_domains = check_domain(model, domain, like)
+    prior = check_prior(prior, num_domains, domain, like)
     images = _check_images(images)
     batch_size = positive_int("batch_size", batch_size)
     if num_domains is not None and domain == num_domains:
         model = add_domain(model, like)
-    statistics_estimator(model)(images, domain, batch_size, progress)
+    statistics_estimator(model)(images, domain, batch_size, progress, prior)
     return model
 
 
+def check_prior(prior, num_domains=None, domain=None, like=None):
+    """`prior` as a float (0.0 for None: no prior), once checked.
+
+    Args:
+        prior: None, or a non-negative finite number.
+        num_domains: `check_domain`'s answer for the model, or None.
+        domain: The domain adapted.
+        like: The `like` given, or None.
+
+    Raises:
+        ConfigError: `prior` is not a non-negative number; or it is positive
+            for a new domain without `like`, which has no stored statistics
+            to blend with.
+    """
+    if prior is None:
+        return 0.0
+    if (isinstance(prior, bool) or not isinstance(prior, numbers.Real)
+            or not math.isfinite(prior) or prior < 0):
+        raise ConfigError(
+            "`prior` must be a non-negative number: how many images the stored "
+            "statistics weigh as (0: replace them). "
+            f"Received: prior={prior!r}"
+        )
+    prior = float(prior)
+    if prior > 0 and like is None and num_domains is not None \
+            and domain == num_domains:
+        raise ConfigError(
+            f"A new domain has no stored statistics for `prior` to blend "
+            f"with: give `like`, the domain whose statistics it starts from. "
+            f"Received: prior={prior:g}, domain={domain}"
+        )
+    return prior
+
+
+def blend_statistics(stored_mean, stored_variance, mean, variance, prior, count):
+    """Stored statistics weighing as `prior` images against `count` new ones.
+
+    `(N * stored + n * new) / (N + n)` for the mean and for the variance,
+    in float64: Schneider et al.'s estimator (NeurIPS 2020). It does not
+    add the between-means term `N * n / (N + n)^2 * (stored_mean - mean)^2`
+    that pooling two samples' variances would: it is the published
+    estimator, whose N the paper measured with this form, and the stored
+    statistics are a prior, not a sample of the new domain.
+
+    `count` counts images, as in the paper: the new statistics pool every
+    pixel of the images exactly, but the prior weighs against images.
+    """
+    if not prior:
+        return mean, variance
+    total = prior + count
+    mean = (prior * np.asarray(stored_mean, "float64") + count * mean) / total
+    variance = (prior * np.asarray(stored_variance, "float64")
+                + count * variance) / total
+    return mean, variance
+
+
 def statistics_estimator(model):
-    """A function `(images, domain, batch_size, progress=None)` that sets
-    every norm layer's statistics for `domain` from `images`, as
+    """A function `(images, domain, batch_size, progress=None, prior=None)`
+    that sets every norm layer's statistics for `domain` from `images`, as
     `adapt_model` does, without its checks.
 
     Traced once: `kpair adapt --curve` estimates many times from other
     draws of images, and tracing costs more than a tiny model's pass.
+
+    With a `prior`, the stored statistics it blends with are those the model
+    held when the estimator was made, whatever earlier calls assigned: every
+    call is one adaptation of the model as it was.
     """
     groups = [
         (owner, owner_norms, _moments_function(owner, owner_norms))
         for owner, owner_norms in norms_by_owner(stateful_norm_layers(model))
     ]
+    stored = {
+        id(layer): (np.asarray(layer.moving_mean, "float64"),
+                    np.asarray(layer.moving_variance, "float64"))
+        for _, owner_norms, _ in groups for layer in owner_norms
+    }
 
-    def estimate(images, domain, batch_size, progress=None):
+    def estimate(images, domain, batch_size, progress=None, prior=None):
         for owner, owner_norms, moments in groups:
             # In network order: each pass sees the layers before `index`
             # adapted.
@@ -92,6 +175,15 @@ def statistics_estimator(model):
                 mean, variance = _population_moments(
                     moments, index, owner, images, domain, batch_size
                 )
+                if prior:
+                    stored_mean, stored_variance = stored[id(layer)]
+                    if isinstance(layer, PER_DOMAIN):
+                        stored_mean = stored_mean[domain]
+                        stored_variance = stored_variance[domain]
+                    mean, variance = blend_statistics(
+                        stored_mean, stored_variance, mean, variance, prior,
+                        len(images),
+                    )
                 _assign(layer, mean, variance, domain)
                 if progress is not None:
                     progress.advance()

@@ -21,6 +21,11 @@ statistics (only the domain's row of a per-domain layer), across draws:
   variance, `std(var) / (var + epsilon)`;
 - `spread`: the larger of the two channel averages.
 
+With a `prior` N, every draw is estimated twice, on the same images:
+replacing the statistics, and blending them with the stored ones as N
+images (`kpair.inspection.adapt.blend_statistics`): two curves, loss and
+spread against the image count with and without the prior.
+
 The curve only measures: the model's statistics are put back as they were
 after the last draw, and no model is written.
 
@@ -37,6 +42,7 @@ import numpy as np
 from kpair import layers
 from kpair.errors import ConfigError
 from kpair.inspection.adapt import (
+    check_prior,
     statistics_estimator,
 )
 from kpair.inspection.domain_tables import add_domain, check_domain
@@ -55,7 +61,8 @@ DEFAULT_DRAWS = 5
 STABLE_SPREAD = 0.02
 CSV_NAME = "adapt_curve.csv"
 PLOT_NAME = "adapt_curve.png"
-CSV_COLUMNS = ("images", "draw", "loss", "spread", "mean_spread",
+# `prior` is 0 on the rows that replace the statistics.
+CSV_COLUMNS = ("images", "prior", "draw", "loss", "spread", "mean_spread",
                "variance_spread")
 
 
@@ -74,7 +81,7 @@ def image_counts(available):
 
 
 def adapt_curve(model, images, domain, pairs, losses, draws=DEFAULT_DRAWS,
-                seed=0, batch_size=64, like=None, progress=None):
+                seed=0, batch_size=64, like=None, progress=None, prior=None):
     """Loss and spread of statistics re-estimated from 16, 32, ... images.
 
     Args:
@@ -91,18 +98,26 @@ def adapt_curve(model, images, domain, pairs, losses, draws=DEFAULT_DRAWS,
         seed: Seed of the draws.
         batch_size: Images (and pairs) per forward pass.
         like: As in `adapt_model`, for a new domain.
-        progress: A `kpair.utils.progress.Progress` counting the draws, or None.
+        progress: A `kpair.utils.progress.Progress` counting the estimates
+            (draws, twice each with a prior), or None.
+        prior: None or 0 (default): one curve, the statistics replaced. A
+            number N > 0: a second curve from the same draws, the statistics
+            blended with the stored ones as N images (as `adapt_model`'s
+            `prior`; a new domain blends with `like`'s, and needs it).
 
     Returns:
-        A dict: `domain`, `rows` (one per count and draw: `CSV_COLUMNS`),
-        `counts` (one per count: `images`, `loss_mean`, `loss_std` and the
-        spreads), `reference_loss` (the model's own statistics; None for a
-        new domain), `pairs` (the pairs each loss is measured on),
-        `stable_from` (the smallest count from which every
-        spread is below `STABLE_SPREAD`, or None) and `threshold`.
-        `model`'s statistics are as they were.
+        A dict: `domain`, `rows` (one per count, prior and draw:
+        `CSV_COLUMNS`), `counts` (one per count, the statistics replaced:
+        `images`, `loss_mean`, `loss_std` and the spreads), `reference_loss`
+        (the model's own statistics; None for a new domain), `pairs` (the
+        pairs each loss is measured on), `stable_from` (the smallest count
+        from which every spread is below `STABLE_SPREAD`, or None),
+        `threshold`, `prior` (N, or None without a prior), and with a prior
+        `prior_counts` and `prior_stable_from`, the same for the blended
+        statistics (else None). `model`'s statistics are as they were.
     """
     num_domains = check_domain(model, domain, like)
+    prior = check_prior(prior, num_domains, domain, like)
     draws = positive_int("draws", draws)
     if draws < 2:
         raise ConfigError(f"The spread needs at least 2 draws. Received: draws={draws}")
@@ -119,22 +134,28 @@ def adapt_curve(model, images, domain, pairs, losses, draws=DEFAULT_DRAWS,
     saved = [[v.numpy() for v in layer.non_trainable_variables] for layer in norms]
     estimate = statistics_estimator(model)
     rng = np.random.default_rng(seed)
-    rows, summary = [], []
+    priors = (0.0, prior) if prior else (0.0,)
+    rows, summaries = [], {p: [] for p in priors}
     try:
         for count in counts:
-            found = []
+            found = {p: [] for p in priors}
             for draw in range(draws):
                 chosen = images[rng.integers(0, len(images), count)]
-                estimate(chosen, domain, batch_size)
-                result = evaluate_pairs(model, pairs, losses, batch_size)
-                pair_count = result["pairs"]
-                found.append((result["total"], _statistics(norms, domain)))
-                if progress is not None:
-                    progress.advance()
-            spreads = _spreads([s for _, s in found], norms)
-            summary.append(_summary(count, [loss for loss, _ in found], spreads))
-            rows += [dict(images=count, draw=draw, loss=loss, **spreads)
-                     for draw, (loss, _) in enumerate(found)]
+                for blend in priors:  # the same images, with and without
+                    estimate(chosen, domain, batch_size, prior=blend)
+                    result = evaluate_pairs(model, pairs, losses, batch_size)
+                    pair_count = result["pairs"]
+                    found[blend].append(
+                        (result["total"], _statistics(norms, domain)))
+                    if progress is not None:
+                        progress.advance()
+            for blend in priors:
+                spreads = _spreads([s for _, s in found[blend]], norms)
+                summaries[blend].append(
+                    _summary(count, [loss for loss, _ in found[blend]], spreads))
+                rows += [dict(images=count, prior=blend, draw=draw, loss=loss,
+                              **spreads)
+                         for draw, (loss, _) in enumerate(found[blend])]
     finally:
         for layer, values in zip(norms, saved):
             for variable, value in zip(layer.non_trainable_variables, values):
@@ -142,11 +163,14 @@ def adapt_curve(model, images, domain, pairs, losses, draws=DEFAULT_DRAWS,
     return {
         "domain": domain,
         "rows": rows,
-        "counts": summary,
+        "counts": summaries[0.0],
         "reference_loss": reference,
         "pairs": pair_count,
-        "stable_from": stable_from(summary),
+        "stable_from": stable_from(summaries[0.0]),
         "threshold": STABLE_SPREAD,
+        "prior": prior or None,
+        "prior_counts": summaries[prior] if prior else None,
+        "prior_stable_from": stable_from(summaries[prior]) if prior else None,
     }
 
 

@@ -8,7 +8,7 @@ import numpy as np
 
 from kpair.data import DataError, read_split
 from kpair.errors import ConfigError
-from kpair.inspection.adapt import DEFAULT_MAX_IMAGES, adapt_model
+from kpair.inspection.adapt import DEFAULT_MAX_IMAGES, adapt_model, check_prior
 from kpair.inspection.domain_images import domain_images
 from kpair.inspection.domain_tables import PER_DOMAIN, check_domain
 from kpair.inspection.evaluate import evaluate_pairs
@@ -22,7 +22,7 @@ from kpair.utils.validation import positive_int
 
 
 def adapt_file(model_path, data_dir, domain, out, split="train", batch_size=64,
-               max_images=DEFAULT_MAX_IMAGES, like=None):
+               max_images=DEFAULT_MAX_IMAGES, like=None, prior=None):
     """What `kpair adapt` does: load, adapt, compare losses, save to `out`.
 
     The losses are inference-mode losses on up to `max_images` pairs of the
@@ -30,12 +30,15 @@ def adapt_file(model_path, data_dir, domain, out, split="train", batch_size=64,
     domain, which the original model cannot take). `max_images` defaults to
     `DEFAULT_MAX_IMAGES` (1024), 4x the count from which
     `kpair adapt --curve` finds the statistics stable on the demo data.
+    `prior` is `adapt_model`'s: None (replace the statistics) or the
+    number of images the stored statistics weigh as.
 
     Returns:
         A dict: `domain`, `images`, `layers`, `kinds` (the norm classes
         adapted), `added` (a domain was added), `num_domains`, `before`,
-        `after`, `pairs`, `out`.
+        `after`, `pairs`, `out`, `prior` (None without one).
     """
+    check_prior(prior)  # before any reading: a bad number costs nothing
     run = runs.resolve(model_path)
     out = _check_out(out, run.model_path)
     max_images = positive_int("max_images", max_images)
@@ -43,6 +46,7 @@ def adapt_file(model_path, data_dir, domain, out, split="train", batch_size=64,
     opened = open_for_evaluation(run, data_dir)
     model, losses = opened.model, opened.losses
     num_domains = check_domain(model, domain, like)
+    prior = check_prior(prior, num_domains, domain, like)
     images, pairs = domain_data(opened, split, domain, max_images)
     added = num_domains is not None and domain == num_domains
     if not added:
@@ -53,7 +57,8 @@ def adapt_file(model_path, data_dir, domain, out, split="train", batch_size=64,
         before = None
     layer_count = len(stateful_norm_layers(model))
     with Progress("adapting norm layers", layer_count) as progress:
-        model = adapt_model(model, images, domain, like, batch_size, progress)
+        model = adapt_model(model, images, domain, like, batch_size, progress,
+                            prior)
     with Progress("evaluating pairs after", None) as progress:
         after = evaluate_pairs(model, pairs, losses, batch_size, progress=progress)
     out.parent.mkdir(parents=True, exist_ok=True)
@@ -72,6 +77,7 @@ def adapt_file(model_path, data_dir, domain, out, split="train", batch_size=64,
         "after": after,
         "pairs": after["pairs"],
         "out": str(out),
+        "prior": prior or None,
     }
 
 
@@ -124,6 +130,14 @@ def format_report(report):
         f"({', '.join(report['kinds'])}) to domain {name} from "
         f"{report['images']} images."
     ]
+    if report.get("prior"):
+        stored = (f"domain {domain_name(report['like'])}'s" if report["added"]
+                  else "the stored")
+        lines.append(
+            f"Blended with {stored} statistics, which weigh as "
+            f"{report['prior']:g} images against the {report['images']} new "
+            "ones (--prior)."
+        )
     if report["added"]:
         lines.append(
             f"Added domain {name} (affine parameters copied from domain "
