@@ -65,7 +65,7 @@ def _check_blended(model, stored, images, domain, row, prior):
     n = len(images)
     for norm, (stored_mean, stored_variance) in zip(_norms(model), stored):
         conv = model.get_layer(f"conv{norm.name[-1]}")
-        activations = np.asarray(conv(x), "float64")
+        activations = keras.ops.convert_to_numpy(conv(x)).astype("float64")
         mean = activations.mean(axis=(0, 1, 2))
         variance = activations.var(axis=(0, 1, 2))
         if row is not None:
