@@ -137,6 +137,10 @@ def format_curve(report):
                          f"{counts[-1]['images']} images: use more images.")
         else:
             lines.append(f"{spread} is below {threshold} from {found} images on.")
+    if prior:
+        lines.append("A prior narrows the spread by pulling every draw toward the "
+                     "stored statistics, right or wrong: the losses tell whether "
+                     "it helps.")
     lines.append("Nothing of the model changed (--curve only measures).")
     lines.append(f"Wrote {report['csv']} and {report['plot']}")
     return "\n".join(lines)

@@ -115,6 +115,7 @@ def test_curve_with_prior_writes_both_curves(demo_data, tmp_path, capsys,
     assert "without a prior" in printed.out
     assert "The same draws with --prior 16" in printed.out
     assert "With --prior 16, the spread" in printed.out
+    assert "A prior narrows the spread" in printed.out
     with open(tmp_path / "adapt_curve.csv", newline="") as f:
         rows = list(csv.DictReader(f))
     assert tuple(rows[0]) == CSV_COLUMNS
