@@ -25,7 +25,11 @@ The jobs:
   0.25, 5 epochs, float32: `make demo`'s settings);
 - `post-defaults`: the same at `kpair train`'s defaults (width 1.0);
 - `norm-layers`: `bench_norm_layers.py`, each norm layer's training step
-  against stock batch norm.
+  against stock batch norm;
+- `unknown-domain`: `bench_unknown_domain.py` at its tiny defaults (a few
+  minutes on two cores): how well `--domain nearest` and `--domain pooled`
+  do on the demo data. Its run directory is removed first, so that the
+  table is of a model trained at the current commit.
 
 The other scripts of `benchmarks/` (training throughput, the input
 pipeline, GPU runs, memory over 20 epochs) need a quiet machine, a GPU or
@@ -39,6 +43,7 @@ import importlib.metadata
 import json
 import os
 import re
+import shutil
 import subprocess
 import sys
 import tempfile
@@ -61,6 +66,8 @@ class Job:
     `markdown`: the script takes `--markdown FILE` and writes its tables
     there; otherwise its standard output is kept, as a code block. `json`:
     it also takes `--json FILE` (the README's table is built from these).
+    `fresh`: folders (from the repository root) removed before the job
+    runs, for a script that would reuse what an earlier run left there.
     """
 
     name: str
@@ -69,6 +76,7 @@ class Job:
     args: tuple = ()
     markdown: bool = False
     json: bool = False
+    fresh: tuple = ()
 
     def command(self):
         return " ".join(["python", self.script, *self.args])
@@ -85,6 +93,10 @@ JOBS = (
         markdown=True, json=True),
     Job("norm-layers", "Each norm layer's training step against stock batch norm",
         "benchmarks/bench_norm_layers.py"),
+    Job("unknown-domain", "Images without a domain label: inferred and pooled "
+        "statistics on the demo data", "benchmarks/bench_unknown_domain.py",
+        ("--out", "runs/figures/unknown-domain"),
+        fresh=("runs/figures/unknown-domain",)),
 )
 
 RESULTS_HEADER = """\
@@ -153,6 +165,8 @@ def run_job(job, figures_dir, cwd=ROOT):
     """Runs `job`, writes `figures_dir/NAME.md` (and `.json`); its exit status."""
     figures_dir = Path(figures_dir)
     figures_dir.mkdir(parents=True, exist_ok=True)
+    for folder in job.fresh:
+        shutil.rmtree(Path(cwd) / folder, ignore_errors=True)
     argv = [sys.executable, job.script, *job.args]
     with tempfile.TemporaryDirectory() as tmp:
         markdown, json_file = Path(tmp) / "out.md", Path(tmp) / "out.json"

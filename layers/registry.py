@@ -44,11 +44,10 @@ def _channels_from_input(layer_class, **fixed):
 # for per-domain batch norm: under per-type batching a domain's statistics
 # move only at the backbone calls that hold it (half of them), and in a run
 # of a few hundred steps 0.99 leaves them behind weights that still move
-# fast; at full width in float32 its gap ended at 1.30x with 0.99 and 0.93x
-# with 0.9. The stock norms keep 0.99 because 0.9 made one of their rows
-# worse: stock batch norm on balanced batches, full width, mixed_bfloat16,
-# ended at 1.72x with 0.9, 1.51x with 0.95 and 1.23x with 0.99 on the same
-# weights (benchmarks/RESULTS.md). A user can set any value with
+# fast, and its gap grows. The stock norms keep 0.99: 0.9 widened the gap of
+# stock batch norm on balanced batches. `benchmarks/reproduce_post.py`
+# prints the gaps at these defaults; `kpair tune` searches 0.9, 0.99 and
+# 0.997 and tabulates each trial's gap. A user can set any value with
 # `--norm-option momentum=...`.
 MOMENTUM = 0.99
 PER_DOMAIN_MOMENTUM = 0.9

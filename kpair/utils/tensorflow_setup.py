@@ -8,8 +8,9 @@ TensorFlow decides once, while it loads, whether to run convolutions, matrix
 products and batch norm with oneDNN's kernels (`TF_ENABLE_ONEDNN_OPTS`). Its
 own default turns them on only on x86 CPUs with AVX-512 VNNI, AVX512_BF16 or
 AMX; on AVX2 processors (AMD Zen 3, for one) it runs Eigen's kernels instead,
-whose convolution gradients make kpair's ResNet-18 training step about 1.5x
-slower there (benchmarks/RESULTS.md). So kpair asks for oneDNN, unless the
+whose convolution gradients make kpair's ResNet-18 training step slower
+there (`python benchmarks/bench_training.py --eigen` measures both kernels on
+the machine at hand). So kpair asks for oneDNN, unless the
 user has set the variable (their choice stands) or TensorFlow was imported
 before kpair (too late: TensorFlow's choice stands, and `kpair train` says
 so).
