@@ -86,11 +86,11 @@ JOBS = (
     Job("post-demo", "The post's bug and its fixes at `make demo`'s settings",
         "benchmarks/reproduce_post.py",
         ("--seeds", "0,1,2", "--settings", "demo", "--out", "runs/figures/post"),
-        markdown=True, json=True),
+        markdown=True, json=True, fresh=("runs/figures/post/demo",)),
     Job("post-defaults", "The post's bug and its fixes at `kpair train`'s defaults",
         "benchmarks/reproduce_post.py",
         ("--seeds", "0,1,2", "--settings", "defaults", "--out", "runs/figures/post"),
-        markdown=True, json=True),
+        markdown=True, json=True, fresh=("runs/figures/post/defaults",)),
     Job("norm-layers", "Each norm layer's training step against stock batch norm",
         "benchmarks/bench_norm_layers.py"),
     Job("unknown-domain", "Images without a domain label: inferred and pooled "

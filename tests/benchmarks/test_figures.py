@@ -185,3 +185,22 @@ def test_the_post_jobs_are_both_settings_across_three_seeds():
         assert args[args.index("--seeds") + 1] == "0,1,2"
         assert args[args.index("--settings") + 1] == setting
         assert jobs[name].markdown and jobs[name].json
+        # Printed at the current commit: no run of an earlier one is reused.
+        out = args[args.index("--out") + 1]
+        assert f"{out}/{setting}" in jobs[name].fresh
+
+
+def test_a_fresh_folder_is_removed_before_its_job_runs(tmp_path):
+    (tmp_path / "fake_plain.py").write_text(
+        "import os; print(os.path.exists('old-run'))\n")
+    stale = tmp_path / "old-run"
+    stale.mkdir()
+    (stale / "model.keras").write_text("from an earlier commit")
+    job = figures.Job("plain", "A plain script", "fake_plain.py", fresh=("old-run",))
+    status = figures.make_figures(
+        ("plain",), jobs=(job,), figures_dir=tmp_path / "figs",
+        results=tmp_path / "RESULTS.md", readme=tmp_path / "README.md",
+        cwd=tmp_path)
+    assert status == 0
+    assert not stale.exists()
+    assert "```\nFalse\n```" in (tmp_path / "figs" / "plain.md").read_text()
