@@ -8,6 +8,7 @@ from pathlib import Path
 from kpair import layers
 from kpair.data.batching import BATCHINGS
 from kpair.errors import ConfigError
+from kpair.inspection.adapt import DEFAULT_MAX_IMAGES
 from kpair.models.backbone import MAX_FROZEN_STAGES, STEMS
 from kpair.models.losses import check_losses
 from kpair.models.precision import PRECISIONS
@@ -15,8 +16,18 @@ from kpair.pretrained import IMAGENET_SOURCES, check_source
 from kpair.utils.validation import positive_int
 
 OPTIMIZERS = ("adam", "sgd")
+# What the moving statistics of the saved model are: Keras's exponential
+# moving averages (`ema`), or population statistics recomputed at every
+# epoch's end with the weights fixed (`precise`, kpair.training.precise).
+STATISTICS = ("ema", "precise")
 # `devices="all"`: every local device.
 DEVICES_ALL = "all"
+# statistics="precise" recomputes the statistics in one process on one
+# device's variables; over several, each replica would need the same pass.
+PRECISE_ONE_DEVICE = (
+    "statistics='precise' trains on one device in one process; use "
+    "statistics='ema' with several devices or processes."
+)
 
 
 def _field(default, help):
@@ -84,6 +95,18 @@ class TrainConfig:
     losses: tuple = _field(
         ("l2", "hinge", "hinge"), "Loss per pair type, in the order A-A, B-B, A-B."
     )
+    statistics: str = _field("ema", (
+        "Moving statistics of the stateful norms: `ema`, the momentum "
+        "averages of training; or `precise`: at every epoch's end, before "
+        "the gap, validation and checkpoints, recomputed with the weights "
+        "fixed as population statistics over up to `precise_images` training "
+        "images per domain (`kpair adapt`'s estimator; one process, one "
+        "device)."
+    ))
+    precise_images: int = _field(DEFAULT_MAX_IMAGES, (
+        "Training images per domain that `statistics=precise` estimates from "
+        "(`kpair adapt`'s default, measured with `kpair adapt --curve`)."
+    ))
     eval_pairs: int = _field(480, (
         "Size of the fixed sample of training pairs on which the "
         "inference-mode loss is measured every epoch."
@@ -122,8 +145,9 @@ class TrainConfig:
         _choice("precision", self.precision, PRECISIONS)
         _choice("stem", self.stem, STEMS)
         _choice("optimizer", self.optimizer, OPTIMIZERS)
+        _choice("statistics", self.statistics, STATISTICS)
         for name in ("epochs", "batch_size", "image_size", "embedding_dim",
-                     "num_domains", "eval_pairs"):
+                     "num_domains", "eval_pairs", "precise_images"):
             positive_int(name, getattr(self, name))
         self._validate_init()
         if self.steps_per_epoch is not None:
@@ -147,6 +171,9 @@ class TrainConfig:
                     "`devices` must be a positive integer or 'all'. "
                     f"Received: devices={self.devices!r}"
                 ) from None
+        if (self.statistics == "precise" and self.devices != DEVICES_ALL
+                and self.devices > 1):
+            raise ConfigError(PRECISE_ONE_DEVICE + f" Received: devices={self.devices}")
         if not isinstance(self.deterministic, bool):
             raise ConfigError(
                 "`deterministic` must be true or false. "

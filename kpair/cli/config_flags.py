@@ -16,7 +16,7 @@ import json
 import sys
 
 from kpair import layers
-from kpair.config import OPTIMIZERS, TrainConfig
+from kpair.config import OPTIMIZERS, STATISTICS, TrainConfig
 from kpair.data.batching import BATCHINGS
 from kpair.errors import ConfigError
 from kpair.models.backbone import STEMS
@@ -41,6 +41,7 @@ def field_choices():
         "precision": PRECISIONS,
         "stem": STEMS,
         "optimizer": OPTIMIZERS,
+        "statistics": STATISTICS,
     }
 
 

@@ -145,10 +145,13 @@ def blend_statistics(stored_mean, stored_variance, mean, variance, prior, count)
     return mean, variance
 
 
-def statistics_estimator(model):
+def statistics_estimator(model, norms=None):
     """A function `(images, domain, batch_size, progress=None, prior=None)`
     that sets every norm layer's statistics for `domain` from `images`, as
     `adapt_model` does, without its checks.
+
+    `norms`: the `(owner, layer)` pairs of `stateful_norm_layers(model)` to
+    estimate (default: all of them); the others keep their statistics.
 
     Traced once: `kpair adapt --curve` estimates many times from other
     draws of images, and tracing costs more than a tiny model's pass.
@@ -157,10 +160,7 @@ def statistics_estimator(model):
     held when the estimator was made, whatever earlier calls assigned: every
     call is one adaptation of the model as it was.
     """
-    groups = [
-        (owner, owner_norms, _moments_function(owner, owner_norms))
-        for owner, owner_norms in norms_by_owner(stateful_norm_layers(model))
-    ]
+    groups = _moment_groups(model, norms)
     stored = {
         id(layer): (np.asarray(layer.moving_mean, "float64"),
                     np.asarray(layer.moving_variance, "float64"))
@@ -189,6 +189,75 @@ def statistics_estimator(model):
                     progress.advance()
 
     return estimate
+
+
+def pooled_statistics_estimator(model, norms=None):
+    """A function `(groups, batch_size, shares=None)` that sets every norm
+    layer's statistics from the images of several domains at once.
+
+    `groups` is `{domain: images}`. A per-domain layer's row of each domain
+    is estimated from that domain's images alone, exactly as
+    `statistics_estimator` would. A layer with one set of statistics (batch
+    norm, renorm, eval-mode) gets the moments of the mixture of the groups:
+    with `shares` (`{domain: weight}`, any positive weights), each domain's
+    population weighs as its share, `mean = sum w_d mean_d` and `variance =
+    sum w_d (variance_d + (mean_d - mean)^2)` for weights normalized to 1;
+    without, every image weighs the same (all the images pooled).
+
+    Layer by layer in network order, as `statistics_estimator`: each layer
+    is estimated with the layers before it already set, for every domain.
+    `norms` as for `statistics_estimator`. Traced once.
+
+    Returns from each call `{domain: images used}`.
+    """
+    groups = _moment_groups(model, norms)
+
+    def estimate(images_by_domain, batch_size, shares=None):
+        domains = sorted(images_by_domain)
+        if shares is not None:
+            total = float(sum(shares[d] for d in domains))
+            weights = {d: float(shares[d]) / total for d in domains}
+        for owner, owner_norms, moments in groups:
+            for index, layer in enumerate(owner_norms):
+                per_domain = {
+                    d: _pooled_moments(moments, index, owner,
+                                       images_by_domain[d], d, batch_size)
+                    for d in domains
+                }
+                if isinstance(layer, PER_DOMAIN):
+                    for d in domains:
+                        count, mean, squares = per_domain[d]
+                        _assign(layer, mean, squares / count, d)
+                    continue
+                parts = [per_domain[d] if shares is None
+                         else _weighted(per_domain[d], weights[d])
+                         for d in domains]
+                pooled = parts[0]
+                for part in parts[1:]:
+                    pooled = _pool(pooled, part)
+                count, mean, squares = pooled
+                _assign(layer, mean, squares / count, domains[0])
+        return {d: len(images_by_domain[d]) for d in domains}
+
+    return estimate
+
+
+def _moment_groups(model, norms=None):
+    """`(owner, [layers], moments function)` per owner, in network order."""
+    if norms is None:
+        norms = stateful_norm_layers(model)
+    return [
+        (owner, owner_norms, _moments_function(owner, owner_norms))
+        for owner, owner_norms in norms_by_owner(norms)
+    ]
+
+
+def _weighted(moments, weight):
+    """One group's moments as `weight` units of population: the pooled
+    variance of such parts is the mixture's (count, mean, squares / count
+    unchanged per part)."""
+    count, mean, squares = moments
+    return weight, mean, squares * (weight / count)
 
 
 def _moments_function(owner, norms):
@@ -247,14 +316,21 @@ def _population_moments(moments, index, owner, images, domain, batch_size):
     Batches are pooled with Chan et al.'s update in float64 NumPy: exact,
     and without the cancellation of `E[x^2] - E[x]^2`.
     """
+    count, mean, squares = _pooled_moments(moments, index, owner, images,
+                                           domain, batch_size)
+    return mean, squares / count
+
+
+def _pooled_moments(moments, index, owner, images, domain, batch_size):
+    """(count, mean, sum of squared deviations) per channel of layer
+    `index`'s input over all images, in float64."""
     pooled = None
     for start in range(0, len(images), batch_size):
         inputs = owner_inputs(owner, images[start : start + batch_size], domain,
                               "adapt")
         batch = [np.asarray(v, "float64") for v in moments(*inputs)[index]]
         pooled = batch if pooled is None else _pool(pooled, batch)
-    count, mean, squares = pooled
-    return mean, squares / count
+    return pooled
 
 
 def _pool(a, b):

@@ -25,9 +25,15 @@ CHECK_PAIRS = 16
 
 
 def write_outputs(run_dir, config, pair_model, seconds, out, devices=1,
-                   pretrained=None):
-    """Writes model.keras and metrics.json, prints the verdict; the metrics."""
+                   pretrained=None, precise_images=None):
+    """Writes model.keras and metrics.json, prints the verdict; the metrics.
+
+    `precise_images`: under statistics="precise", `{domain id: images}` the
+    statistics were estimated from; None under "ema".
+    """
     metrics = _final_metrics(run_dir, config, seconds)
+    metrics["statistics"] = config.statistics
+    metrics["precise_images"] = precise_images
     metrics["devices"] = devices
     # What the backbone started from (model.keras keeps how it computes).
     metrics["init"] = None if pretrained is None else pretrained.record()

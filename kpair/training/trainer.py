@@ -39,6 +39,7 @@ from kpair.training.devices import (
     replica_layout,
     synchronize_batch_norms,
 )
+from kpair.training.precise import check_one_device, images_record, precise_callback
 from kpair.training.preflight import check_training_data
 from kpair.training.processes import (
     ProcessLocalState,
@@ -153,6 +154,7 @@ def train(config, out=None, extra_callbacks=()):
     run_dir = Path(config.out)
     started = time.perf_counter()
     devices = check_backend(config)
+    check_one_device(config, devices)
     # Data that cannot train fail here, in one line, before the run
     # directory exists (the data are read only after it is claimed).
     check_training_data(config)
@@ -195,8 +197,11 @@ def train(config, out=None, extra_callbacks=()):
             config, batches, steps, epochs_done, data_dir, out, devices,
             local_state, pretrained,
         )
+        # statistics="precise": the training images it estimates from are
+        # drawn here, the same ones in a resumed run (None under "ema").
+        precise = precise_callback(config, data_dir, pair_model)
         callbacks = _callbacks(config, pair_model, probe, val_pairs, out,
-                               extra_callbacks, writer)
+                               extra_callbacks, writer, precise)
         if local_state is not None:
             # First: the backup is restored into process-local copies.
             callbacks.insert(0, local_state)
@@ -213,7 +218,7 @@ def train(config, out=None, extra_callbacks=()):
         barrier("kpair-outputs-written")
         return finished_metrics(run_dir, config, config.epochs) or {}
     metrics = write_outputs(run_dir, config, pair_model, seconds, out, devices,
-                             pretrained)
+                             pretrained, images_record(precise))
     barrier("kpair-outputs-written")
     return metrics
 
@@ -286,8 +291,10 @@ def _start_or_resume(config, batches, steps, epochs_done, data_dir, out,
 
 
 def _callbacks(config, pair_model, probe, val_pairs, out, extra_callbacks=(),
-               writer=True):
+               writer=True, precise=None):
     """The callbacks of a run, in the order their epoch ends must run.
+
+    `precise`: the `PreciseStatistics` of statistics="precise", or None.
 
     Of a run's processes but the first, which writes nothing: no history,
     checkpoint or logs, and a backup that is only read (to resume).
@@ -298,6 +305,9 @@ def _callbacks(config, pair_model, probe, val_pairs, out, extra_callbacks=(),
         # the gap measured below adds its keys to the epoch's logs.
         keras.callbacks.ProgbarLogger(),
         kcb.StopOnNonFiniteLoss(),
+        # Before everything that measures or saves the model: the epoch's
+        # statistics are the population ones.
+        *([precise] if precise is not None else []),
         kcb.EpochLosses(
             pair_model, probe, val_pairs, config.losses, config.epochs, out
         ),
