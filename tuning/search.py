@@ -10,6 +10,8 @@ The search directory (`out_dir`) holds:
   start (keras-tuner restarts, it does not resume, a trial: #439), unless
   its results were recorded before the kill.
 - `summary.csv`, `summary.md`, `val_loss_by_norm.png`: the table and plot.
+  With `max_gap`, trials whose gap is at most `max_gap` rank first (see
+  `summary.trial_rows`); `search.json` keeps it for the search's resumes.
 - `best/`: `model.keras` (float32) and `config.json` of the best trial, a
   run directory that `kpair evaluate` and `kpair train --config` accept.
 
@@ -60,6 +62,7 @@ def run_search(
     distribution_strategy=None,
     out=None,
     watch=None,
+    max_gap=None,
 ):
     """Runs (or resumes) a search; returns its trials, best first.
 
@@ -85,19 +88,32 @@ def run_search(
         watch: On the chief, optional object whose `started()` is called
             once the oracle serves and `check()` every second while it does
             (see `chief.serve`).
+        max_gap: Optional positive number: a finished trial whose gap
+            (`gap_ratio`, inference- over training-mode loss on a fixed
+            sample of training pairs, at the epoch whose weights the trial
+            keeps) exceeds it ranks after every trial that meets it, whatever
+            their `val_loss`; the best is the best of those that meet it (of
+            all trials, by `val_loss`, when none does). Recorded in
+            `search.json`: a resumed search keeps it when given `None`, and
+            refuses another value.
 
     Returns:
         A dict: `role` (`"local"`, `"chief"` or `"worker"`), `trials` (the
         rows of the summary table, best first; empty on a worker) and `best`
-        (the best row, or `None`).
+        (the best row, or `None`). With a `max_gap` in effect, each row has
+        `max_gap_met` (`"yes"`, `"no"`, `""` for an unfinished trial) and
+        the dict `max_gap` (the value in effect) and `max_gap_met` (whether
+        the best row meets it).
 
     Raises:
         kpair.config.ConfigError: bad arguments, or `out_dir` holds a search
-            with other settings or unreadable state.
+            with other settings (another `max_gap` among them) or
+            unreadable state.
         kpair.data.DataError: the data cannot be read.
     """
     out = out if out is not None else sys.stdout
     search_directory.check_tuner(tuner, max_trials)
+    search_directory.check_max_gap(max_gap)
     if distribution_strategy is not None and base_config.devices != 1:
         raise ConfigError(
             "A trial runs under distribution_strategy (TensorFlow) or data "
@@ -114,7 +130,8 @@ def run_search(
             base_config, hypermodel.batchings, distribution_strategy, out)
     if role != "local":
         chief.quiet_scope_protos()
-    search_directory.prepare(role, hypermodel, tuner, out_dir, out)
+    max_gap = search_directory.prepare(role, hypermodel, tuner, out_dir, out,
+                                       max_gap=max_gap)
     search = _make_tuner(
         tuner, hypermodel, max_trials, base_config, out_dir, distribution_strategy
     )
@@ -124,7 +141,8 @@ def run_search(
         print(f"Worker {os.environ['KERASTUNER_TUNER_ID']} finished.", file=out)
         return {"role": role, "trials": [], "best": None}
     setup = {"backend": keras.backend.backend(), "devices": base_config.devices}
-    return {"role": role, **summary.report(search, hypermodel, out_dir, out, setup)}
+    return {"role": role, **summary.report(search, hypermodel, out_dir, out, setup,
+                                           max_gap=max_gap)}
 
 
 # --- the tuner -----------------------------------------------------------------

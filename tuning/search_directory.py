@@ -1,13 +1,16 @@
 """The search directory of `run_search` and the role of a process in it.
 
 `search.json` holds the settings of a search (a search started again in the
-same directory must use the same ones); keras-tuner's project lies in
+same directory must use the same ones), `max_gap` among them (a search
+started again without one keeps it); keras-tuner's project lies in
 `search/`. In chief/worker mode (keras-tuner's own) the chief owns the
 directory, and workers wait for the chief before they search.
 """
 
 import functools
 import json
+import math
+import numbers
 import os
 import socket
 import time
@@ -65,11 +68,27 @@ def check_tuner(tuner, max_trials):
         )
 
 
-def prepare(role, hypermodel, tuner, out_dir, out):
-    """What a process checks before it searches, by its role.
+def check_max_gap(max_gap):
+    """Refuses a `max_gap` that is neither None nor a positive finite number."""
+    if max_gap is None:
+        return
+    if (isinstance(max_gap, bool) or not isinstance(max_gap, numbers.Real)
+            or not math.isfinite(max_gap) or max_gap <= 0):
+        raise ConfigError(
+            "`max_gap` must be a positive number (the largest gap, inference- "
+            "over training-mode loss, a trial may have to rank first). "
+            f"Received: max_gap={max_gap!r}"
+        )
+
+
+def prepare(role, hypermodel, tuner, out_dir, out, max_gap=None):
+    """What a process checks before it searches, by its role; returns the
+    `max_gap` in effect.
 
     Trials read the data, so the chief (which runs none) does not; workers
-    do not own `out_dir`, so they neither claim nor check it.
+    do not own `out_dir`, so they neither claim nor check it (nor rank
+    trials: `max_gap` is the chief's). A search resumed with `max_gap`
+    None keeps the one in `search.json`; another value is refused.
     """
     if role == "worker":
         _wait_for_chief(out)
@@ -79,8 +98,38 @@ def prepare(role, hypermodel, tuner, out_dir, out):
         count_split(data_dir / "train")
         count_split(data_dir / "val")
     if role != "worker":
-        _claim(out_dir, _settings(hypermodel, tuner))
+        max_gap = _stored_max_gap(out_dir, max_gap, out)
+        _claim(out_dir, _settings(hypermodel, tuner, max_gap))
         _check_state(out_dir / PROJECT)
+    return max_gap
+
+
+def _stored_max_gap(out_dir, max_gap, out):
+    """The `max_gap` of a resumed search: the stored one if `max_gap` is
+    None (said so), else `max_gap`, refused if it differs from the stored.
+
+    A search.json without the key (a search started before kpair had
+    `max_gap`) holds no constraint.
+    """
+    path = out_dir / SETTINGS_FILE
+    if not path.exists():
+        return max_gap
+    stored = read_settings(path).get("max_gap")
+    if max_gap is None:
+        if stored is not None:
+            print(f"The search in {out_dir} keeps its --max-gap {stored:g} "
+                  f"(stored in {SETTINGS_FILE}).", file=out, flush=True)
+        return stored
+    if stored != max_gap:
+        started = (f"with --max-gap {stored:g}" if stored is not None
+                   else "without --max-gap")
+        raise ConfigError(
+            f"{out_dir} holds a search started {started}; a search keeps the "
+            "constraint it started with. Resume it with the same --max-gap "
+            "(or none, which keeps the stored one), or use another --out. "
+            f"Received: max_gap={max_gap!r}"
+        )
+    return max_gap
 
 
 def _wait_for_chief(out, poll_seconds=1.0):
@@ -110,10 +159,12 @@ def _wait_for_chief(out, poll_seconds=1.0):
         print(f"Worker {tuner_id}: the chief is up.", file=out, flush=True)
 
 
-def _settings(hypermodel, tuner):
+def _settings(hypermodel, tuner, max_gap=None):
     config = hypermodel.base_config.to_dict()
     config.pop("out")
     return {
+        # The gap a trial may have to rank first; kept by resumes.
+        "max_gap": max_gap,
         # Trials of one search train on one backend: its table says which.
         "backend": keras.backend.backend(),
         "tuner": tuner,

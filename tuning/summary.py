@@ -5,6 +5,12 @@ Everything here comes from the oracle's trials (their hyperparameters,
 reported metrics, status and message) plus the `failure.txt` a trial leaves
 in its directory: in chief/worker mode a trial's message does not travel
 over gRPC, its directory on the shared file system does.
+
+keras-tuner ranks trials by one objective (`val_loss`); a search's
+`max_gap` is applied here, where the chief (or the one process of a local
+search) reads the trials: a finished trial whose gap exceeds it ranks after
+every finished trial that meets it. The objective's values are left as they
+are.
 """
 
 import math
@@ -22,6 +28,9 @@ FAILURE_FILE = "failure.txt"
 # Metrics of a trial, as reported for its best epoch (`seconds`: the trial).
 METRICS = ("val_loss", gap.GAP, gap.TRAINING_MODE, gap.INFERENCE_MODE, "seconds",
            "devices")
+# The column that says whether a trial meets the search's max_gap: "yes",
+# "no", or "" for a trial that did not finish.
+MAX_GAP_MET = "max_gap_met"
 # The metrics' formats; other floats (hyperparameters) take "{:.3g}".
 _SPECS = {
     "val_loss": "{:.4f}",
@@ -33,8 +42,13 @@ _SPECS = {
 }
 
 
-def trial_rows(oracle, project_dir):
-    """One dict per trial, best first; unfinished and failed ones last."""
+def trial_rows(oracle, project_dir, max_gap=None):
+    """One dict per trial, best first; unfinished and failed ones last.
+
+    With `max_gap`, each row gets `MAX_GAP_MET`, and finished trials whose
+    gap is at most `max_gap` come first; those above it (or without a
+    finite gap) follow, each group by `val_loss`.
+    """
     rows = []
     for trial_id, trial in oracle.trials.items():
         values = dict(trial.hyperparameters.values)
@@ -52,8 +66,18 @@ def trial_rows(oracle, project_dir):
                 else math.nan
             )
         row["reason"] = _reason(trial, Path(project_dir) / f"trial_{trial_id}")
+        if max_gap is not None:
+            row[MAX_GAP_MET] = (
+                ("yes" if meets_max_gap(row, max_gap) else "no")
+                if _finished(row) else ""
+            )
         rows.append(row)
     return sorted(rows, key=_order)
+
+
+def meets_max_gap(row, max_gap):
+    """Whether the trial of `row` has a finite gap of at most `max_gap`."""
+    return math.isfinite(row[gap.GAP]) and row[gap.GAP] <= max_gap
 
 
 def _status(trial):
@@ -61,9 +85,15 @@ def _status(trial):
     return status.rsplit(".", 1)[-1].lower()
 
 
+def _finished(row):
+    return row["status"] == "completed" and math.isfinite(row["val_loss"])
+
+
 def _order(row):
-    done = row["status"] == "completed" and math.isfinite(row["val_loss"])
-    return (not done, row["val_loss"] if done else 0.0, row["trial"])
+    done = _finished(row)
+    # Without a max_gap, every row's MAX_GAP_MET is missing: no effect.
+    above = row.get(MAX_GAP_MET) == "no"
+    return (not done, above, row["val_loss"] if done else 0.0, row["trial"])
 
 
 def _reason(trial, trial_dir):
@@ -81,7 +111,8 @@ def _reason(trial, trial_dir):
 
 
 def columns(rows):
-    """Column names: trial, status, norm, hyperparameters, metrics, reason."""
+    """Column names: trial, status, `MAX_GAP_MET` (with a max_gap), norm,
+    hyperparameters, metrics, reason."""
     names = []
     for row in rows:
         for name in row["hyperparameters"]:
@@ -90,7 +121,8 @@ def columns(rows):
     # The norm's own options first, then the rest, whatever trial came first.
     known = ("groups", "momentum", "warmup_steps", "learning_rate", "batching")
     names.sort(key=lambda n: known.index(n) if n in known else len(known))
-    return ["trial", "status", "norm", *names, *METRICS, "reason"]
+    met = [MAX_GAP_MET] if any(MAX_GAP_MET in row for row in rows) else []
+    return ["trial", "status", *met, "norm", *names, *METRICS, "reason"]
 
 
 def _flat(rows):
@@ -98,14 +130,17 @@ def _flat(rows):
     return [{**row, **row["hyperparameters"]} for row in rows]
 
 
-def _cells(rows):
+def _cells(rows, max_gap=None):
     """Headings and rows of strings, in `columns(rows)` order."""
-    return tables.cells(columns(rows), _flat(rows), _SPECS, "{:.3g}", gap.HEADINGS)
+    headings = dict(gap.HEADINGS)
+    if max_gap is not None:
+        headings[MAX_GAP_MET] = f"gap <= {max_gap:g}"
+    return tables.cells(columns(rows), _flat(rows), _SPECS, "{:.3g}", headings)
 
 
-def format_table(rows):
+def format_table(rows, max_gap=None):
     """The table as aligned plain text, for a terminal."""
-    return tables.aligned(*_cells(rows))
+    return tables.aligned(*_cells(rows, max_gap))
 
 
 def write_csv(rows, path):
@@ -113,15 +148,32 @@ def write_csv(rows, path):
     tables.write_csv(path, columns(rows), _flat(rows))
 
 
-def write_markdown(rows, path, note=None):
-    """The table as a Markdown table, then `note` (a paragraph) if given."""
-    tables.write_markdown(path, *_cells(rows), note=note)
+def write_markdown(rows, path, note=None, max_gap=None):
+    """The table as a Markdown table, then `note` (a paragraph) if given;
+    with `max_gap`, the `MAX_GAP_MET` column is headed `gap <= max_gap`."""
+    tables.write_markdown(path, *_cells(rows, max_gap), note=note)
 
 
 def setup_note(setup):
     """Where the search ran: `setup` is `{"backend": ..., "devices": ...}`."""
     return (f"Keras backend: {setup['backend']}. Devices per trial: "
             f"{setup['devices']} (the `devices` column: as each trial saw them).")
+
+
+def max_gap_note(rows, max_gap):
+    """What `max_gap` did to the ranking, a paragraph of summary.md."""
+    finished = [r for r in rows if _finished(r)]
+    met = sum(1 for r in finished if r[MAX_GAP_MET] == "yes")
+    gap_is = ("gap (inference- over training-mode loss on a fixed sample of "
+              "training pairs, the `gap` column)")
+    if finished and not met:
+        return (f"No trial meets --max-gap {max_gap:g}: no finished trial's "
+                f"{gap_is} is at most {max_gap:g}. The trials are ranked by "
+                "val_loss alone, and the best is the lowest val_loss.")
+    return (f"--max-gap {max_gap:g}: {met} of {len(finished)} finished trials "
+            f"have a {gap_is} of at most {max_gap:g} (`gap <= {max_gap:g}`: "
+            "yes). They rank first, by val_loss; the others follow, by "
+            "val_loss, whatever it is. The best is the first.")
 
 
 def plot_val_loss_by_norm(rows, norms, path):
@@ -172,35 +224,52 @@ def plot_val_loss_by_norm(rows, norms, path):
         files.write_figure(fig, path)
     finally:
         plt.close(fig)
-def report(search, hypermodel, out_dir, out, setup):
+def report(search, hypermodel, out_dir, out, setup, max_gap=None):
     """Writes the table, the plot and `best/`; `setup` (backend, devices)
-    goes into summary.md and best/metrics.json."""
-    rows = trial_rows(search.oracle, Path(search.project_dir))
+    goes into summary.md and best/metrics.json. With `max_gap`, trials are
+    ranked as `trial_rows` says, and summary.md and the printed lines say
+    which met it."""
+    rows = trial_rows(search.oracle, Path(search.project_dir), max_gap)
+    note = setup_note(setup)
+    if max_gap is not None:
+        note = max_gap_note(rows, max_gap) + "\n\n" + note
     write_csv(rows, out_dir / "summary.csv")
-    write_markdown(rows, out_dir / "summary.md", note=setup_note(setup))
+    write_markdown(rows, out_dir / "summary.md", note=note, max_gap=max_gap)
     plot_val_loss_by_norm(
         rows, hypermodel.norms, out_dir / "val_loss_by_norm.png"
     )
     print("", file=out)
-    print(format_table(rows), file=out)
+    print(format_table(rows, max_gap), file=out)
     best = rows[0] if rows and rows[0]["status"] == "completed" else None
+    result = {"trials": rows, "best": best}
+    if max_gap is not None:
+        result.update(max_gap=max_gap,
+                      max_gap_met=best is not None and best[MAX_GAP_MET] == "yes")
     if best is None:
         print(f"No trial finished, so no best model ({out_dir}).", file=out)
-        return {"trials": rows, "best": None}
+        return result
+    if max_gap is not None and not result["max_gap_met"]:
+        print(f"No trial meets --max-gap {max_gap:g} (every finished trial's "
+              f"gap is above {max_gap:g}): the best is ranked by val_loss "
+              "alone.", file=out)
     trial = search.oracle.get_trial(best["trial"])
     best_dir = out_dir / "best"
-    saved = _save_best(search, hypermodel, trial, best, best_dir, out, setup)
+    saved = _save_best(search, hypermodel, trial, best, best_dir, out, setup,
+                       max_gap)
+    among = (f" (the best of the trials with a gap of at most {max_gap:g})"
+             if max_gap is not None and result["max_gap_met"] else "")
     print(
-        f"Best: trial {best['trial']}, norm={best['norm']}, val_loss "
+        f"Best: trial {best['trial']}{among}, norm={best['norm']}, val_loss "
         f"{best['val_loss']:.4f} (inference mode), gap {best['gap_ratio']:.2f}x "
         "(inference over training mode, same training pairs and weights)."
         + (f" Saved to {best_dir}/model.keras." if saved else ""),
         file=out,
     )
-    return {"trials": rows, "best": best}
+    return result
 
 
-def _save_best(search, hypermodel, trial, row, best_dir, out, setup):
+def _save_best(search, hypermodel, trial, row, best_dir, out, setup,
+               max_gap=None):
     """Writes best/model.keras (float32) and its config.json; False if it cannot."""
     weights = Path(search.get_trial_dir(trial.trial_id)) / "checkpoint.weights.h5"
     if not weights.is_file():
@@ -221,6 +290,8 @@ def _save_best(search, hypermodel, trial, row, best_dir, out, setup):
     files.write_json(best_dir / "config.json", run_record(config), end="")
     metrics = {k: v for k, v in row.items() if k != "hyperparameters"}
     metrics["backend"] = setup["backend"]
+    if max_gap is not None:
+        metrics["max_gap"] = max_gap
     # The best trial's own count; a trial of an older kpair did not report it.
     metrics["devices"] = (int(row["devices"]) if math.isfinite(row["devices"])
                           else setup["devices"])

@@ -80,6 +80,16 @@ def add_tune_flags(p):
         "set, it starts N workers of that chief (default: one trial at a "
         "time, in this process)",
     )
+    group.add_argument(
+        "--max-gap", type=float, metavar="R",
+        help="rank every finished trial whose gap (inference- over "
+        "training-mode loss on a fixed sample of training pairs, the table's "
+        "gap column) is at most R before those above it, whatever their "
+        "val_loss; best/ is the best of the first (of all, by val_loss, when "
+        "none meets R, as the table and summary.md say). Kept in --out's "
+        "search.json: a resumed search without --max-gap keeps it, another R "
+        "is refused (default: off, trials ranked by val_loss alone)",
+    )
     add_backend_flag(group, "trains the trials")
 
 
@@ -103,7 +113,7 @@ def run_tune(args, base_config, norms, batchings):
             "trials follows from --epochs."
         )
     run = dict(norms=norms, tuner=args.tuner, max_trials=max_trials,
-               out_dir=args.out, batchings=batchings)
+               out_dir=args.out, batchings=batchings, max_gap=args.max_gap)
     if args.parallel_trials is None or tune_workers.PARENT in os.environ:
         # One process: a local search, or one worker (of a --parallel-trials
         # parent, or started by hand), or a chief started by hand.
