@@ -60,6 +60,13 @@ def add_flags(p):
 
 def _prior(text):
     """`--prior`'s number, or None if not given."""
+    return prior_number(text, "--prior")
+
+
+def prior_number(text, flag):
+    """The number of a flag that gives a prior (`kpair adapt --prior`,
+    `kpair predict --adapt`), or None if not given; a bad one is refused in
+    one line."""
     if text is None:
         return None
     try:
@@ -68,8 +75,8 @@ def _prior(text):
         value = None
     if value is None or not math.isfinite(value) or value < 0:
         raise ConfigError(
-            "--prior must be a non-negative number: how many images the stored "
-            f"statistics weigh as (0: replace them). Received: --prior {text}"
+            f"{flag} must be a non-negative number: how many images the stored "
+            f"statistics weigh as (0: replace them). Received: {flag} {text}"
         )
     return value
 

@@ -10,16 +10,22 @@ from kpair.data.importer import inspect_image, parse_domain, resolve_under_root
 from kpair.data.records import DataError, decode_image
 from kpair.errors import ConfigError
 from kpair.inspection import unknown_domains
+from kpair.inspection.adapt import DEFAULT_MAX_IMAGES, check_prior
+from kpair.inspection.stream_adapt import StreamAdapter
+from kpair.runs.adapt import check_model_out
 from kpair.runs.domain_weights import training_domain_weights
+from kpair.runs.model_files import resolve
 from kpair.runs.open_run import open_for_evaluation
 from kpair.utils import files
 from kpair.utils.progress import Progress
+from kpair.utils.validation import positive_int
 
 COLUMNS = ("left", "right", "left_domain", "right_domain")
 
 
 def predict_csv(model_path, pairs_csv, root, out_csv, batch_size=64,
-                domain="given"):
+                domain="given", adapt=None, adapt_domains=None, like=None,
+                adapt_max_images=DEFAULT_MAX_IMAGES, save_adapted=None):
     """Writes `out_csv`: the rows of `pairs_csv` with a `prediction` column.
 
     Images are read under `root` only (no absolute paths, `..` or symbolic
@@ -40,26 +46,67 @@ def predict_csv(model_path, pairs_csv, root, out_csv, batch_size=64,
     `left_domain_confidence`, `right_domain_inferred` and
     `right_domain_confidence`, empty for an image whose id was given.
 
+    With `adapt` N (a number >= 0), the normalization statistics are
+    adapted to the images as they stream in, batch after batch
+    (`kpair.inspection.stream_adapt`): each batch is predicted with
+    statistics estimated from every image of its domain seen so far, that
+    batch's included, blended with the model's stored statistics, which
+    weigh as N images (0: replaced), as `kpair adapt --prior N` blends.
+    Every domain the CSV names is adapted, each from its own images, or
+    only `adapt_domains`; a model with one set of statistics (batch norm)
+    takes one domain, whose statistics then serve every pair. An image is
+    counted once, however many pairs show it, and after `adapt_max_images`
+    images of a domain its statistics stay fixed. With `like` L, pairs may
+    name the next domain id, `num_domains`: a domain the model does not
+    know, added as `kpair adapt --like` adds it, starting from domain L's
+    affine parameters and statistics. The model file is not changed; the
+    adapted model is written to `save_adapted` (a `.keras` path other than
+    the model's) only if given.
+
     Returns:
         A dict: `pairs` predicted, the `domain` policy, `inferred` (images
         whose domain was inferred) and their mean `confidence`, `pooled`
         (images given pooled statistics) and `weights` (how the pooled
-        statistics were weighted; None without pooling).
+        statistics were weighted; None without pooling), `adapted` (`{domain:
+        images its statistics come from}`; None without `adapt`), `prior`,
+        `added` (the domain added, or None), `like`, `max_images` and
+        `saved` (the path written, or None).
     """
     policy = _check_policy(domain)
-    opened = open_for_evaluation(model_path, with_data=False)
+    adapt = _check_adapt(adapt, policy, adapt_domains, like, save_adapted)
+    if adapt is not None:
+        adapt_max_images = positive_int("adapt_max_images", adapt_max_images)
+    run = resolve(model_path)
+    if save_adapted is not None:
+        save_adapted = check_model_out(save_adapted, run.model_path,
+                                       "save_adapted")
+    opened = open_for_evaluation(run, with_data=False)
     model, size = opened.model, opened.image_size
     if policy != "given":
         unknown_domains.per_domain_owner(model)  # refuses before reading images
-    rows, fields = _read_rows(Path(pairs_csv), Path(root), opened.num_domains,
-                              policy)
+    # With `like`, the next id names a domain the model gains.
+    known = opened.num_domains
+    readable = known + 1 if like is not None and known is not None else known
+    rows, fields = _read_rows(Path(pairs_csv), Path(root), readable, policy,
+                              adapt is not None)
     if not rows:
         raise DataError(f"{pairs_csv} has a header but no pairs.")
     lefts = [str(r["_left"]) for r in rows]
     rights = [str(r["_right"]) for r in rows]
     domains = [np.array([r[k] for r in rows], "int32") for k in COLUMNS[2:]]
     summary = {"pairs": len(rows), "domain": policy, "inferred": 0,
-               "confidence": None, "pooled": 0, "weights": None}
+               "confidence": None, "pooled": 0, "weights": None,
+               "adapted": None, "prior": adapt, "added": None, "like": None,
+               "max_images": None, "saved": None}
+    adapter = None
+    if adapt is not None:
+        adapter = StreamAdapter(
+            model, adapt, _domains_to_adapt(domains, adapt_domains, known),
+            like, adapt_max_images, batch_size,
+        )
+        model = adapter.model
+        summary.update(added=adapter.added, like=adapter.like,
+                       max_images=adapter.max_images)
     if policy == "auto":
         domains = [np.full_like(d, unknown_domains.UNKNOWN) for d in domains]
     elif policy == "pooled":
@@ -88,13 +135,27 @@ def predict_csv(model_path, pairs_csv, root, out_csv, batch_size=64,
     )
     preds, guesses = [], {side: [] for side in ("left", "right")}
     with Progress("predicting pairs", len(rows)) as progress:
-        for batch in dataset:
+        for start, batch in zip(range(0, len(rows), batch_size), dataset):
             batch = {name: value.numpy() for name, value in batch.items()}
             for side, found in guesses.items():
                 found.append(_infer_unknown(model, batch, side))
+            if adapter is not None:
+                # Before the batch is predicted: its images count.
+                stop = start + len(batch["left"])
+                adapter.update(
+                    np.concatenate([batch["left"], batch["right"]]),
+                    np.concatenate([batch["left_domain"], batch["right_domain"]]),
+                    [*lefts[start:stop], *rights[start:stop]],
+                )
             preds.append(np.asarray(model.predict_on_batch(batch)).reshape(-1))
             progress.advance(len(preds[-1]))
     preds = np.concatenate(preds)
+    if adapter is not None:
+        summary["adapted"] = adapter.counts
+        if save_adapted is not None:
+            save_adapted.parent.mkdir(parents=True, exist_ok=True)
+            files.write_model(model, save_adapted)
+            summary["saved"] = str(save_adapted)
     out_fields = [*fields, "prediction"]
     extra = [{} for _ in rows]
     if policy in ("nearest", "auto"):
@@ -127,6 +188,59 @@ def _check_policy(domain):
     return domain
 
 
+def _check_adapt(adapt, policy, adapt_domains, like, save_adapted):
+    """`adapt` as a float (None without it), once its companions are checked."""
+    if adapt is None:
+        given = {"adapt_domains": adapt_domains, "like": like,
+                 "save_adapted": save_adapted}
+        given = {k: v for k, v in given.items() if v is not None}
+        if given:
+            name, value = next(iter(given.items()))
+            if name == "adapt_domains":  # the flag --adapt-domain D, repeated
+                name, value = "adapt_domain", list(value)[0]
+            value = str(value) if isinstance(value, Path) else value
+            raise ConfigError(
+                f"{name}={value!r} applies only when the statistics are "
+                f"adapted: give adapt=N too. Received: {name}={value!r}"
+            )
+        return None
+    adapt = check_prior(adapt)
+    if policy != "given":
+        raise ConfigError(
+            "adapt=N adapts the domains the CSV names, as domain='given' reads "
+            "them; it does not combine with inferred or pooled domains (images "
+            "of a domain the model does not know take the next id, with "
+            f"like=L). Received: domain={policy!r}"
+        )
+    return adapt
+
+
+def _domains_to_adapt(domains, adapt_domains, num_domains):
+    """The domains the CSV names, or `adapt_domains` (which it must name).
+
+    A domain new to the model is always among them: it has no statistics
+    of its own until adapted.
+    """
+    named = sorted({int(d) for column in domains for d in column})
+    if adapt_domains is None:
+        return named
+    chosen = sorted(set(adapt_domains))
+    missing = [d for d in chosen if d not in named]
+    if missing:
+        raise ConfigError(
+            f"No pair names domain(s) {missing}: there are no images to adapt "
+            f"them from. The CSV names domains {named}. "
+            f"Received: adapt_domains={chosen}"
+        )
+    if num_domains is not None and num_domains in named and num_domains not in chosen:
+        raise ConfigError(
+            f"Pairs name the new domain {num_domains}: it must be adapted, or "
+            f"it has no statistics of its own: add adapt_domain={num_domains}. "
+            f"Received: adapt_domains={chosen}"
+        )
+    return chosen
+
+
 def _infer_unknown(model, batch, side):
     """Infers, in place, the `-1` domains of one side of a batch.
 
@@ -145,7 +259,7 @@ def _infer_unknown(model, batch, side):
     return inferred, confidence
 
 
-def _read_rows(pairs_csv, root, num_domains=None, policy="given"):
+def _read_rows(pairs_csv, root, num_domains=None, policy="given", adapt=False):
     try:
         with open(pairs_csv, newline="", encoding="utf-8-sig") as f:
             reader = csv.DictReader(f)
@@ -175,7 +289,7 @@ def _read_rows(pairs_csv, root, num_domains=None, policy="given"):
             row["_" + side] = path
         for key in COLUMNS[2:]:
             row[key], problem = _parse_domain(row.get(key), key, num_domains,
-                                              policy)
+                                              policy, adapt)
             if problem:
                 problems.append(f"row {number}: {problem}")
         rows.append(row)
@@ -187,12 +301,16 @@ def _read_rows(pairs_csv, root, num_domains=None, policy="given"):
     return rows, fields
 
 
-def _parse_domain(text, key, num_domains, policy):
+def _parse_domain(text, key, num_domains, policy, adapt=False):
     """`parse_domain`, with `-1` (unknown) accepted by a policy that
     resolves it, and anything accepted in a column `auto` ignores."""
     if policy == "auto" and text is None:
         return unknown_domains.UNKNOWN, None
     value, problem = parse_domain(text, key, num_domains)
+    if problem and adapt and num_domains is not None and value is None \
+            and _number(text) == num_domains:
+        problem += (f"; {num_domains} names a new domain with like=L, the "
+                    "domain it starts from")
     if problem and policy != "given" and _is_unknown(text):
         return unknown_domains.UNKNOWN, None
     if problem and policy == "given" and _is_unknown(text):
@@ -202,7 +320,11 @@ def _parse_domain(text, key, num_domains, policy):
 
 
 def _is_unknown(text):
+    return _number(text) == unknown_domains.UNKNOWN
+
+
+def _number(text):
     try:
-        return float((text or "").strip()) == unknown_domains.UNKNOWN
+        return float((text or "").strip())
     except ValueError:
-        return False
+        return None

@@ -40,7 +40,7 @@ def adapt_file(model_path, data_dir, domain, out, split="train", batch_size=64,
     """
     check_prior(prior)  # before any reading: a bad number costs nothing
     run = runs.resolve(model_path)
-    out = _check_out(out, run.model_path)
+    out = check_model_out(out, run.model_path)
     max_images = positive_int("max_images", max_images)
     batch_size = positive_int("batch_size", batch_size)
     opened = open_for_evaluation(run, data_dir)
@@ -107,16 +107,20 @@ def domain_data(opened, split, domain, max_images):
     return images, pairs
 
 
-def _check_out(out, model_path):
+def check_model_out(out, model_path, name="out"):
+    """`out` as a Path, once checked: a `.keras` path other than the model
+    file `model_path` it is adapted from (`kpair adapt --out`, `kpair
+    predict --save-adapted`). Another existing file there is replaced, as
+    `kpair adapt` and `kpair predict` replace their outputs."""
     out = Path(out)
     if out.suffix != ".keras":
         raise ConfigError(
-            f"`out` must be a .keras file path. Received: out={str(out)!r}"
+            f"`{name}` must be a .keras file path. Received: {name}={str(out)!r}"
         )
     if out.exists() and out.resolve() == Path(model_path).resolve():
         raise ConfigError(
-            "`out` must differ from the model being adapted: adapting keeps "
-            f"the original. Received: out={str(out)!r}"
+            f"`{name}` must differ from the model being adapted: adapting keeps "
+            f"the original. Received: {name}={str(out)!r}"
         )
     return out
 
