@@ -5,11 +5,13 @@ Pure Keras 3 (`keras.ops`): imports nothing else of kpair (installed as
 """
 
 from .eval_mode_batch_normalization import EvalModeBatchNormalization
+from .ghost_batch_normalization import GhostBatchNormalization
 from .per_domain_batch_normalization import PerDomainBatchNormalization
 from .registry import NormFactory, get, names, options, summary
 
 __all__ = [
     "EvalModeBatchNormalization",
+    "GhostBatchNormalization",
     "NormFactory",
     "PerDomainBatchNormalization",
     "get",

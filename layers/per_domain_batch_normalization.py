@@ -3,32 +3,12 @@
 import keras
 from keras import constraints, initializers, ops, regularizers
 
-from . import _normalization_weights, _validation
-from .replicas import sum_over_replicas
+from . import _ghost_batches, _normalization_weights, _validation
+from ._masked_sums import group_moments, to_samples
 
 # Domain ids index variables of shape (num_domains, channels); a bound keeps a
 # hostile config from allocating gigabytes when a `.keras` file is loaded.
 MAX_DOMAINS = 1024
-
-
-# Masked sums, never a matmul: GPUs run float32 matmuls in TF32 (11 bits).
-# The mask selects (`where`) rather than multiplies: 0 * NaN is NaN, so a
-# multiplied mask would spread one domain's non-finite statistics (or one
-# sample's) to every sample of the batch. The sums over the masked values are
-# exact (one non-zero term per sample, or reductions), and reductions are
-# deterministic on GPUs where scatter-adds are not.
-
-
-def _to_domains(per_sample, mask):
-    """`(batch, channels)` -> `(domains, channels)`: each domain's sum.
-
-    `mask` is `(batch, domains, 1)`, True where a sample is of a domain."""
-    return ops.sum(ops.where(mask, ops.expand_dims(per_sample, 1), 0.0), axis=0)
-
-
-def _to_samples(table, mask):
-    """`(domains, channels)` -> `(batch, channels)`: each sample's row."""
-    return ops.sum(ops.where(mask, ops.expand_dims(table, 0), 0.0), axis=1)
 
 
 @keras.saving.register_keras_serializable(package="kpair")
@@ -67,6 +47,22 @@ class PerDomainBatchNormalization(keras.layers.Layer):
             sums and counts are summed over the replicas before they are
             divided, and under JAX's `keras.distribution.DataParallel` XLA
             sums over the global batch itself.
+        virtual_batch_size: `None` (each domain's rows of the batch are one
+            group) or a positive integer `K`: ghost batches (Hoffer et al.,
+            2017). In training, each domain's rows, in batch order, fall
+            into groups of `K` consecutive rows, and each group is
+            normalized with its own mean and variance; where a domain's row
+            count is not a multiple of `K`, its last group holds the rest
+            (fewer rows: a domain's count changes from batch to batch, so
+            no `K` divides every count). A group's rows are those of one
+            replica. The moving statistics of a domain move toward the
+            average of its groups' means and variances, weighted by their
+            sizes (TensorFlow 1's choice, which averaged equal groups): the
+            statistics each of its samples was normalized with, on average.
+            The variance of the whole batch would also count the spread
+            between the groups' means, which no training sample was divided
+            by, and inference would shrink every activation by it.
+            Inference is unchanged.
         beta_initializer: Initializer of `beta`.
         gamma_initializer: Initializer of `gamma`.
         moving_mean_initializer: Initializer of the moving means.
@@ -83,7 +79,8 @@ class PerDomainBatchNormalization(keras.layers.Layer):
         training: Python boolean. `True` and the layer trainable: normalize
             with each domain's batch statistics (gradients flow through them,
             as in batch normalization) and update the moving statistics of
-            the domains present. Otherwise: normalize with each sample's
+            the domains present; with `virtual_batch_size`, each ghost
+            batch's statistics. Otherwise: normalize with each sample's
             domain's moving statistics and update nothing.
 
     Example:
@@ -96,6 +93,7 @@ class PerDomainBatchNormalization(keras.layers.Layer):
     Reference:
         - [Chang et al., 2019](https://arxiv.org/abs/1906.03950)
         - [Ioffe & Szegedy, 2015](https://arxiv.org/abs/1502.03167)
+        - [Hoffer et al., 2017](https://arxiv.org/abs/1705.08741)
     """
 
     def __init__(
@@ -108,6 +106,7 @@ class PerDomainBatchNormalization(keras.layers.Layer):
         scale=True,
         per_domain_affine=True,
         synchronized=False,
+        virtual_batch_size=None,
         beta_initializer="zeros",
         gamma_initializer="ones",
         moving_mean_initializer="zeros",
@@ -131,6 +130,7 @@ class PerDomainBatchNormalization(keras.layers.Layer):
             "per_domain_affine", per_domain_affine
         )
         self.synchronized = _validation.boolean("synchronized", synchronized)
+        self.virtual_batch_size = _ghost_batches.check_size(virtual_batch_size)
         self.beta_initializer = initializers.get(beta_initializer)
         self.gamma_initializer = initializers.get(gamma_initializer)
         self.moving_mean_initializer = initializers.get(moving_mean_initializer)
@@ -179,21 +179,26 @@ class PerDomainBatchNormalization(keras.layers.Layer):
         stats_shape = [-1] + [1] * (ndim - 1)
         stats_shape[self._feature_axis] = x.shape[self._feature_axis]
 
-        def per_sample(*tables):
-            """Each sample's rows of `(domains, channels)` tables, shaped to
+        def per_sample(*tables, mask=mask):
+            """Each sample's rows of `(groups, channels)` tables, shaped to
             broadcast onto x: routed together, one masked sum for all."""
             if len(tables) == 1:
-                parts = [_to_samples(tables[0], mask)]
+                parts = [to_samples(tables[0], mask)]
             else:
-                rows = _to_samples(ops.concatenate(tables, axis=-1), mask)
+                rows = to_samples(ops.concatenate(tables, axis=-1), mask)
                 parts = ops.split(rows, len(tables), axis=-1)
             return [ops.reshape(part, stats_shape) for part in parts]
 
-        if training and self.trainable:
-            mean, variance, present, centered = self._domain_moments(
-                x, mask, reduce_axes, per_sample
+        training = training and self.trainable
+        if training and self.virtual_batch_size is not None:
+            return self._ghost_batch_call(
+                x, domain, reduce_axes, stats_shape, per_sample
             )
-            self._update_moving_statistics(mean, variance, present)
+        if training:
+            mean, variance, counts, centered = group_moments(
+                x, mask, reduce_axes, stats_shape
+            )
+            self._update_moving_statistics(mean, variance, counts > 0)
         else:
             mean = ops.convert_to_tensor(self.moving_mean)
             variance = ops.convert_to_tensor(self.moving_variance)
@@ -222,36 +227,42 @@ class PerDomainBatchNormalization(keras.layers.Layer):
                 )
         return ops.cast(outputs, self.compute_dtype)
 
+    def _ghost_batch_call(self, x, domain, reduce_axes, stats_shape, per_sample):
+        """Training with ghost batches: each group of `virtual_batch_size`
+        rows of a domain normalized with its own moments."""
+        groups = _ghost_batches.group_mask(
+            domain, self.num_domains, self.virtual_batch_size
+        )
+        # A group's rows are this replica's: no sums over replicas.
+        mean, variance, counts, centered = group_moments(
+            x, groups, reduce_axes, stats_shape, over_replicas=False
+        )
+        self._update_moving_statistics(
+            *_ghost_batches.domain_statistics(
+                mean, variance, counts, self.num_domains
+            )
+        )
+        (inverse_std,) = per_sample(ops.rsqrt(variance + self.epsilon), mask=groups)
+        outputs = centered * inverse_std
+        ndim = len(x.shape)
+        affine = [w for w in (self.gamma, self.beta) if w is not None]
+        if self.per_domain_affine and affine:
+            routed = per_sample(*(ops.convert_to_tensor(w) for w in affine))
+        else:
+            routed = [
+                ops.reshape(ops.convert_to_tensor(w), self._broadcast_shape(ndim))
+                for w in affine
+            ]
+        if self.gamma is not None:
+            outputs = outputs * routed.pop(0)
+        if self.beta is not None:
+            outputs = outputs + routed.pop(0)
+        return ops.cast(outputs, self.compute_dtype)
+
     def _broadcast_shape(self, ndim):
         shape = [1] * ndim
         shape[self._feature_axis] = -1
         return shape
-
-    def _domain_moments(self, x, mask, reduce_axes, per_sample):
-        """Mean and (biased) variance of each domain's samples in the batch.
-
-        Two passes (mean, then squared deviations from it) rather than
-        E[x^2] - E[x]^2, which cancels catastrophically for large means.
-        Returns `(mean, variance, present, centered)`: each of the first
-        three a row per domain (rows of absent domains hold zeros, and
-        `present` is False there), and `x` minus each sample's domain mean,
-        which the output reuses.
-        """
-        values_per_sample = 1
-        for a in reduce_axes:
-            values_per_sample *= x.shape[a]
-        counts = ops.sum(ops.cast(mask[:, :, 0], "float32"), axis=0)
-        counts = sum_over_replicas(counts) * values_per_sample
-        safe_counts = ops.expand_dims(ops.maximum(counts, 1.0), -1)
-        sums = _to_domains(ops.sum(x, axis=reduce_axes), mask)
-        mean = sum_over_replicas(sums) / safe_counts
-        # x + (-mean), not x - mean: the same bits, but the gradient negates
-        # the (domains, channels) table instead of a tensor the size of x.
-        (negated_mean,) = per_sample(-mean)
-        centered = x + negated_mean
-        squares = ops.sum(ops.square(centered), axis=reduce_axes)
-        variance = sum_over_replicas(_to_domains(squares, mask)) / safe_counts
-        return mean, variance, counts > 0, centered
 
     def _update_moving_statistics(self, mean, variance, present):
         present = ops.expand_dims(present, -1)
@@ -284,6 +295,7 @@ class PerDomainBatchNormalization(keras.layers.Layer):
             "scale": self.scale,
             "per_domain_affine": self.per_domain_affine,
             "synchronized": self.synchronized,
+            "virtual_batch_size": self.virtual_batch_size,
             "beta_initializer": initializers.serialize(self.beta_initializer),
             "gamma_initializer": initializers.serialize(self.gamma_initializer),
             "moving_mean_initializer": initializers.serialize(

@@ -13,6 +13,7 @@ from typing import Callable
 import keras
 
 from .eval_mode_batch_normalization import EvalModeBatchNormalization
+from .ghost_batch_normalization import GhostBatchNormalization
 from .per_domain_batch_normalization import PerDomainBatchNormalization
 
 
@@ -39,6 +40,16 @@ def _channels_from_input(layer_class, **fixed):
     return make
 
 
+def _batch_norm(channels, name, virtual_batch_size=None, **options):
+    # Without ghost batches, Keras's own class and config, so that models
+    # saved before the option existed load and compare as they were.
+    if virtual_batch_size is None:
+        return keras.layers.BatchNormalization(name=name, **options)
+    return GhostBatchNormalization(
+        virtual_batch_size=virtual_batch_size, name=name, **options
+    )
+
+
 # The momentum of the moving statistics. Keras's 0.99 for the norms that
 # see every backbone call, 0.9 (PyTorch's default, 0.1 in its convention)
 # for per-domain batch norm: under per-type batching a domain's statistics
@@ -55,9 +66,15 @@ PER_DOMAIN_MOMENTUM = 0.9
 _ENTRIES = {
     "batch": _Entry(
         takes_domain=False,
-        defaults={"momentum": MOMENTUM, "epsilon": 1e-3, "synchronized": False},
-        make=_channels_from_input(keras.layers.BatchNormalization),
-        summary="keras.layers.BatchNormalization",
+        defaults={
+            "momentum": MOMENTUM,
+            "epsilon": 1e-3,
+            "synchronized": False,
+            "virtual_batch_size": None,
+        },
+        make=_batch_norm,
+        summary="keras.layers.BatchNormalization (ghost batches: "
+        "virtual_batch_size)",
     ),
     "per-domain": _Entry(
         takes_domain=True,
@@ -67,6 +84,7 @@ _ENTRIES = {
             "epsilon": 1e-3,
             "per_domain_affine": True,
             "synchronized": False,
+            "virtual_batch_size": None,
         },
         make=_channels_from_input(PerDomainBatchNormalization),
         summary="separate statistics per domain, routed per sample (DSBN)",
@@ -156,11 +174,23 @@ def get(name, **options):
     if unknown:
         raise ValueError(
             f"Norm {name!r} does not take option(s) {unknown}. Expected a "
-            f"subset of {sorted(entry.defaults)}. Received: options={options}"
+            f"subset of {sorted(entry.defaults)}.{_takers(unknown)} "
+            f"Received: options={options}"
         )
     factory = NormFactory(name, {**entry.defaults, **options})
     factory(channels=8, name="option_check")  # Fail now, not deep in a model.
     return factory
+
+
+def _takers(options):
+    """` Option 'x' is taken by norm(s) [...].` for each option some norm
+    takes."""
+    said = ""
+    for option in options:
+        takers = [n for n, entry in _ENTRIES.items() if option in entry.defaults]
+        if takers:
+            said += f" Option {option!r} is taken by norm(s) {takers}."
+    return said
 
 
 def _entry(name):
