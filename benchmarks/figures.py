@@ -30,6 +30,11 @@ The jobs:
   minutes on two cores): how well `--domain nearest` and `--domain pooled`
   do on the demo data. Its run directory is removed first, so that the
   table is of a model trained at the current commit.
+- `statistics`: `bench_statistics.py`, the gap and validation loss of
+  `--statistics ema` and `precise` for each norm x batching, momentum 0.9
+  and 0.99, on the demo data and demo data made with other settings, over
+  3 seeds (hours on two cores: `make figures FIGURES=statistics` on a quiet
+  machine). Its runs are removed first.
 
 The other scripts of `benchmarks/` (training throughput, the input
 pipeline, GPU runs, memory over 20 epochs) need a quiet machine, a GPU or
@@ -97,6 +102,10 @@ JOBS = (
         "statistics on the demo data", "benchmarks/bench_unknown_domain.py",
         ("--out", "runs/figures/unknown-domain"),
         fresh=("runs/figures/unknown-domain",)),
+    Job("statistics", "Moving statistics: `ema` against `precise`, per norm, "
+        "batching and momentum", "benchmarks/bench_statistics.py",
+        ("--seeds", "0,1,2", "--out", "runs/figures/statistics"),
+        fresh=("runs/figures/statistics",)),
 )
 
 RESULTS_HEADER = """\

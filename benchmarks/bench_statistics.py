@@ -1,0 +1,132 @@
+"""Moving statistics `ema` against `precise`: the gap and the validation loss.
+
+    python benchmarks/bench_statistics.py [--quick] [--seeds 0,1,2]
+        [--out runs/statistics]
+
+For each data set (the built-in demo data, and demo data made with other
+settings: `kpair data demo --seed 1 --ba-fraction 0.5`), each norm with
+moving statistics x batching, momentum 0.9 and 0.99 (`--norm-option
+momentum=...`) and `--statistics ema` and `precise`, trains one tiny run per
+seed and prints one Markdown table: the gap (`gap_ratio`, inference-mode
+over training-mode loss on the fixed training sample) and the validation
+loss, each as the median over the seeds with [min, max].
+
+The full grid is 2 data sets x 4 norms x 3 batchings x 2 momenta x 2
+statistics x 3 seeds = 288 tiny runs: hours on two cores (a quiet machine).
+`--quick` trains 4 runs (batch norm, per-type batches, momentum 0.9, seed
+0, one epoch of two steps) to show the script works; its figures mean
+nothing. Finished runs under `--out` are reused (a run directory of the
+same configuration is not trained again).
+"""
+
+import argparse
+import contextlib
+import os
+import statistics
+import sys
+import time
+from pathlib import Path
+
+os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
+
+from bench_training import machine  # noqa: E402  (beside this script)
+
+import kpair  # noqa: E402,F401  (first: oneDNN, as users' code gets it)
+from kpair.config import STATISTICS, TrainConfig  # noqa: E402
+from kpair.data import build_demo, ensure_demo  # noqa: E402
+from kpair.training.trainer import train  # noqa: E402
+
+# The norms whose moving statistics `--statistics` sets (group norm has none).
+NORMS = ("batch", "per-domain", "eval-mode", "batch-renorm")
+BATCHINGS = ("per-type", "mixed", "balanced")
+MOMENTA = (0.9, 0.99)
+# (name, `build_demo` settings); None: the built-in demo data itself.
+DATA = (("demo", None), ("demo seed 1, B-A 0.5", {"seed": 1, "ba_fraction": 0.5}))
+FULL = dict(width_multiplier=0.125, image_size=16, epochs=3, steps_per_epoch=20,
+            batch_size=48, eval_pairs=240, learning_rate=3e-3)
+QUICK = dict(width_multiplier=0.125, image_size=16, epochs=1, steps_per_epoch=2,
+             batch_size=12, eval_pairs=24, precise_images=64)
+
+
+def _parse_args():
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--quick", action="store_true",
+                        help="4 tiny runs, to check the script (default: off)")
+    parser.add_argument("--seeds", default="0,1,2",
+                        help="comma-separated seeds (default: 0,1,2; --quick: 0)")
+    parser.add_argument("--out", default="runs/statistics",
+                        help="folder of the data and runs (default: runs/statistics)")
+    return parser.parse_args()
+
+
+def grid(quick):
+    """(norms, batchings, momenta, settings) of the full or the quick run."""
+    if quick:
+        return ("batch",), ("per-type",), (0.9,), QUICK
+    return NORMS, BATCHINGS, MOMENTA, FULL
+
+
+def data_dir(out, name, settings, image_size, quick):
+    """The data set's directory: the cached demo, or one built under `out`."""
+    if settings is None:
+        return ensure_demo(image_size=image_size)
+    path = Path(out) / "data" / name.replace(" ", "-").replace(",", "")
+    if not (path / "train").exists():
+        # --quick: a small data set (pairs per type in train, val, test).
+        sizes = {"pairs_per_type": (60, 24, 24)} if quick else {}
+        build_demo(path, image_size=image_size, **settings, **sizes)
+    return path
+
+
+def spread(values):
+    """`median [min, max]` of the seeds' figures."""
+    if len(values) == 1:
+        return f"{values[0]:.3f}"
+    return (f"{statistics.median(values):.3f} [{min(values):.3f}, "
+            f"{max(values):.3f}]")
+
+
+def main():
+    args = _parse_args()
+    seeds = [0] if args.quick and args.seeds == "0,1,2" else [
+        int(s) for s in args.seeds.split(",")]
+    norms, batchings, momenta, settings = grid(args.quick)
+    print(f"Moving statistics, ema and precise; {len(seeds)} seed(s) "
+          f"{','.join(map(str, seeds))}; width {settings['width_multiplier']}, "
+          f"{settings['image_size']} px, {settings['epochs']} epoch(s) x "
+          f"{settings['steps_per_epoch']} steps of {settings['batch_size']} "
+          f"pairs{' (--quick: figures mean nothing)' if args.quick else ''}; "
+          f"{time.strftime('%Y-%m-%d')}, {machine()}")
+    print()
+    print("| data | norm | batching | momentum | statistics | gap | val loss |")
+    print("|---|---|---|---|---|---|---|")
+    for name, demo_settings in DATA:
+        data = data_dir(args.out, name, demo_settings, settings["image_size"],
+                        args.quick)
+        for norm in norms:
+            for batching in batchings:
+                for momentum in momenta:
+                    for kind in STATISTICS:
+                        gaps, losses = [], []
+                        for seed in seeds:
+                            run = (Path(args.out) / "runs"
+                                   / data.name / f"{norm}-{batching}-{momentum}"
+                                   / f"{kind}-{seed}")
+                            config = TrainConfig(
+                                data=str(data), out=str(run), norm=norm,
+                                batching=batching,
+                                norm_options={"momentum": momentum},
+                                statistics=kind, seed=seed, **settings,
+                            )
+                            # Training's lines to stderr: stdout holds the table.
+                            with contextlib.redirect_stdout(sys.stderr):
+                                metrics = train(config)
+                            gaps.append(metrics["gap_ratio"])
+                            losses.append(metrics["val_loss"])
+                        print(f"| {name} | {norm} | {batching} | {momentum} | "
+                              f"{kind} | {spread(gaps)} | {spread(losses)} |",
+                              flush=True)
+
+
+if __name__ == "__main__":
+    main()
