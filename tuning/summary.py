@@ -173,7 +173,8 @@ def max_gap_note(rows, max_gap):
     return (f"--max-gap {max_gap:g}: {met} of {len(finished)} finished trials "
             f"have a {gap_is} of at most {max_gap:g} (`gap <= {max_gap:g}`: "
             "yes). They rank first, by val_loss; the others follow, by "
-            "val_loss, whatever it is. The best is the first.")
+            "val_loss, even where it is lower. The best trial (best/) is the "
+            "first row.")
 
 
 def plot_val_loss_by_norm(rows, norms, path):
