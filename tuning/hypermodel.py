@@ -35,6 +35,11 @@ NORM_CHOICES = {
     "warmup_steps": (0, 100, 500),
 }
 LEARNING_RATE_RANGE = (1e-4, 1e-2)
+# Ghost batches are searched when the base config names a size
+# (`kpair tune --norm-option virtual_batch_size=K`): the whole batch (this
+# value) or K, for the norms that take the option. Without it the search
+# space is as it was, so existing searches keep their trials.
+WHOLE_BATCH = 0
 
 
 class PairHyperModel(keras_tuner.HyperModel):
@@ -55,6 +60,12 @@ class PairHyperModel(keras_tuner.HyperModel):
       500; default 0). Each default is the registry's for the default norm
       when it takes the option (momentum: 0.9 under per-domain, 0.99 under
       the other norms), else for the first norm that does.
+    - `virtual_batch_size`, only when `base_config.norm_options` names one,
+      `K`: `WHOLE_BATCH` (0: no ghost batches) or `K` (default `K`, so that
+      a norm's first trial is what `kpair train` with that option runs),
+      active for the norms whose registry options include it (`batch`,
+      `per-domain`). The base config's other norm options are not carried
+      into the trials.
     - `learning_rate`: 1e-4 to 1e-2, log sampling (default
       `base_config.learning_rate`).
     - `batching`: one of `batchings` (default `base_config.batching` when
@@ -153,6 +164,7 @@ class PairHyperModel(keras_tuner.HyperModel):
                 )
             if norm in scope:
                 options[key] = value
+        options.update(self._virtual_batch_size(hp, norm))
         learning_rate = hp.Float(
             "learning_rate",
             *LEARNING_RATE_RANGE,
@@ -175,6 +187,17 @@ class PairHyperModel(keras_tuner.HyperModel):
             batching=batching,
             epochs=int(epochs),
         )
+
+    def _virtual_batch_size(self, hp, norm):
+        """`{"virtual_batch_size": K}` where the trial uses ghost batches."""
+        size = self.base_config.norm_options.get("virtual_batch_size")
+        option = "virtual_batch_size"
+        scope = [n for n in self.norms if option in layers.options(n)]
+        if size is None or not scope:
+            return {}
+        with hp.conditional_scope("norm", scope):
+            value = hp.Choice(option, [WHOLE_BATCH, size], default=size)
+        return {option: value} if norm in scope and value != WHOLE_BATCH else {}
 
     def build(self, hp):
         """The compiled model `kpair train` would build for this trial."""

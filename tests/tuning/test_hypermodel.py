@@ -7,7 +7,7 @@ from kpair import layers
 from kpair.config import ConfigError
 from kpair.data import BATCHINGS
 from kpair.tuning import PairHyperModel
-from kpair.tuning.hypermodel import NORM_CHOICES
+from kpair.tuning.hypermodel import NORM_CHOICES, WHOLE_BATCH
 
 
 def space(hp):
@@ -149,3 +149,76 @@ def test_tuner_discovers_every_conditional_scope(base_config, tmp_path):
     )
     names = {p.name for p in tuner.oracle.get_space().space}
     assert names == {"norm", "learning_rate", "batching", *NORM_CHOICES}
+
+
+# --- ghost batches: searched when the base config names a size -----------
+
+
+def ghost_config(base_config, size=4, **changes):
+    return base_config.replace(norm_options={"virtual_batch_size": size}, **changes)
+
+
+def test_without_a_virtual_batch_size_the_space_is_unchanged(base_config):
+    hp = keras_tuner.HyperParameters()
+    PairHyperModel(base_config).config_for(hp)
+    assert "virtual_batch_size" not in space(hp)
+    assert set(space(hp)) == {"norm", "learning_rate", "batching", *NORM_CHOICES}
+
+
+def test_a_virtual_batch_size_is_searched_against_the_whole_batch(base_config):
+    hp = keras_tuner.HyperParameters()
+    config = PairHyperModel(ghost_config(base_config)).config_for(hp)
+    choice = space(hp)["virtual_batch_size"]
+    assert list(choice.values) == [WHOLE_BATCH, 4]
+    assert choice.default == 4  # the first trial is what `kpair train` runs
+    (condition,) = choice.conditions
+    assert list(condition.values) == [
+        n for n in layers.names() if "virtual_batch_size" in layers.options(n)
+    ] == ["batch", "per-domain"]
+    assert config.norm_options == {"momentum": 0.9, "virtual_batch_size": 4}
+
+
+@pytest.mark.parametrize(
+    "norm, size, expected",
+    [
+        ("per-domain", WHOLE_BATCH, {"momentum": 0.9}),
+        # Momentum's one default is the search's default norm's (per-domain).
+        ("batch", 4, {"momentum": 0.9, "virtual_batch_size": 4}),
+        ("batch", WHOLE_BATCH, {"momentum": 0.9}),
+        ("group", None, {"groups": 32}),
+        ("eval-mode", None, {"momentum": 0.9, "warmup_steps": 0}),
+    ],
+)
+def test_virtual_batch_size_reaches_only_the_norms_that_take_it(
+    base_config, norm, size, expected
+):
+    hp = keras_tuner.HyperParameters()
+    hp.Fixed("norm", norm)
+    if size is not None:
+        hp.Fixed("virtual_batch_size", size)
+    config = PairHyperModel(ghost_config(base_config)).config_for(hp)
+    assert config.norm_options == expected
+    assert ("virtual_batch_size" in hp.values) is (size is not None)
+
+
+def test_a_norms_subset_without_ghost_batches_declares_none(base_config):
+    hp = keras_tuner.HyperParameters()
+    PairHyperModel(ghost_config(base_config), norms=["group", "eval-mode"]
+                   ).config_for(hp)
+    assert "virtual_batch_size" not in space(hp)
+
+
+@pytest.mark.parametrize(
+    "norm, kind",
+    [("per-domain", "PerDomainBatchNormalization"),
+     ("batch", "GhostBatchNormalization")],
+)
+def test_build_makes_ghost_batch_norms(base_config, norm, kind):
+    hp = keras_tuner.HyperParameters()
+    hp.Fixed("norm", norm)
+    hp.Fixed("batching", "mixed")
+    model = PairHyperModel(ghost_config(base_config)).build(hp)
+    backbone = getattr(model, "pair_model", model).backbone
+    norms = [layer for layer in backbone.layers
+             if type(layer).__name__ == kind]
+    assert norms and all(layer.virtual_batch_size == 4 for layer in norms)
