@@ -36,6 +36,7 @@ import itertools
 import keras
 import numpy as np
 
+from kpair import layers
 from kpair.inspection.float32 import (
     float32_arithmetic,
     float32_copy,
@@ -74,6 +75,10 @@ TOLERANCE = 1e-4
 # A difference of at least this share of what batch statistics change
 # (training mode) is put down to batch statistics at inference.
 BATCH_STATISTICS_SHARE = 0.1
+# The norms that normalize with batch statistics in training mode (stock
+# batch norm and renorm are both `BatchNormalization`).
+BATCH_STATISTICS_NORMS = (keras.layers.BatchNormalization,
+                          layers.PerDomainBatchNormalization)
 # Pairs also predicted alone: a batch-size dependence shows on any pair, and
 # each alone is one more model call (~0.1 s of a tiny model on a CPU, eager),
 # paid by every `kpair train`.
@@ -227,7 +232,12 @@ def _batch_invariance(model, precision, pairs, seed):
         return [Finding("batch invariance", "ok", summary)]
     batch_effect = _relative(_batch_statistics_effect(model, inputs, together),
                              scale)
-    if worst >= BATCH_STATISTICS_SHARE * batch_effect:
+    if not _normalizes_with_batch_statistics(model):
+        # Group norm, eval-mode batch norm: whatever `batch_effect` says (a
+        # leak moves it too), batch statistics cannot be the cause.
+        cause = ("a layer depends on the batch in inference mode; not batch "
+                 "statistics: no layer of the model normalizes with them")
+    elif worst >= BATCH_STATISTICS_SHARE * batch_effect:
         cause = "a normalization layer uses batch statistics in inference mode"
     else:
         cause = ("more than rounding, far less than batch statistics: a layer "
@@ -285,6 +295,17 @@ def _precision_note(model):
         return ""
     return (f"computed in float32 (a copy of the model, which computes in "
             f"{' and '.join(sorted(dtypes))}), ")
+
+
+def _normalizes_with_batch_statistics(model):
+    """Whether a layer of `model`, at any depth (a wrapper layer's model
+    included), normalizes with batch statistics in training mode."""
+    # `_flatten_layers` walks nested models and plain layers alike (Keras 3);
+    # `model.layers` stops at a layer that holds a model.
+    return any(
+        isinstance(layer, BATCH_STATISTICS_NORMS)
+        for layer in model._flatten_layers(include_self=False, recursive=True)
+    )
 
 
 def _relative(difference, scale):
