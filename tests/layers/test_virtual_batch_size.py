@@ -344,3 +344,47 @@ def test_mixed_precision_keeps_float32_state(name, policy):
     assert np.all(np.isfinite(keras.ops.convert_to_numpy(y).astype("float32")))
     for weight in layer.weights:
         assert weight.dtype == "float32", weight.path
+
+
+# --- kpair check and kpair export --fold-norm: inference is unchanged ------
+
+
+@pytest.mark.parametrize("norm", TAKERS)
+def test_check_and_folded_export_of_a_ghost_batch_model(norm, tmp_path, capsys):
+    # Imported here: tests/backends/test_virtual_batch_backends.py imports
+    # this module on JAX and torch, where the CLI's export (a SavedModel)
+    # would load TensorFlow.
+    import tensorflow as tf
+
+    from kpair.cli import main
+    from kpair.models.backbone import ResNet18Backbone
+    from kpair.models.pair_model import PairModel
+    from kpair.utils.files import write_model
+
+    model = PairModel(ResNet18Backbone(
+        norm=norm, norm_options={"virtual_batch_size": 2}, width_multiplier=0.125,
+        image_size=16, embedding_dim=8))
+    rng = np.random.default_rng(0)
+
+    def pairs(n=4):
+        return {
+            "left": rng.random((n, 16, 16, 3), "float32"),
+            "right": rng.random((n, 16, 16, 3), "float32"),
+            "left_domain": np.array([0, 1, 0, 1][:n], "int32"),
+            "right_domain": np.array([1, 1, 0, 0][:n], "int32"),
+        }
+
+    for _ in range(3):  # moving statistics off their initial values
+        model(pairs(), training=True)
+    path = tmp_path / "model.keras"
+    write_model(model, path)
+    assert main(["check", str(path), "--pairs", "6"]) == 0
+    assert "failure" not in capsys.readouterr().out
+    out = tmp_path / "serving"
+    assert main(["export", str(path), "--out", str(out), "--fold-norm"]) == 0
+    served = tf.saved_model.load(str(out))
+    features = pairs()
+    expected = model.predict(features, verbose=0)
+    assert np.ptp(expected) > 0  # predictions that differ, not a constant
+    np.testing.assert_allclose(served.serve(features).numpy(), expected,
+                               rtol=1e-5, atol=1e-5)
