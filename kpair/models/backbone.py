@@ -1,5 +1,7 @@
 """ResNet-18 with a swappable, possibly domain-aware, normalization."""
 
+import math
+
 import keras
 
 from kpair import layers
@@ -239,15 +241,18 @@ def _validate_pretrained_arguments(padding, input_normalization, frozen_stages):
     }
     if ok:
         try:
-            values = [float(v) for key in ("mean", "std")
-                      for v in input_normalization[key]]
-            ok = len(values) == 6 and all(v > 0 for v in values[3:])
+            mean = [float(v) for v in input_normalization["mean"]]
+            std = [float(v) for v in input_normalization["std"]]
+            # inf or nan would pass into every image and every prediction.
+            ok = (len(mean) == 3 and len(std) == 3
+                  and all(math.isfinite(v) for v in mean + std)
+                  and all(v > 0 for v in std))
         except (TypeError, ValueError):
             ok = False
     if not ok:
         raise ConfigError(
             "`input_normalization` must be None or a dict {'mean': [3 numbers], "
-            "'std': [3 positive numbers]}. "
+            "'std': [3 positive numbers]}, all finite. "
             f"Received: input_normalization={input_normalization!r}"
         )
 
