@@ -11,9 +11,10 @@ multiple). Group `g` of domain `d` is group `d * per_domain + g`, where
 the groups of any one domain; groups no row falls into stay empty.
 """
 
+import numbers
+
 from keras import ops
 
-from . import _validation
 from .replicas import sum_over_replicas
 
 # Group ids are int32.
@@ -24,9 +25,17 @@ def check_size(value):
     """`virtual_batch_size`: None (the whole batch) or a positive integer."""
     if value is None:
         return None
-    return _validation.integer(
-        "virtual_batch_size", value, minimum=1, maximum=MAX_VIRTUAL_BATCH_SIZE
-    )
+    if (
+        isinstance(value, bool)
+        or not isinstance(value, numbers.Integral)
+        or not 1 <= value <= MAX_VIRTUAL_BATCH_SIZE
+    ):
+        raise ValueError(
+            "Argument `virtual_batch_size` must be None (the whole batch) or "
+            f"a positive integer up to {MAX_VIRTUAL_BATCH_SIZE}, the rows of "
+            f"a ghost batch. Received: virtual_batch_size={value!r}"
+        )
+    return int(value)
 
 
 def group_mask(domain, num_domains, size):
