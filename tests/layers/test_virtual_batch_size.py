@@ -389,3 +389,63 @@ def test_check_and_folded_export_of_a_ghost_batch_model(norm, tmp_path, capsys):
     assert np.ptp(expected) > 0  # predictions that differ, not a constant
     np.testing.assert_allclose(served.serve(features).numpy(), expected,
                                rtol=1e-5, atol=1e-5)
+
+
+@pytest.mark.parametrize("name", TAKERS)
+def test_symbolic_call_and_weights_as_without_the_option(name):
+    layer = contract.make(name, virtual_batch_size=2)
+    x = keras.Input(contract.SHAPE[1:])
+    domain = keras.Input((), dtype="int32")
+    y = layer([x, domain]) if layers.get(name).takes_domain else layer(x)
+    assert tuple(y.shape) == (None,) + contract.SHAPE[1:]
+    plain = contract.make(name)
+    plain.build(_input_shape(name))
+    assert [w.path.split("/")[-1] for w in layer.weights] == [
+        w.path.split("/")[-1] for w in plain.weights]
+    assert [w.shape for w in layer.weights] == [w.shape for w in plain.weights]
+
+
+def _input_shape(name):
+    shape = (None,) + contract.SHAPE[1:]
+    return [shape, (None,)] if layers.get(name).takes_domain else shape
+
+
+@pytest.mark.parametrize("name", TAKERS)
+def test_gradients_flow_through_each_ghost_batchs_statistics(name):
+    # The input gradient of sum(y * w) against central differences of the
+    # float64 reference: a gradient that treated the group statistics as
+    # constants, or took the whole batch's, is off by far more.
+    if keras.backend.backend() != "tensorflow":
+        pytest.skip("a TensorFlow gradient tape")
+    import tensorflow as tf  # the TensorFlow backend's own
+
+    size, shape = 2, (5, 1, 2, 3)
+    rng = np.random.default_rng(7)
+    x = rng.normal(size=shape)
+    weights = rng.normal(size=shape)
+    domain = np.array([0, 1, 1, 0, 1]) if name == "per-domain" else np.zeros(5, int)
+    layer = layers.get(name, virtual_batch_size=size)(3, name="g")
+    inputs = [x.astype("float32"), domain.astype("int32")]
+    layer(inputs if layers.get(name).takes_domain else inputs[0], training=False)
+    state = {"gamma": np.ones((2, 3)), "beta": np.zeros((2, 3)),
+             "mean": np.zeros((2, 3)), "var": np.ones((2, 3))}
+    tensor = tf.constant(x, "float32")
+    with tf.GradientTape() as tape:
+        tape.watch(tensor)
+        args = [tensor, domain.astype("int32")]
+        y = layer(args if layers.get(name).takes_domain else tensor, training=True)
+        loss = tf.reduce_sum(y * weights.astype("float32"))
+    got = tape.gradient(loss, tensor).numpy()
+
+    def reference_loss(values):
+        scratch = {k: v.copy() for k, v in state.items()}
+        return np.sum(ghost_reference_step(values, domain, size, scratch) * weights)
+
+    expected = np.zeros(shape)
+    step = 1e-6
+    for index in np.ndindex(shape):
+        up, down = x.copy(), x.copy()
+        up[index] += step
+        down[index] -= step
+        expected[index] = (reference_loss(up) - reference_loss(down)) / (2 * step)
+    np.testing.assert_allclose(got, expected, rtol=1e-3, atol=1e-3)
