@@ -19,9 +19,11 @@ Norms of frozen stages (`freeze_stages`, Keras's `trainable=False`) keep
 their (pretrained) statistics, as they do under `ema`. Eval-mode batch norm
 normalizes with its moving statistics in training too (after its warm-up):
 with `precise`, the next epoch trains with the recomputed statistics, so
-training itself differs from an `ema` run, not only the saved model. The
-other norms train on batch statistics; their moving averages go on from the
-recomputed values.
+training itself differs from an `ema` run, not only the saved model. So
+does batch renorm's: its training-time correction uses its renorm
+statistics, which `kpair adapt`'s estimator sets too. Batch norm and
+per-domain batch norm train on batch statistics alone; their moving
+averages go on from the recomputed values.
 """
 
 import keras
@@ -147,7 +149,8 @@ def trained_norms(model):
 
 def precise_callback(config, data_dir, pair_model):
     """The `PreciseStatistics` of a run of `config`, or None under `ema`."""
-    if config.statistics != "precise":
+    if config.statistics != "precise" or not trained_norms(pair_model):
+        # Group norm has no statistics: nothing to estimate, no image read.
         return None
     files = split_files(data_dir / "train")
     images = choose_images(files, config.image_size, config.num_domains,

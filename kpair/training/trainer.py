@@ -23,6 +23,7 @@ from kpair.data import (
     read_split,
     steps_per_epoch,
 )
+from kpair.errors import ConfigError
 from kpair.models.model_builder import (
     build_pair_model,
     config_backbone_arguments,
@@ -63,8 +64,13 @@ WRITE_RUN_DIRECTORY = (kcb.HistoryCSV, kcb.LastGoodCheckpoint,
 RESUMABLE_CHANGES = {"epochs", "learning_rate", "devices"}
 
 
-def resolve_data(config, out=None):
-    """The dataset directory: `config.data`, or the cached demo data set."""
+def resolve_data(config, out=None, precise_statistics=False):
+    """The dataset directory: `config.data`, or the cached demo data set.
+
+    `precise_statistics` as for `training_data`: the tuner, which calls both,
+    is refused statistics="precise" here, before its search starts.
+    """
+    _refuse_precise(config, precise_statistics)
     out = out if out is not None else sys.stdout
     if config.data is not None:
         return Path(config.data)
@@ -72,8 +78,12 @@ def resolve_data(config, out=None):
     return ensure_demo(image_size=config.image_size)
 
 
-def training_data(config, data_dir):
+def training_data(config, data_dir, precise_statistics=False):
     """What one run trains on, shared by `kpair train` and the tuner.
+
+    `precise_statistics`: whether the caller runs `statistics="precise"`'s
+    callback (`kpair.training.precise.precise_callback`); a config asking
+    for it is refused otherwise, rather than trained with `ema` unsaid.
 
     Returns `(batches, steps, probe, val_pairs)`: repeated training batches
     with a known number of steps per epoch (Keras cannot count the batches
@@ -82,6 +92,7 @@ def training_data(config, data_dir):
     sample of training pairs in the run's batches, and the validation
     `Split`.
     """
+    _refuse_precise(config, precise_statistics)
     # Domain ids are checked where the data enter, for the tuner too.
     train_pairs = read_split(
         data_dir / "train", config.image_size, num_domains=config.num_domains
@@ -104,6 +115,14 @@ def training_data(config, data_dir):
         repeat=True,
     )
     return batches, steps, probe, val_pairs
+
+
+def _refuse_precise(config, precise_statistics):
+    if config.statistics == "precise" and not precise_statistics:
+        raise ConfigError(
+            "statistics='precise' is taken by kpair train and kpair compare; "
+            "this command trains with statistics='ema' only."
+        )
 
 
 def train(config, out=None, extra_callbacks=()):
@@ -169,12 +188,13 @@ def train(config, out=None, extra_callbacks=()):
         # Of several processes, the first makes the demo data and may put the
         # previous backup in place of a damaged one, before the others read
         # them (the barrier).
-        data_dir = resolve_data(config, out)
+        data_dir = resolve_data(config, out, precise_statistics=True)
         kcb.restore_point(run_dir / "backup", out)
     barrier("kpair-run-directory-ready")
     if not writer:
-        data_dir = resolve_data(config, out)
-    batches, steps, probe, val_pairs = training_data(config, data_dir)
+        data_dir = resolve_data(config, out, precise_statistics=True)
+    batches, steps, probe, val_pairs = training_data(
+        config, data_dir, precise_statistics=True)
 
     if config.deterministic:
         # Same seed, same kernels: the same metrics and weights every time

@@ -273,3 +273,15 @@ def test_shares_and_images_follow_the_split_and_the_seed(demo_data):
         assert first[domain].shape == (10, 16, 16, 3)
         assert np.array_equal(first[domain], again[domain])
     assert not np.array_equal(first[0], other[0])
+
+
+def test_tune_refuses_precise_in_one_line_before_its_search(demo_data, tmp_path,
+                                                            capsys):
+    """The tuner's trials train with `ema` only: refused, not run unsaid."""
+    out = tmp_path / "search"
+    code = main(["tune", "--data", str(demo_data), "--out", str(out),
+                 "--statistics", "precise", "--max-trials", "1"])
+    err = capsys.readouterr().err.strip().splitlines()
+    assert code == 2 and len(err) == 1, err
+    assert "precise is taken by kpair train and kpair compare" in err[0]
+    assert not (out / "search.json").exists()
