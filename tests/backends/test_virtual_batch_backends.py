@@ -18,7 +18,11 @@ import pytest
 
 from kpair import layers
 from tests.layers import test_virtual_batch_size as ghost
-from tests.layers.per_domain_reference import random_batch
+from tests.layers.per_domain_reference import (
+    initial_state,
+    make_layer,
+    random_batch,
+)
 
 ROOT = Path(__file__).resolve().parents[2]
 
@@ -72,6 +76,58 @@ def main(folder):
     print(f"ghost batch checks passed on {keras.backend.backend()}")
 
 
+def check_mirrored():
+    """TensorFlow, two CPU replicas (`tf.distribute.MirroredStrategy`): each
+    replica's rows are grouped apart, and the moving statistics move toward
+    the size-weighted average of the groups of both replicas."""
+    import tensorflow as tf  # this mode runs on TensorFlow alone
+
+    cpu = tf.config.list_physical_devices("CPU")[0]
+    tf.config.set_logical_device_configuration(
+        cpu, [tf.config.LogicalDeviceConfiguration()] * 2)
+    strategy = tf.distribute.MirroredStrategy(["/cpu:0", "/cpu:1"])
+    rng = np.random.default_rng(8)
+    domains = [np.array([0, 1, 1, 0, 1]), np.array([1, 1, 0, 0, 0])]
+    parts = [(random_batch(rng, d), d) for d in domains]
+    for name in ghost.TAKERS:
+        takes_domain = layers.get(name).takes_domain
+        with strategy.scope():
+            if takes_domain:
+                layer = make_layer(virtual_batch_size=2)
+                state = initial_state(layer)
+            else:
+                layer, state = ghost.make_batch_norm(2)
+        values = strategy.experimental_distribute_values_from_function(
+            lambda context: [tf.constant(v) for v in (
+                parts[context.replica_id_in_sync_group][0],
+                parts[context.replica_id_in_sync_group][1].astype("int32"))])
+
+        @tf.function
+        def step(x, domain, layer=layer, takes_domain=takes_domain):
+            return layer([x, domain] if takes_domain else x, training=True)
+
+        outputs = strategy.experimental_local_results(
+            strategy.run(step, args=tuple(values)))
+        groups = []
+        for (x, domain), got in zip(parts, outputs):
+            domain = domain if takes_domain else np.zeros_like(domain)
+            scratch = {k: v.copy() for k, v in state.items()}
+            expected = ghost.ghost_reference_step(x, domain, 2, scratch)
+            np.testing.assert_allclose(got.numpy(), expected, rtol=1e-5, atol=1e-5)
+            x = x.astype("float64")
+            groups += [(k, len(rows), x[rows].mean(axis=(0, 1, 2)),
+                        x[rows].var(axis=(0, 1, 2)))
+                       for k, rows in ghost.ghost_groups(domain, 2)]
+        for k in {k for k, *_ in groups}:
+            n = sum(size for g, size, *_ in groups if g == k)
+            for key, index in (("mean", 2), ("var", 3)):
+                average = sum(g[1] * g[index] for g in groups if g[0] == k) / n
+                state[key][k] = (state[key][k] * ghost.MOMENTUM
+                                 + average * (1 - ghost.MOMENTUM))
+        ghost.assert_statistics(layer, state)
+    print("ghost batch checks passed on 2 replicas")
+
+
 @pytest.mark.parametrize("backend", ["jax", "torch"])
 def test_ghost_batches_on_backend(backend, tmp_path):
     env = {**os.environ, "KERAS_BACKEND": backend, "JAX_PLATFORMS": "cpu"}
@@ -84,6 +140,17 @@ def test_ghost_batches_on_backend(backend, tmp_path):
     assert f"ghost batch checks passed on {backend}" in result.stdout
 
 
+def test_mirrored_replicas_group_their_own_rows():
+    env = {**os.environ, "KERAS_BACKEND": "tensorflow"}
+    result = subprocess.run(
+        [sys.executable, "-m", "tests.backends.test_virtual_batch_backends",
+         "--mirrored"],
+        cwd=ROOT, env=env, capture_output=True, text=True, timeout=300,
+    )
+    assert result.returncode == 0, result.stdout + result.stderr
+    assert "ghost batch checks passed on 2 replicas" in result.stdout
+
+
 def test_checks_pass_on_tensorflow(tmp_path):
     # The same checks in this (TensorFlow) process: the three backends agree
     # on what is checked.
@@ -91,4 +158,7 @@ def test_checks_pass_on_tensorflow(tmp_path):
 
 
 if __name__ == "__main__":
-    main(*sys.argv[1:])
+    if sys.argv[1:] == ["--mirrored"]:
+        check_mirrored()
+    else:
+        main(*sys.argv[1:])
