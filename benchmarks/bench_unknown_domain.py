@@ -63,23 +63,26 @@ def _train(args):
     )
     if Path(args.out, "model.keras").exists():
         print(f"Reusing {args.out}", file=sys.stderr)
-    else:
-        # Training's progress to stderr: stdout holds the table alone.
-        with contextlib.redirect_stdout(sys.stderr):
-            train(config)
-    return args.out
+        return args.out, False
+    # Training's progress to stderr: stdout holds the table alone.
+    with contextlib.redirect_stdout(sys.stderr):
+        train(config)
+    return args.out, True
 
 
-def title(run, args):
+def title(run, args, trained):
     import keras
     import tensorflow as tf
 
-    if args.run is None:
-        how = (f"trained here: width {args.width_multiplier}, {args.image_size} "
-               f"px, {args.epochs} epochs x {args.steps_per_epoch} steps of "
-               f"{args.batch_size} pairs, momentum 0.9")
+    settings = (f"width {args.width_multiplier}, {args.image_size} px, "
+                f"{args.epochs} epochs x {args.steps_per_epoch} steps of "
+                f"{args.batch_size} pairs, momentum 0.9")
+    if trained:
+        how = f"trained by this command: {settings}"
+    elif args.run is None:
+        how = f"an earlier run of this command, reused: {settings}"
     else:
-        how = "reused"
+        how = "given with --run"
     return (
         f"Unknown domains on the demo data, per-domain run {run} ({how}), "
         f"inference mode; {time.strftime('%Y-%m-%d')}, {machine()}; "
@@ -89,8 +92,8 @@ def title(run, args):
 
 def main():
     args = _parse_args()
-    run = args.run or _train(args)
-    lines, weights = [title(run, args), "", HEADER], None
+    run, trained = (args.run, False) if args.run else _train(args)
+    lines, weights = [title(run, args, trained), "", HEADER], None
     for split in SPLITS:
         given, nearest, pooled = (
             evaluate_run(run, split=split, domain=policy,
@@ -103,6 +106,8 @@ def main():
             f"{nearest['domain_confidence']:.3f} | {given['total']:.4f} | "
             f"{nearest['total']:.4f} | {pooled['total']:.4f} |"
         )
+    # The data's folder is this machine's cache: a reader has no use for it.
+    weights = weights.split(";")[0] + ")" if ";" in weights else weights
     lines += ["", f"Pooled statistics: {weights}."]
     print("\n".join(lines))
 
