@@ -29,6 +29,11 @@ spread against the image count with and without the prior.
 The curve only measures: the model's statistics are put back as they were
 after the last draw, and no model is written.
 
+A new domain (the next id of a per-domain model, with `like`) is added to
+a copy of the model, as `kpair adapt` adds it. It has no statistics of its
+own to compare with: its reference is the loss with domain `like`'s
+statistics, which it starts from and which a prior blends with.
+
 It sets the default of `--max-images`. On the demo data (a per-domain
 model trained 5 epochs on per-type batches, width 0.25; domain B, 5 draws)
 the spread falls as 1/sqrt(n), from 0.066 at 16 images to 0.016 at 256
@@ -114,7 +119,10 @@ def adapt_curve(model, images, domain, pairs, losses, draws=DEFAULT_DRAWS,
         from which every spread is below `STABLE_SPREAD`, or None),
         `threshold`, `prior` (N, or None without a prior), and with a prior
         `prior_counts` and `prior_stable_from`, the same for the blended
-        statistics (else None). `model`'s statistics are as they were.
+        statistics (else None); for a new domain, `like` and `like_loss`
+        (the loss with domain `like`'s statistics, as the new domain starts
+        and as a huge prior keeps it; else None). `model`'s statistics are
+        as they were.
     """
     num_domains = check_domain(model, domain, like)
     prior = check_prior(prior, num_domains, domain, like)
@@ -124,9 +132,12 @@ def adapt_curve(model, images, domain, pairs, losses, draws=DEFAULT_DRAWS,
     images = np.asarray(images)
     counts = image_counts(len(images))
     pairs = pairs.cache()
-    reference = None
-    if num_domains is not None and domain == num_domains:
+    reference = like_loss = None
+    added = num_domains is not None and domain == num_domains
+    if added:
         model = add_domain(model, like)  # a copy: `model` stays as it was
+        # Before any estimate the new domain holds `like`'s statistics.
+        like_loss = evaluate_pairs(model, pairs, losses, batch_size)["total"]
     else:
         reference = evaluate_pairs(model, pairs, losses, batch_size)["total"]
     pair_count = 0
@@ -165,6 +176,8 @@ def adapt_curve(model, images, domain, pairs, losses, draws=DEFAULT_DRAWS,
         "rows": rows,
         "counts": summaries[0.0],
         "reference_loss": reference,
+        "like": (0 if like is None else like) if added else None,
+        "like_loss": like_loss,
         "pairs": pair_count,
         "stable_from": stable_from(summaries[0.0]),
         "threshold": STABLE_SPREAD,

@@ -82,6 +82,10 @@ def plot_curve(report, path):
     if report["reference_loss"] is not None:
         top.axhline(report["reference_loss"], color="gray", linestyle=":",
                     label="the model's own statistics")
+    if report.get("like_loss") is not None:
+        top.axhline(report["like_loss"], color="gray", linestyle=":",
+                    label=f"domain {domain_name(report['like'])}'s statistics "
+                    "(--like)")
     top.set_ylabel("loss on the domain's pairs")
     top.legend(fontsize="small")
     bottom.plot(counts, [row["spread"] for row in report["counts"]], "-",
@@ -124,6 +128,10 @@ def format_curve(report):
     if report["reference_loss"] is not None:
         lines.append(f"Loss with the model's own statistics: "
                      f"{report['reference_loss']:.4f}")
+    if report.get("like_loss") is not None:
+        lines.append(f"Loss with domain {domain_name(report['like'])}'s "
+                     f"statistics, which the new domain {name} starts from "
+                     f"(--like): {report['like_loss']:.4f}")
     threshold = f"{report['threshold']:g}"
     curves = [("", report["counts"], report["stable_from"])]
     if prior:
