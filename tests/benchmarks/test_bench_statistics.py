@@ -1,0 +1,38 @@
+"""`benchmarks/bench_statistics.py`: its grid is the one its docstring and
+the figure job promise, and a cell prints median [min, max] over seeds."""
+
+import importlib.util
+from pathlib import Path
+
+BENCHMARKS = Path(__file__).resolve().parents[2] / "benchmarks"
+
+
+def load_script(monkeypatch):
+    monkeypatch.syspath_prepend(str(BENCHMARKS))  # its `bench_training`
+    spec = importlib.util.spec_from_file_location(
+        "bench_statistics", BENCHMARKS / "bench_statistics.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+def test_full_grid_covers_every_stateful_norm_batching_and_momentum(monkeypatch):
+    from kpair.config import STATISTICS
+    from kpair.data import BATCHINGS
+
+    script = load_script(monkeypatch)
+    norms, batchings, momenta, settings = script.grid(quick=False)
+    assert set(norms) == {"batch", "per-domain", "eval-mode", "batch-renorm"}
+    assert batchings == BATCHINGS and momenta == (0.9, 0.99)
+    runs = len(script.DATA) * len(norms) * len(batchings) * len(momenta) \
+        * len(STATISTICS) * 3
+    assert f"= {runs} tiny runs" in script.__doc__
+    quick = script.grid(quick=True)
+    assert len(quick[0]) * len(quick[1]) * len(quick[2]) * 2 * 2 == 4
+    assert quick[3]["steps_per_epoch"] < settings["steps_per_epoch"]
+
+
+def test_spread_is_median_min_max(monkeypatch):
+    script = load_script(monkeypatch)
+    assert script.spread([3.0, 1.0, 2.5]) == "2.500 [1.000, 3.000]"
+    assert script.spread([1.25]) == "1.250"
