@@ -101,15 +101,18 @@ def domain_shares(files, batching, num_domains):
     return {d: float(shares[d]) for d in range(num_domains) if shares[d] > 0}
 
 
-def choose_images(files, image_size, num_domains, limit, seed):
-    """`{domain: images}`: up to `limit` images of each domain, either side of
-    the training pairs, in an order drawn from `seed` (the same every call)."""
+def choose_images(files, image_size, domains, limit, seed):
+    """`{domain: images}`: up to `limit` images of each of `domains` (ids, or
+    a count: `range(domains)`), either side of the training pairs, in an
+    order drawn from `seed` (the same every call)."""
+    if isinstance(domains, int):
+        domains = range(domains)
     size = normalize_size(image_size)
     records = raw_records(list(files)).shuffle(
         SHUFFLE_BUFFER, seed=seed + SEED_OFFSET, reshuffle_each_iteration=False
     )
     pairs = records.map(lambda s: decode_pair(s, size))
-    return images_by_domain(pairs, range(num_domains), limit)
+    return images_by_domain(pairs, domains, limit)
 
 
 class PreciseStatistics(keras.callbacks.Callback):
@@ -153,10 +156,11 @@ def precise_callback(config, data_dir, pair_model):
         # Group norm has no statistics: nothing to estimate, no image read.
         return None
     files = split_files(data_dir / "train")
-    images = choose_images(files, config.image_size, config.num_domains,
-                           config.precise_images, config.seed)
     shares = domain_shares(files, config.batching, config.num_domains)
-    shares = {d: s for d, s in shares.items() if d in images}
+    # Only the domains training sees: a domain without pairs would have the
+    # draw decode the whole split looking for it (its row is left as is).
+    images = choose_images(files, config.image_size, sorted(shares),
+                           config.precise_images, config.seed)
     return PreciseStatistics(pair_model, images, shares)
 
 
