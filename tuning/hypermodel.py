@@ -64,8 +64,11 @@ class PairHyperModel(keras_tuner.HyperModel):
       `K`: `WHOLE_BATCH` (0: no ghost batches) or `K` (default `K`, so that
       a norm's first trial is what `kpair train` with that option runs),
       active for the norms whose registry options include it (`batch`,
-      `per-domain`). The base config's other norm options are not carried
-      into the trials.
+      `per-domain`).
+    - The base config's other norm options (say `epsilon`) are fixed, not
+      searched: each trial whose norm takes one gets it. One that the
+      search varies (`groups`, `momentum`, `warmup_steps`), or that no
+      searched norm takes, is refused: it could not be honoured.
     - `learning_rate`: 1e-4 to 1e-2, log sampling (default
       `base_config.learning_rate`).
     - `batching`: one of `batchings` (default `base_config.batching` when
@@ -122,6 +125,7 @@ class PairHyperModel(keras_tuner.HyperModel):
             )
         self.base_config = base_config
         self.norms = _subset("norms", norms, layers.names())
+        self.fixed_norm_options = self._fixed_norm_options()
         self.batchings = _subset("batchings", batchings, BATCHINGS)
         low, high = LEARNING_RATE_RANGE
         if not low <= base_config.learning_rate <= high:
@@ -165,6 +169,9 @@ class PairHyperModel(keras_tuner.HyperModel):
             if norm in scope:
                 options[key] = value
         options.update(self._virtual_batch_size(hp, norm))
+        options.update({key: value
+                        for key, value in self.fixed_norm_options.items()
+                        if key in layers.options(norm)})
         learning_rate = hp.Float(
             "learning_rate",
             *LEARNING_RATE_RANGE,
@@ -187,6 +194,29 @@ class PairHyperModel(keras_tuner.HyperModel):
             batching=batching,
             epochs=int(epochs),
         )
+
+    def _fixed_norm_options(self):
+        """The base config's norm options that every trial taking them gets."""
+        fixed = {}
+        for key, value in self.base_config.norm_options.items():
+            if key == "virtual_batch_size":
+                continue  # searched: `_virtual_batch_size`
+            if key in NORM_CHOICES:
+                choices = ", ".join(f"{c:g}" for c in NORM_CHOICES[key])
+                raise ConfigError(
+                    f"kpair tune searches {key} over ({choices}): a fixed "
+                    f"--norm-option {key}={value} would be ignored. Drop it, "
+                    "or train that value with kpair train. "
+                    f"Received: norm_options={self.base_config.norm_options!r}"
+                )
+            if not any(key in layers.options(n) for n in self.norms):
+                raise ConfigError(
+                    f"No searched norm takes the norm option {key!r} "
+                    f"(norms: {', '.join(self.norms)}). "
+                    f"Received: norm_options={self.base_config.norm_options!r}"
+                )
+            fixed[key] = value
+        return fixed
 
     def _virtual_batch_size(self, hp, norm):
         """`{"virtual_batch_size": K}` where the trial uses ghost batches."""
