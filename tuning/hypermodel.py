@@ -24,6 +24,7 @@ from kpair.training.devices import (
     replicas_of,
     synchronize_batch_norms,
 )
+from kpair.training.precise import check_one_device, precise_callback
 from kpair.training.trainer import read_init, resolve_data, training_data
 
 # Hyperparameters that only some norms use, keyed by the registry option they
@@ -271,12 +272,18 @@ class PairHyperModel(keras_tuner.HyperModel):
         epochs = kwargs.pop("epochs", config.epochs)
         data_dir = self._data(config, out)
         # The same data, fixed training sample and steps as `kpair train`.
-        batches, steps, probe, val_pairs = training_data(config, data_dir)
+        batches, steps, probe, val_pairs = training_data(
+            config, data_dir, precise_statistics=True)
+        check_one_device(config, max(device_count(config), replicas_of(model)))
+        # statistics="precise": each epoch ends on population statistics,
+        # before EpochLosses measures the gap and val_loss, as in kpair train.
+        precise = precise_callback(config, data_dir, _pair_model_of(model))
         # Each replica's share of the per-type targets lines up with its
         # share of each type's predictions (as in `kpair train --devices`).
         batches = replica_layout(batches, config.batching, replicas_of(model))
         callbacks = [
             kcb.StopOnNonFiniteLoss(),
+            *([precise] if precise else []),
             kcb.EpochLosses(
                 _pair_model_of(model), probe, val_pairs, config.losses, epochs, out
             ),
@@ -308,7 +315,7 @@ class PairHyperModel(keras_tuner.HyperModel):
 
     def _data(self, config, out):
         if self._data_dir is None:
-            self._data_dir = resolve_data(config, out)
+            self._data_dir = resolve_data(config, out, precise_statistics=True)
         return self._data_dir
 
 
@@ -326,6 +333,8 @@ def trial_devices(base_config, batchings, strategy, out):
         strategy = mirrored_strategy(count)
     if strategy is not None:
         count = strategy.num_replicas_in_sync
+    # Before any trial: a search of precise statistics on several devices.
+    check_one_device(base_config, count)
     for batching in batchings:
         check_batch_divides(batching, base_config.batch_size, count)
     if count > 1:

@@ -18,7 +18,7 @@ import time
 import keras
 
 import kpair
-from kpair.config import ConfigError
+from kpair.config import ConfigError, TrainConfig
 from kpair.data import count_split
 from kpair.training.run_directory import claim, read_settings
 from kpair.training.trainer import resolve_data
@@ -94,7 +94,8 @@ def prepare(role, hypermodel, tuner, out_dir, out, max_gap=None):
         _wait_for_chief(out)
     if role != "chief":
         # Fail now on unreadable data, not once per trial.
-        data_dir = resolve_data(hypermodel.base_config, out)
+        data_dir = resolve_data(hypermodel.base_config, out,
+                                precise_statistics=True)
         count_split(data_dir / "train")
         count_split(data_dir / "val")
     if role != "worker":
@@ -194,8 +195,14 @@ def _claim(out_dir, settings):
 
 def _saved_settings(path, backend):
     """The settings in `path`; one written before searches recorded their
-    backend resumes on any."""
-    return {"backend": backend, **read_settings(path)}
+    backend resumes on any, and a base config written before a field
+    existed reads as that field's default (as a run's config.json does)."""
+    saved = {"backend": backend, **read_settings(path)}
+    if isinstance(saved.get("base_config"), dict):
+        config = TrainConfig.from_dict(saved["base_config"]).to_dict()
+        config.pop("out")
+        saved["base_config"] = config
+    return saved
 
 
 def _check_state(project_dir):

@@ -120,7 +120,7 @@ def training_data(config, data_dir, precise_statistics=False):
 def _refuse_precise(config, precise_statistics):
     if config.statistics == "precise" and not precise_statistics:
         raise ConfigError(
-            "statistics='precise' is taken by kpair train and kpair compare; "
+            "statistics='precise' is taken by kpair train, compare and tune; "
             "this command trains with statistics='ema' only."
         )
 
