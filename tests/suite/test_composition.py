@@ -11,9 +11,9 @@ gives 21 cells. Each cell trains the tiny model two steps with
 `kpair.train` (ImageNet sources at ResNet-18's full width, as they must
 be), then on `model.keras`:
 
-- `kpair check` passes (the one `kpair train` ends with), and fails once
-  the predictions leak 0.5% of the batch's mean (a model whose output
-  depends on the batch);
+- `kpair check` passes (the one `kpair train` ends with), and fails, on
+  as many pairs, once the predictions leak 0.5% of the batch's mean (a
+  model whose output depends on the batch);
 - it exports (folded: group norm is refused, for its real reason, and the
   cell exports plain instead) and every signature serves every batch shape
   a server may send (`client_batches`: 0 pairs, one pair, one domain, B-A
@@ -52,6 +52,7 @@ from kpair.deploy.export import export_model
 from kpair.errors import KpairError
 from kpair.inspection.check import check_model, failed
 from kpair.models.backbone import ResNet18Backbone
+from kpair.training.run_outputs import CHECK_PAIRS
 from kpair.training.trainer import train
 from tests.conftest import TINY
 from tests.kpair.deploy import serving
@@ -149,7 +150,10 @@ def _make_cell(cell, demo_data, sources, workdir, batches):
         problems.append(f"kpair check: {metrics['check']}")
     model_path = workdir / "run" / "model.keras"
     model = keras.saving.load_model(model_path, safe_mode=True)
-    if not failed(check_model(_with_batch_mean_leak(model, LEAK))):
+    # On as many pairs as the check `kpair train` ends with, which must
+    # catch the leak as well as `kpair check`'s 64 pairs do.
+    if not failed(check_model(_with_batch_mean_leak(model, LEAK),
+                              pairs=CHECK_PAIRS)):
         problems.append(f"kpair check passes a model whose predictions leak "
                         f"{LEAK:.1%} of the batch's mean")
 
