@@ -119,7 +119,7 @@ _PYTHON_ARGUMENT = re.compile(
 
 # A library argument named in backquotes whose flag has another name:
 # "another `out_dir`" -> "another --out".
-_FLAG_OF_ARGUMENT = {"out_dir": "--out"}
+_FLAG_OF_ARGUMENT = {"out_dir": "--out", "like": "--like", "prior": "--prior"}
 _ARGUMENT_NAME = re.compile(r"`([a-z][a-z_]*)`")
 
 

@@ -60,6 +60,7 @@ def test_a_new_domain_without_like_is_refused_in_one_line(demo_data, tmp_path,
     err = capsys.readouterr().err
     assert code == 2, err
     assert len(err.strip().splitlines()) == 1 and "no stored statistics" in err, err
+    assert "give --like" in err and "`like`" not in err, err  # its flag's name
     assert not out.exists()
 
 
