@@ -237,16 +237,17 @@ def readme_table(jobs, figures_dir):
             for s in setting["summary"]:
                 rows.append(
                     f"| {setting['setting']} ({where}) | {s['precision']} | "
-                    f"{s['norm']} | {s['batching']} | {seeds} | "
+                    f"{s['norm']} | {s['batching']} | "
+                    f"{s.get('statistics', 'ema')} | {seeds} | "
                     f"{s['median']:.2f}x | {s['min']:.2f}x | {s['max']:.2f}x | "
                     f"{s['goal']} | {'yes' if s['holds'] else 'NO'} |"
                 )
     if not rows:
         return None
     return "\n".join([
-        "| setting | precision | norm | batching | seeds | gap, median | "
-        "gap, min | gap, max | goal | holds on every seed |",
-        "|---|---|---|---|---|---|---|---|---|---|",
+        "| setting | precision | norm | batching | statistics | seeds | "
+        "gap, median | gap, min | gap, max | goal | holds on every seed |",
+        "|---|---|---|---|---|---|---|---|---|---|---|",
         *rows,
     ])
 
