@@ -19,6 +19,9 @@ Chief/worker mode is keras-tuner's own, driven by `KERASTUNER_TUNER_ID`,
 `KERASTUNER_ORACLE_IP` and `KERASTUNER_ORACLE_PORT`: the chief serves the
 oracle (`chief.serve`) and, once every trial is done, writes the table, the
 plot and the best model; workers run trials. All of them must share `out_dir`.
+A trial whose worker is not heard of for `worker_timeout` seconds goes to
+the next worker that asks (`chief.Leases`); workers with nothing left to
+take wait for the trials still running, in case one comes back.
 """
 
 import functools
@@ -30,7 +33,7 @@ from pathlib import Path
 
 import keras
 import keras_tuner
-from keras_tuner.engine.trial import TrialStatus
+from keras_tuner.engine.trial import Trial, TrialStatus
 
 from kpair import layers
 from kpair.config import ConfigError
@@ -42,6 +45,9 @@ from .hypermodel import PairHyperModel, trial_devices
 from .search_directory import TUNERS  # noqa: F401 (kpair tune's choices)
 
 OBJECTIVE = "val_loss"
+# Seconds a worker waits before asking again for a trial when none is free
+# yet (the last ones run elsewhere, and may come back to the queue).
+IDLE_SECONDS = 2.0
 ATTEMPTS_FILE = "attempts.txt"
 # A trial whose process dies this many times before it ends is failed.
 MAX_ATTEMPTS = 2
@@ -63,6 +69,7 @@ def run_search(
     out=None,
     watch=None,
     max_gap=None,
+    worker_timeout=chief.WORKER_TIMEOUT,
 ):
     """Runs (or resumes) a search; returns its trials, best first.
 
@@ -96,6 +103,12 @@ def run_search(
             all trials, by `val_loss`, when none does). Recorded in
             `search.json`: a resumed search keeps it when given `None`, and
             refuses another value.
+        worker_timeout: On the chief, seconds without word of a trial from
+            the worker running it (a worker reports when it starts a trial,
+            at each epoch's end and when it ends it) after which the trial
+            goes to the next worker that asks, and that worker's late report
+            is dropped. It must exceed a live worker's longest silence: from
+            a trial's start to its first epoch's end, and one epoch.
 
     Returns:
         A dict: `role` (`"local"`, `"chief"` or `"worker"`), `trials` (the
@@ -114,6 +127,7 @@ def run_search(
     out = out if out is not None else sys.stdout
     search_directory.check_tuner(tuner, max_trials)
     search_directory.check_max_gap(max_gap)
+    chief.check_worker_timeout(worker_timeout)
     if distribution_strategy is not None and base_config.devices != 1:
         raise ConfigError(
             "A trial runs under distribution_strategy (TensorFlow) or data "
@@ -136,6 +150,10 @@ def run_search(
         tuner, hypermodel, max_trials, base_config, out_dir, distribution_strategy
     )
     search.kpair_watch = watch
+    search.kpair_worker_timeout = worker_timeout
+    if role == "worker":
+        search.oracle.stub = _NamedStub(
+            search.oracle.stub, os.environ["KERASTUNER_TUNER_ID"])
     search.search()
     if role == "worker":
         print(f"Worker {os.environ['KERASTUNER_TUNER_ID']} finished.", file=out)
@@ -159,7 +177,15 @@ class _KpairOracle:
       puts an interrupted trial back in its retry queue on every restart and
       counts a run only when it ends, so such a trial would kill every
       restart of the search.
+    - On a chief (`kpair_leases` set before `chief.serve`): a trial whose worker
+      is silent too long goes back to the queue (`kpair_take_back_silent`),
+      a report from a worker that no longer runs its trial is dropped
+      (`kpair_heard`), and a worker asking when every trial was handed out
+      while some still run is told to wait (IDLE), not to stop: a trial
+      taken back later finds it.
     """
+
+    kpair_leases = None
 
     def save(self):
         _write_state(self._get_oracle_fname(), self.get_state())
@@ -215,11 +241,18 @@ class _KpairOracle:
     def create_trial(self, tuner_id):
         while True:
             trial = super().create_trial(tuner_id)
+            if trial.status == TrialStatus.STOPPED and (
+                    self.kpair_leases is not None and self.ongoing_trials):
+                self.tuner_ids.add(tuner_id)  # told to wait, not to stop
+                return Trial(
+                    self.get_space(), status=TrialStatus.IDLE)
             if trial.status != TrialStatus.RUNNING:
                 return trial
             trial_dir = Path(self._get_trial_dir(trial.trial_id))
             attempts = read_attempts(trial_dir)
             if attempts < MAX_ATTEMPTS:
+                if self.kpair_leases is not None:
+                    self.kpair_leases.handed(trial.trial_id, tuner_id)
                 return trial
             reason = (
                 f"ProcessDied: the trial's process died {attempts} times before "
@@ -230,6 +263,41 @@ class _KpairOracle:
             trial.status = TrialStatus.FAILED
             trial.message = reason
             self.end_trial(trial)
+
+    @keras_tuner.synchronized
+    def end_trial(self, trial):
+        super().end_trial(trial)
+        if self.kpair_leases is not None:
+            self.kpair_leases.drop(trial.trial_id)
+
+    @keras_tuner.synchronized
+    def kpair_heard(self, trial_id, tuner_id):
+        """Notes a report of `trial_id` from `tuner_id` (None: unnamed);
+        returns False for one from a worker that no longer runs it."""
+        return self.kpair_leases is None or self.kpair_leases.heard(
+            trial_id, tuner_id)
+
+    @keras_tuner.synchronized
+    def kpair_take_back_silent(self):
+        """Puts each trial whose worker is silent for the leases' timeout
+        back in the queue; that worker counts as gone."""
+        if self.kpair_leases is None:
+            return
+        taken = []
+        for trial_id, tuner_id in self.kpair_leases.silent():
+            self.kpair_leases.drop(trial_id)
+            ongoing = self.ongoing_trials.get(tuner_id)
+            if ongoing is None or ongoing.trial_id != trial_id:
+                continue
+            del self.ongoing_trials[tuner_id]
+            self.tuner_ids.discard(tuner_id)  # asks again if it lives
+            self._retry_queue.append(trial_id)
+            taken.append(trial_id)
+            print(f"Trial {trial_id}: no word from worker {tuner_id} for "
+                  f"{self.kpair_leases.timeout:g} s; the trial goes to the next "
+                  "worker that asks.", flush=True)
+        if taken:
+            self.save()
 
     def populate_space(self, trial_id):
         values = self._untried_norm_values()
@@ -287,6 +355,18 @@ class _HyperbandOracle(_KpairOracle, keras_tuner.oracles.HyperbandOracle):
         return None
 
 
+class _NamedStub:
+    """A worker's gRPC stub that sends its tuner id with every call, by which
+    the chief tells a trial's worker from one it took the trial from."""
+
+    def __init__(self, stub, tuner_id):
+        self._stub = stub
+        self._metadata = ((chief.TUNER_ID_KEY, tuner_id),)
+
+    def __getattr__(self, name):
+        return functools.partial(getattr(self._stub, name), metadata=self._metadata)
+
+
 def read_attempts(trial_dir):
     """How many times a process started the trial in `trial_dir`."""
     try:
@@ -327,6 +407,23 @@ class _KpairTrials:
             raise keras_tuner.errors.FailedTrialError(reason) from error
         finally:
             self._kpair_trials_run = getattr(self, "_kpair_trials_run", 0) + 1
+
+    def pre_create_trial(self):
+        # keras-tuner asks again at once after an IDLE answer: a worker waits
+        # a little first (`_kpair_asked` stays set when no trial began).
+        if getattr(self, "_kpair_asked", False):
+            time.sleep(IDLE_SECONDS)
+        self._kpair_asked = True
+        super().pre_create_trial()
+
+    def on_trial_begin(self, trial):
+        self._kpair_asked = False
+        super().on_trial_begin(trial)
+
+    def on_epoch_end(self, trial, model, epoch, logs=None):
+        super().on_epoch_end(trial, model, epoch, logs=logs)
+        if self._is_worker():  # a sign of life to the chief (chief.Leases)
+            self.oracle.get_trial(trial.trial_id)
 
     def _trial_line(self, trial):
         """`trial 3/10 (id 02), 2 min 10 s elapsed, about 5 min left`.
@@ -373,6 +470,8 @@ class _KpairTrials:
         if search_directory.role() != "chief":
             return super().search(*args, **kwargs)
         self.save()  # as keras-tuner's chief does; then kpair's server loop
+        self.oracle.kpair_leases = chief.Leases(
+            getattr(self, "kpair_worker_timeout", chief.WORKER_TIMEOUT))
         chief.serve(self.oracle, getattr(self, "kpair_watch", None))
 
 

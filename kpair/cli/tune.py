@@ -17,7 +17,7 @@ from kpair.cli.common import add_backend_flag, add_list_flags, one_or_all
 from kpair.cli.config_flags import add_config_flags, print_config, resolve_config
 from kpair.config import DEVICES_ALL
 from kpair.errors import ConfigError
-from kpair.tuning import search, search_directory
+from kpair.tuning import chief, search, search_directory
 
 DEFAULT_OUT = "runs/tune"
 DEFAULT_MAX_TRIALS = 10
@@ -90,6 +90,18 @@ def add_tune_flags(p):
         "search.json: a resumed search without --max-gap keeps it, another R "
         "is refused (default: off, trials ranked by val_loss alone)",
     )
+    group.add_argument(
+        "--worker-timeout", type=float, metavar="SECONDS",
+        default=chief.WORKER_TIMEOUT,
+        help="on the chief: a trial whose worker is not heard of for SECONDS "
+        "(a machine lost, a worker killed and not started again) goes to the "
+        "next worker that asks, and a late report of it is dropped. A worker "
+        "reports when a trial starts, at each epoch's end and when it ends: "
+        "SECONDS must exceed its longest silence, from a trial's start to its "
+        "first epoch's end (data, model, one epoch and its evaluation), else "
+        "live workers' trials are run again "
+        f"(default: {chief.WORKER_TIMEOUT:g}, an hour)",
+    )
     add_backend_flag(group, "trains the trials")
 
 
@@ -113,7 +125,8 @@ def run_tune(args, base_config, norms, batchings):
             "trials follows from --epochs."
         )
     run = dict(norms=norms, tuner=args.tuner, max_trials=max_trials,
-               out_dir=args.out, batchings=batchings, max_gap=args.max_gap)
+               out_dir=args.out, batchings=batchings, max_gap=args.max_gap,
+               worker_timeout=args.worker_timeout)
     if args.parallel_trials is None or tune_workers.PARENT in os.environ:
         # One process: a local search, or one worker (of a --parallel-trials
         # parent, or started by hand), or a chief started by hand.
