@@ -12,7 +12,7 @@ from pathlib import Path
 import keras
 import pytest
 
-from kpair.tuning.search import ATTEMPTS_FILE
+from kpair.tuning.oracles import ATTEMPTS_FILE
 
 ROOT = Path(__file__).resolve().parents[2]
 HELPER = ROOT / "tests" / "tuning" / "tune_process.py"
@@ -20,7 +20,7 @@ HELPER = ROOT / "tests" / "tuning" / "tune_process.py"
 # `best` comes once every trial has ended.
 POINTS = ("start", "batch", "eval", "checkpoint", "results", "end", "best")
 # Points within a trial's training: a trial killed there runs again from its
-# start, and may be killed so only once (search.MAX_ATTEMPTS - 1) to finish.
+# start, and may be killed so only once (oracles.MAX_ATTEMPTS - 1) to finish.
 TRAINING = ("batch", "eval", "checkpoint")
 # Once a trial's results are recorded it is never run again, so it can reach
 # only one of these points.

@@ -15,7 +15,7 @@ import keras_tuner
 import pytest
 from keras_tuner.engine.trial import Trial, TrialStatus
 
-from kpair.tuning import chief, search
+from kpair.tuning import chief, oracles
 
 from .test_distributed import HELPER, Worker, loopback_env
 
@@ -62,7 +62,7 @@ def served(tmp_path):
     from keras_tuner.src import protos
     from keras_tuner.src.distribute import oracle_chief
 
-    oracle = search._RandomOracle(
+    oracle = oracles.RandomOracle(
         objective=keras_tuner.Objective("val_loss", direction="min"),
         max_trials=3, seed=1, max_retries_per_trial=0)
     hps = keras_tuner.HyperParameters()

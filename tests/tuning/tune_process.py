@@ -33,7 +33,7 @@ import keras
 
 from kpair.config import TrainConfig
 from kpair.training import callbacks as kcb
-from kpair.tuning import hypermodel, run_search, search
+from kpair.tuning import hypermodel, oracles, run_search, search
 from kpair.utils import files
 
 point, at, step = (os.environ.get("KPAIR_TEST_KILL", "none:-") + ":1").split(":")[:3]
@@ -64,8 +64,8 @@ class Watch(keras.callbacks.Callback):
 
 def install_kill_points(running):
     """Wraps the writes and steps that KPAIR_TEST_KILL names."""
-    write_state = search._write_state
-    create_trial = search._KpairOracle.create_trial
+    write_state = oracles.write_state
+    create_trial = oracles.KpairOracle.create_trial
     end_trial = keras_tuner_oracle().end_trial
     evaluate = kcb.evaluate_pairs
     save_weights, save = keras.Model.save_weights, keras.Model.save
@@ -114,8 +114,8 @@ def install_kill_points(running):
         if point == "best":
             die(filepath)
 
-    search._write_state = killing_write_state
-    search._KpairOracle.create_trial = phased(create_trial, "create")
+    oracles.write_state = killing_write_state
+    oracles.KpairOracle.create_trial = phased(create_trial, "create")
     keras_tuner_oracle().end_trial = phased(end_trial, "end")
     kcb.evaluate_pairs = killing_evaluate
     keras.Model.save_weights = killing_save_weights
