@@ -235,8 +235,9 @@ def _batch_invariance(model, precision, pairs, seed):
     if not _normalizes_with_batch_statistics(model):
         # Group norm, eval-mode batch norm: whatever `batch_effect` says (a
         # leak moves it too), batch statistics cannot be the cause.
-        cause = ("a layer depends on the batch in inference mode; not batch "
-                 "statistics: no layer of the model normalizes with them")
+        cause = ("a layer depends on the batch in inference mode; not a "
+                 "normalization layer's batch statistics: none of the "
+                 "model's normalization layers uses them")
     elif worst >= BATCH_STATISTICS_SHARE * batch_effect:
         cause = "a normalization layer uses batch statistics in inference mode"
     else:

@@ -19,5 +19,5 @@ def test_a_leaking_group_norm_model_is_not_put_down_to_batch_statistics():
                                    pairs=12))
     assert finding.level == "failure", finding.line()
     assert "uses batch statistics" not in finding.message, finding.line()
-    assert "no layer of the model normalizes with them" in finding.message, (
+    assert "none of the model's normalization layers uses them" in finding.message, (
         finding.line())
