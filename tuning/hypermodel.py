@@ -272,8 +272,7 @@ class PairHyperModel(keras_tuner.HyperModel):
         epochs = kwargs.pop("epochs", config.epochs)
         data_dir = self._data(config, out)
         # The same data, fixed training sample and steps as `kpair train`.
-        batches, steps, probe, val_pairs = training_data(
-            config, data_dir, precise_statistics=True)
+        batches, steps, probe, val_pairs = training_data(config, data_dir)
         check_one_device(config, max(device_count(config), replicas_of(model)))
         # statistics="precise": each epoch ends on population statistics,
         # before EpochLosses measures the gap and val_loss, as in kpair train.
@@ -315,7 +314,7 @@ class PairHyperModel(keras_tuner.HyperModel):
 
     def _data(self, config, out):
         if self._data_dir is None:
-            self._data_dir = resolve_data(config, out, precise_statistics=True)
+            self._data_dir = resolve_data(config, out)
         return self._data_dir
 
 

@@ -94,8 +94,7 @@ def prepare(role, hypermodel, tuner, out_dir, out, max_gap=None):
         _wait_for_chief(out)
     if role != "chief":
         # Fail now on unreadable data, not once per trial.
-        data_dir = resolve_data(hypermodel.base_config, out,
-                                precise_statistics=True)
+        data_dir = resolve_data(hypermodel.base_config, out)
         count_split(data_dir / "train")
         count_split(data_dir / "val")
     if role != "worker":

@@ -23,7 +23,6 @@ from kpair.data import (
     read_split,
     steps_per_epoch,
 )
-from kpair.errors import ConfigError
 from kpair.models.model_builder import (
     build_pair_model,
     config_backbone_arguments,
@@ -64,13 +63,8 @@ WRITE_RUN_DIRECTORY = (kcb.HistoryCSV, kcb.LastGoodCheckpoint,
 RESUMABLE_CHANGES = {"epochs", "learning_rate", "devices"}
 
 
-def resolve_data(config, out=None, precise_statistics=False):
-    """The dataset directory: `config.data`, or the cached demo data set.
-
-    `precise_statistics` as for `training_data`: the tuner, which calls both,
-    is refused statistics="precise" here, before its search starts.
-    """
-    _refuse_precise(config, precise_statistics)
+def resolve_data(config, out=None):
+    """The dataset directory: `config.data`, or the cached demo data set."""
     out = out if out is not None else sys.stdout
     if config.data is not None:
         return Path(config.data)
@@ -78,12 +72,10 @@ def resolve_data(config, out=None, precise_statistics=False):
     return ensure_demo(image_size=config.image_size)
 
 
-def training_data(config, data_dir, precise_statistics=False):
-    """What one run trains on, shared by `kpair train` and the tuner.
-
-    `precise_statistics`: whether the caller runs `statistics="precise"`'s
-    callback (`kpair.training.precise.precise_callback`); a config asking
-    for it is refused otherwise, rather than trained with `ema` unsaid.
+def training_data(config, data_dir):
+    """What one run trains on, shared by `kpair train` and the tuner (each
+    adds `kpair.training.precise.precise_callback` where the config asks for
+    statistics="precise").
 
     Returns `(batches, steps, probe, val_pairs)`: repeated training batches
     with a known number of steps per epoch (Keras cannot count the batches
@@ -92,7 +84,6 @@ def training_data(config, data_dir, precise_statistics=False):
     sample of training pairs in the run's batches, and the validation
     `Split`.
     """
-    _refuse_precise(config, precise_statistics)
     # Domain ids are checked where the data enter, for the tuner too.
     train_pairs = read_split(
         data_dir / "train", config.image_size, num_domains=config.num_domains
@@ -115,14 +106,6 @@ def training_data(config, data_dir, precise_statistics=False):
         repeat=True,
     )
     return batches, steps, probe, val_pairs
-
-
-def _refuse_precise(config, precise_statistics):
-    if config.statistics == "precise" and not precise_statistics:
-        raise ConfigError(
-            "statistics='precise' is taken by kpair train, compare and tune; "
-            "this command trains with statistics='ema' only."
-        )
 
 
 def train(config, out=None, extra_callbacks=()):
@@ -188,13 +171,12 @@ def train(config, out=None, extra_callbacks=()):
         # Of several processes, the first makes the demo data and may put the
         # previous backup in place of a damaged one, before the others read
         # them (the barrier).
-        data_dir = resolve_data(config, out, precise_statistics=True)
+        data_dir = resolve_data(config, out)
         kcb.restore_point(run_dir / "backup", out)
     barrier("kpair-run-directory-ready")
     if not writer:
-        data_dir = resolve_data(config, out, precise_statistics=True)
-    batches, steps, probe, val_pairs = training_data(
-        config, data_dir, precise_statistics=True)
+        data_dir = resolve_data(config, out)
+    batches, steps, probe, val_pairs = training_data(config, data_dir)
 
     if config.deterministic:
         # Same seed, same kernels: the same metrics and weights every time
