@@ -98,7 +98,7 @@ def test_chief_and_worker_killed_and_restarted_resume_the_search(
 ):
     import time
 
-    from tests.tuning.test_distributed import Worker, loopback_env
+    from tests.tuning.processes import Worker, loopback_env
 
     config = json.dumps(base_config.to_dict())
     out_dir = tmp_path / "tune"

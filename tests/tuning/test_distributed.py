@@ -5,67 +5,14 @@ done), the workers in their own processes, started before the chief.
 """
 
 import json
-import os
 import signal
-import socket
-import subprocess
-import sys
 import threading
-from pathlib import Path
 
 import pytest
 
 from kpair.tuning import run_search
 
-HELPER = Path(__file__).with_name("tune_process.py")
-ROOT = HELPER.parents[2]
-TIMEOUT = 400
-
-
-def free_port():
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
-class Worker:
-    """A worker process whose output is read as it comes."""
-
-    def __init__(self, tuner_id, config, out_dir, max_trials, env, kill_trial=None):
-        env = {**env, "KERASTUNER_TUNER_ID": tuner_id}
-        env.pop("KPAIR_TEST_KILL_TRIAL", None)
-        if kill_trial is not None:
-            env["KPAIR_TEST_KILL_TRIAL"] = kill_trial
-        self.process = subprocess.Popen(
-            [sys.executable, str(HELPER), config, str(out_dir), str(max_trials)],
-            env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
-        )
-        self.lines = []
-        self.waiting = threading.Event()
-        self.reader = threading.Thread(target=self._read, daemon=True)
-        self.reader.start()
-
-    def _read(self):
-        for line in self.process.stdout:
-            self.lines.append(line)
-            if "waiting for the chief" in line:
-                self.waiting.set()
-
-    def finish(self):
-        self.process.wait(timeout=TIMEOUT)
-        self.reader.join(timeout=60)
-        self.process.stdout.close()
-        return "".join(self.lines)
-
-    def trained(self):
-        return [line.split()[1] for line in self.lines if line.startswith("TRAINED ")]
-
-    def kill(self):
-        if self.process.poll() is None:
-            self.process.kill()
-            self.process.wait()
-        self.reader.join(timeout=60)
-        self.process.stdout.close()
+from .processes import TIMEOUT, Worker, loopback_env
 
 
 class Chief:
@@ -95,17 +42,6 @@ class Chief:
         if "error" in self.outcome:
             raise self.outcome["error"]
         return self.outcome["result"]
-
-
-def loopback_env():
-    return dict(
-        os.environ,
-        KERASTUNER_ORACLE_IP="127.0.0.1",
-        KERASTUNER_ORACLE_PORT=str(free_port()),
-        PYTHONPATH=os.pathsep.join(
-            filter(None, [str(ROOT), os.environ.get("PYTHONPATH")])
-        ),
-    )
 
 
 @pytest.fixture

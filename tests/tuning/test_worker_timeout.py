@@ -7,7 +7,6 @@ import json
 import signal
 import subprocess
 import sys
-import threading
 import time
 from types import SimpleNamespace
 
@@ -17,7 +16,7 @@ from keras_tuner.engine.trial import Trial, TrialStatus
 
 from kpair.tuning import chief, oracles
 
-from .test_distributed import HELPER, Worker, loopback_env
+from .processes import HELPER, Process, Worker, loopback_env
 
 # Seconds a process of the end-to-end test may take: a chief that waits for
 # the lost worker's trial forever fails the test when this runs out.
@@ -155,7 +154,7 @@ def test_a_worker_timeout_must_be_positive():
 
 
 def output(process):
-    """The output of `process` (a Process or a test_distributed Worker) once
+    """The output of `process` (a processes.Process or Worker) once
     it exits; fails the test, not hangs it, after LIMIT seconds."""
     try:
         process.process.wait(timeout=LIMIT)
@@ -164,29 +163,6 @@ def output(process):
                     + "".join(process.lines[-40:]))
     process.reader.join(timeout=60)
     return "".join(process.lines)
-
-
-class Process:
-    """A process of the search whose output is read as it comes."""
-
-    def __init__(self, command, env):
-        self.process = subprocess.Popen(
-            command, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
-            text=True)
-        self.lines = []
-        self.reader = threading.Thread(target=self._read, daemon=True)
-        self.reader.start()
-
-    def _read(self):
-        for line in self.process.stdout:
-            self.lines.append(line)
-
-    def kill(self):
-        if self.process.poll() is None:
-            self.process.kill()
-            self.process.wait()
-        self.reader.join(timeout=60)
-        self.process.stdout.close()
 
 
 @pytest.mark.slow

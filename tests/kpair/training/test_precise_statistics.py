@@ -23,6 +23,8 @@ from kpair.training import precise
 from kpair.training.callbacks import read_history
 from kpair.training.trainer import train
 
+from .kills import KillAtEpochStart
+
 # The norms with moving statistics (kpair.inspection.norm_statistics).
 STATEFUL = ("batch", "per-domain", "eval-mode", "batch-renorm")
 # Few images: the reference runs the backbone once per norm layer.
@@ -151,13 +153,8 @@ def test_killed_precise_run_resumes_onto_the_uninterrupted_statistics(
     config = tiny_config(demo_data, tmp_path / "run", **changes)
     keras.backend.clear_session()
 
-    class Kill(keras.callbacks.Callback):
-        def on_epoch_begin(self, epoch, logs=None):
-            if epoch == 2:
-                raise KeyboardInterrupt  # as a kill at the start of epoch 3
-
     with pytest.raises(KeyboardInterrupt):
-        train(config, extra_callbacks=[Kill()])
+        train(config, extra_callbacks=[KillAtEpochStart(3)])
     assert [int(r["epoch"]) for r in read_history(tmp_path / "run" /
                                                   "history.csv")] == [1, 2]
     keras.backend.clear_session()

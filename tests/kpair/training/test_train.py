@@ -16,6 +16,8 @@ from kpair.training import callbacks as kcb
 from kpair.training.callbacks import TrainingDiverged, read_history
 from kpair.training.trainer import train
 
+from .kills import KillAtEpochStart
+
 
 @pytest.mark.slow
 def test_run_directory_has_everything(demo_data, tiny_config, tmp_path, capsys):
@@ -83,13 +85,8 @@ def test_killed_run_resumes_from_its_last_epoch(demo_data, tiny_config, tmp_path
     # and the NaN stop do not depend on the norm.
     config = tiny_config(demo_data, out, epochs=3, norm="batch", batching="mixed")
 
-    class Kill(keras.callbacks.Callback):
-        def on_epoch_begin(self, epoch, logs=None):
-            if epoch == 2:
-                raise KeyboardInterrupt  # as a kill at the start of epoch 3
-
     with pytest.raises(KeyboardInterrupt):
-        train(config, extra_callbacks=[Kill()])
+        train(config, extra_callbacks=[KillAtEpochStart(3)])
     assert (out / "backup").exists()
     assert [int(r["epoch"]) for r in read_history(out / "history.csv")] == [1, 2]
     capsys.readouterr()
