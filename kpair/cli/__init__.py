@@ -119,7 +119,10 @@ _PYTHON_ARGUMENT = re.compile(
 
 # A library argument named in backquotes whose flag has another name:
 # "another `out_dir`" -> "another --out".
-_FLAG_OF_ARGUMENT = {"out_dir": "--out", "like": "--like", "prior": "--prior"}
+_FLAG_OF_ARGUMENT = {"out_dir": "--out", "like": "--like", "prior": "--prior",
+                     # kpair data demo's camera B (kpair.data.camera.Camera)
+                     "gain": "--camera-b-gain", "exposure": "--camera-b-exposure",
+                     "blur": "--camera-b-blur", "noise": "--camera-b-noise"}
 _ARGUMENT_NAME = re.compile(r"`([a-z][a-z_]*)`")
 
 

@@ -5,9 +5,11 @@ drawn faintly (ink at `A_INK` of full intensity) on black, as a dim scanner
 would. Domain B: other digits of the same set blended over random
 patches of the two photographs scikit-learn ships (`load_sample_images`) the
 MNIST-M way (Ganin & Lempitsky 2015): `out = |patch - digit_mask * 255|`,
-then seen through a second camera (`_camera_b`): a warm colour cast
-(`B_GAIN` per channel), brighter exposure (`B_EXPOSURE`), a slight lens
-blur and sensor noise.
+then seen through a second camera (`CAMERA_B`, a `kpair.data.camera.Camera`):
+a warm colour cast (a gain per channel), brighter exposure, a slight lens
+blur and sensor noise. `build_demo(camera_b=...)` (`kpair data demo
+--camera-b-*`) sees domain B through another camera, every other draw
+unchanged.
 
 Targets follow the post's losses and are learnable by a linear head on
 concatenated per-image embeddings (an ordering is, "same or different" is not):
@@ -49,6 +51,7 @@ from pathlib import Path
 import numpy as np
 from PIL import Image
 
+from kpair.data.camera import CAMERA_B, Camera
 from kpair.data.records import (
     MANIFEST_NAME,
     SPLITS,
@@ -63,13 +66,6 @@ DEFAULT_PAIRS_PER_TYPE = (1500, 300, 300)
 VERSION = "demo-v4"
 # Intensity of domain A's ink (see the module docstring).
 A_INK = 0.25
-# Camera B: gain per RGB channel (a warm cast: daylight white balance under
-# tungsten light), added exposure (of 255), blur radius (pixels of a
-# 32-pixel image) and sensor noise (std, of 255). See the module docstring.
-B_GAIN = (1.4, 1.0, 0.6)
-B_EXPOSURE = 50.0
-B_BLUR = 0.6
-B_NOISE = 6.0
 INFO_NAME = "demo.json"
 _SPLIT_FRACTIONS = (0.70, 0.15, 0.15)
 
@@ -95,8 +91,8 @@ def _render_a(mask):
     return np.repeat(gray[..., None], 3, axis=-1)
 
 
-def _render_b(mask, photos, rng):
-    return _camera_b(_mnist_m(mask, photos, rng), rng)
+def _render_b(mask, photos, rng, camera_b):
+    return camera_b.look(_mnist_m(mask, photos, rng), rng)
 
 
 def _mnist_m(mask, photos, rng):
@@ -108,18 +104,6 @@ def _mnist_m(mask, photos, rng):
     patch = photo[top : top + size, left : left + size].astype(np.float32)
     out = np.abs(patch - mask[..., None] * 255.0)
     return np.round(out).astype(np.uint8)
-
-
-def _camera_b(image, rng):
-    """Camera B's look: colour cast, exposure, lens blur, sensor noise."""
-    from PIL import ImageFilter
-
-    cast = image.astype(np.float32) * np.asarray(B_GAIN, np.float32) + B_EXPOSURE
-    blurred = Image.fromarray(np.clip(cast, 0, 255).astype(np.uint8)).filter(
-        ImageFilter.GaussianBlur(B_BLUR * image.shape[0] / 32)
-    )
-    noisy = np.asarray(blurred, np.float32) + rng.normal(0.0, B_NOISE, cast.shape)
-    return np.clip(np.round(noisy), 0, 255).astype(np.uint8)
 
 
 def _split_indices(num, rng):
@@ -147,7 +131,7 @@ def _draw_pairs(pool_left, pool_right, labels, count, hinge, rng):
     return pairs
 
 
-def _check_args(image_size, pairs_per_type, ba_fraction=0.0):
+def _check_args(image_size, pairs_per_type, ba_fraction=0.0, camera_b=CAMERA_B):
     if not isinstance(image_size, int) or image_size < 8:
         raise ConfigError(
             f"`image_size` must be an int >= 8. Received: image_size={image_size!r}"
@@ -162,10 +146,15 @@ def _check_args(image_size, pairs_per_type, ba_fraction=0.0):
             "`ba_fraction` must be in [0, 1]. "
             f"Received: ba_fraction={ba_fraction!r}"
         )
+    if not isinstance(camera_b, Camera):
+        raise ConfigError(
+            "`camera_b` must be a kpair.data.camera.Camera. "
+            f"Received: camera_b={camera_b!r}"
+        )
 
 
 def build_demo(out_dir, seed=0, image_size=32, pairs_per_type=DEFAULT_PAIRS_PER_TYPE,
-               ba_fraction=0.0, images_dir=None):
+               ba_fraction=0.0, images_dir=None, camera_b=CAMERA_B):
     """Builds the demo data set: `out_dir/{train,val,test}` plus `demo.json`.
 
     Args:
@@ -180,18 +169,20 @@ def build_demo(out_dir, seed=0, image_size=32, pairs_per_type=DEFAULT_PAIRS_PER_
         images_dir: if given, also write the images as PNG files there, with
             `pairs.csv` (`left,right,left_domain,right_domain,target,split`):
             the input of `kpair data import` and `kpair predict`.
+        camera_b: the `kpair.data.camera.Camera` domain B is seen through
+            (default `CAMERA_B`); any other draw is the same for any camera.
 
     Returns:
         `Path(out_dir)`.
     """
-    _check_args(image_size, pairs_per_type, ba_fraction)
+    _check_args(image_size, pairs_per_type, ba_fraction, camera_b)
     out_dir = Path(out_dir)
     rng = np.random.default_rng(seed)
     # Its own stream: the orientation draws leave every other draw as it is.
     flip_rng = np.random.default_rng([seed, 1])
     labels, photos, masks = _sources(image_size)
     indices = _split_indices(len(labels), rng)
-    encoded = _render_images(indices, masks, photos, rng)
+    encoded = _render_images(indices, masks, photos, rng, camera_b)
 
     rows = []
     with directory_aside(out_dir) as tmp_dir:
@@ -206,7 +197,8 @@ def build_demo(out_dir, seed=0, image_size=32, pairs_per_type=DEFAULT_PAIRS_PER_
                 tmp_dir / name,
                 image_size=image_size,
             )
-        info = _info(seed, image_size, pairs_per_type, ba_fraction, indices)
+        info = _info(seed, image_size, pairs_per_type, ba_fraction, indices,
+                     camera_b)
         (tmp_dir / INFO_NAME).write_text(json.dumps(info) + "\n")
     if images_dir is not None:
         _write_image_files(Path(images_dir), encoded, rows)
@@ -241,7 +233,7 @@ def _sources(image_size):
     return labels, photos, _digit_masks(digits.images, image_size)
 
 
-def _render_images(indices, masks, photos, rng):
+def _render_images(indices, masks, photos, rng, camera_b):
     """Digit index -> PNG bytes of that image in its domain.
 
     Each digit image is rendered once, in its one domain: the data set is a
@@ -252,7 +244,7 @@ def _render_images(indices, masks, photos, rng):
         for index in indices[name]["A"]:
             encoded[int(index)] = _png(_render_a(masks[index]))
         for index in indices[name]["B"]:
-            encoded[int(index)] = _png(_render_b(masks[index], photos, rng))
+            encoded[int(index)] = _png(_render_b(masks[index], photos, rng, camera_b))
     return encoded
 
 
@@ -278,7 +270,7 @@ def _split_pairs(split_indices, labels, count, ba_fraction, rng, flip_rng):
     return [pairs[i] for i in order]
 
 
-def _info(seed, image_size, pairs_per_type, ba_fraction, indices):
+def _info(seed, image_size, pairs_per_type, ba_fraction, indices, camera_b):
     """What `demo.json` records: how the data set was built, and from which
     digit images each split and domain were rendered."""
     return {
@@ -287,6 +279,7 @@ def _info(seed, image_size, pairs_per_type, ba_fraction, indices):
         "image_size": image_size,
         "pairs_per_type": [int(n) for n in pairs_per_type],
         "ba_fraction": float(ba_fraction),
+        "camera_b": camera_b.settings(),
         "digit_indices": {
             name: {d: indices[name][d].tolist() for d in ("A", "B")}
             for name in SPLITS
@@ -310,7 +303,7 @@ def default_cache_dir():
 
 def ensure_demo(
     cache_dir=None, seed=0, image_size=32, pairs_per_type=DEFAULT_PAIRS_PER_TYPE,
-    ba_fraction=0.0,
+    ba_fraction=0.0, camera_b=CAMERA_B,
 ):
     """Returns the cached demo data set, building it on first use.
 
@@ -318,20 +311,22 @@ def ensure_demo(
     or sizes get their own directory. A directory counts as built when every
     split has its manifest (written last, after a rename).
     """
-    _check_args(image_size, pairs_per_type, ba_fraction)
+    _check_args(image_size, pairs_per_type, ba_fraction, camera_b)
     root = Path(cache_dir) if cache_dir is not None else default_cache_dir()
     name = f"{VERSION}-{image_size}"
     if seed != 0 or tuple(pairs_per_type) != DEFAULT_PAIRS_PER_TYPE:
         name += f"-seed{seed}-" + "-".join(str(int(n)) for n in pairs_per_type)
     if ba_fraction:
         name += f"-ba{ba_fraction:g}"
+    if camera_b != CAMERA_B:
+        name += "-" + camera_b.tag()
     path = root / name
     if _is_built(path):
         return path
     try:
         build_demo(
             path, seed=seed, image_size=image_size, pairs_per_type=pairs_per_type,
-            ba_fraction=ba_fraction,
+            ba_fraction=ba_fraction, camera_b=camera_b,
         )
     except OSError:
         # Another process may have finished the same build first.

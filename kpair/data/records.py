@@ -162,7 +162,7 @@ def write_split(pairs, out_dir, records_per_shard=1000, image_size=None):
                 parts.append(tmp_dir / f"part-{len(parts):05d}")
                 counts.append(0)
                 writer = tf.io.TFRecordWriter(str(parts[-1]))
-            writer.write(_example(pair).SerializeToString())
+            writer.write(_example(pair).SerializeToString(deterministic=True))
             counts[-1] += 1
             total += 1
         if writer is not None:

@@ -1,4 +1,7 @@
 import json
+import subprocess
+import sys
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -7,7 +10,9 @@ from sklearn.datasets import load_digits
 
 from kpair.data import SPLITS, build_demo, count_split, ensure_demo, read_split
 from kpair.data import demo as demo_module
+from kpair.data.camera import Camera
 
+ROOT = Path(__file__).resolve().parents[3]
 SMALL = dict(image_size=16, pairs_per_type=(12, 6, 6))
 SIDES = ("left", "right")
 
@@ -44,6 +49,22 @@ def test_demo_is_deterministic(small_demo, tmp_path):
             assert first != (other / split / name).read_bytes()
 
 
+def test_demo_bytes_are_the_same_in_another_process(small_demo, tmp_path):
+    """The same seed, the same bytes, whichever process builds it: protobuf's
+    map order is not fixed across processes unless asked to be."""
+    again = tmp_path / "again"
+    code = ("import sys; from kpair.data import build_demo; "
+            "build_demo(sys.argv[1], seed=3, image_size=16, pairs_per_type=(12, 6, 6))")
+    subprocess.run([sys.executable, "-c", code, str(again)], check=True,
+                   cwd=ROOT, capture_output=True, timeout=300)
+    for split in SPLITS:
+        names = sorted(p.name for p in (small_demo / split).iterdir())
+        assert names == sorted(p.name for p in (again / split).iterdir())
+        for name in names:
+            assert (small_demo / split / name).read_bytes() == (
+                again / split / name).read_bytes(), (split, name)
+
+
 def test_demo_splits_use_disjoint_images(small_demo):
     info = json.loads((small_demo / "demo.json").read_text())
     sets = [set(info["digit_indices"][s][d]) for s in SPLITS for d in ("A", "B")]
@@ -75,7 +96,7 @@ def test_demo_targets_follow_the_rule(tmp_path, monkeypatch, ba_fraction):
     # image maps back to its digit; pairing and targets run unchanged.
     render_a = demo_module._render_a
     monkeypatch.setattr(
-        demo_module, "_render_b", lambda mask, photos, rng: 255 - render_a(mask)
+        demo_module, "_render_b", lambda mask, photos, rng, camera: 255 - render_a(mask)
     )
     path = build_demo(tmp_path / "d", seed=1, image_size=16, pairs_per_type=(60, 5, 5),
                       ba_fraction=ba_fraction)
@@ -209,20 +230,89 @@ def test_domains_differ_in_brightness_and_contrast(tmp_path):
 
 
 def test_camera_b_casts_exposes_blurs_and_adds_noise():
+    camera = demo_module.CAMERA_B
     flat = np.full((32, 32, 3), 100, np.uint8)
-    out = demo_module._camera_b(flat, np.random.default_rng(0)).astype(float)
-    expected = 100 * np.asarray(demo_module.B_GAIN) + demo_module.B_EXPOSURE
+    out = camera.look(flat, np.random.default_rng(0)).astype(float)
+    expected = 100 * np.asarray(camera.gain) + camera.exposure
     np.testing.assert_allclose(out.mean(axis=(0, 1)), expected, atol=1.0)
-    assert 4.0 < out.std(axis=(0, 1)).mean() < 8.0  # B_NOISE, after rounding
+    assert 4.0 < out.std(axis=(0, 1)).mean() < 8.0  # its noise, after rounding
     # A sharp edge is softened by the lens blur.
     edge = np.zeros((32, 32, 3), np.uint8)
     edge[:, 16:] = 200
-    row = demo_module._camera_b(edge, np.random.default_rng(0))[:, :, 1].mean(0)
-    bright = 200 * demo_module.B_GAIN[1] + demo_module.B_EXPOSURE
-    dark = demo_module.B_EXPOSURE
+    row = camera.look(edge, np.random.default_rng(0))[:, :, 1].mean(0)
+    bright = 200 * camera.gain[1] + camera.exposure
+    dark = camera.exposure
     # Both sides of the edge pulled toward each other, around the midpoint.
     assert dark + 0.1 * (bright - dark) < row[15] < row[16]
     assert row[16] < bright - 0.1 * (bright - dark)
+    # Without blur or noise, the edge stays sharp and the flat image flat.
+    sharp = Camera(gain=(1, 1, 1), exposure=0, blur=0, noise=0)
+    assert (sharp.look(edge, np.random.default_rng(0)) == edge).all()
+
+
+def test_another_camera_changes_domain_b_and_nothing_else(small_demo, tmp_path):
+    """`build_demo(camera_b=...)`: the same digits, patches and pairs; only
+    domain B's images look different, as the camera says."""
+    mild = Camera(gain=(1.0, 1.0, 1.0), exposure=0.0, blur=0.0, noise=0.0)
+    other = build_demo(tmp_path / "mild", seed=3, camera_b=mild, **SMALL)
+    info = json.loads((other / "demo.json").read_text())
+    assert info["camera_b"] == mild.settings()
+    assert json.loads((small_demo / "demo.json").read_text())["camera_b"] == (
+        demo_module.CAMERA_B.settings())
+    decode = lambda b: np.asarray(tf.io.decode_png(b)).astype(float)  # noqa: E731
+    b_means = {"demo": [], "mild": []}
+    for split in SPLITS:
+        ours, theirs = _records(small_demo / split), _records(other / split)
+        assert len(ours) == len(theirs)
+        for mine, its in zip(ours, theirs):
+            assert mine[2:] == its[2:]  # domains and targets
+            for side in (0, 1):
+                if mine[2 + side] == 0:  # domain A: the same bytes
+                    assert mine[side] == its[side]
+                else:
+                    b_means["demo"].append(decode(mine[side]).mean((0, 1)))
+                    b_means["mild"].append(decode(its[side]).mean((0, 1)))
+    demo_rgb, mild_rgb = (np.mean(b_means[k], axis=0) for k in ("demo", "mild"))
+    # The demo's warm cast (red well above blue) is gone under a neutral camera,
+    # and its +50 exposure with it.
+    assert demo_rgb[0] > 1.4 * demo_rgb[2]
+    assert abs(mild_rgb[0] - mild_rgb[2]) < 0.2 * mild_rgb[2]
+    assert mild_rgb[1] < demo_rgb[1] - 30
+
+
+def test_cli_data_demo_camera_flags(tmp_path, capsys):
+    from kpair.cli import main
+
+    for flags, words in (
+        (["--camera-b-gain", "1,2"], "--camera-b-gain must be three"),
+        (["--camera-b-gain", "1,x,1"], "--camera-b-gain must be three"),
+        (["--camera-b-gain", "1,0,1"], "--camera-b-gain must be three"),
+        (["--camera-b-noise", "-1"], "--camera-b-noise must be a number"),
+        (["--camera-b-exposure", "nan"], "--camera-b-exposure must be a number"),
+    ):
+        assert main(["data", "demo", "--out", str(tmp_path / "bad"),
+                     *flags]) == 2, flags
+        assert words in capsys.readouterr().err, flags
+        assert not (tmp_path / "bad").exists()
+    out = tmp_path / "d"
+    assert main(["data", "demo", "--out", str(out), "--image-size", "16",
+                 "--camera-b-gain", "1.2,1,0.8", "--camera-b-exposure", "25",
+                 "--camera-b-blur", "0", "--camera-b-noise", "3"]) == 0
+    info = json.loads((out / "demo.json").read_text())
+    assert info["camera_b"] == {"gain": [1.2, 1.0, 0.8], "exposure": 25.0,
+                                "blur": 0.0, "noise": 3.0}
+
+
+def test_ensure_demo_caches_each_camera_apart(tmp_path, monkeypatch):
+    built = []
+    monkeypatch.setattr(demo_module, "build_demo",
+                        lambda path, **kw: built.append((path, kw)))
+    mild = Camera(exposure=25.0)
+    ensure_demo(tmp_path, image_size=16, camera_b=mild)
+    ensure_demo(tmp_path, image_size=16)
+    (mild_path, mild_kw), (plain_path, plain_kw) = built
+    assert mild_kw["camera_b"] == mild and plain_kw["camera_b"] == demo_module.CAMERA_B
+    assert mild_path != plain_path and mild_path.name.startswith(plain_path.name)
 
 
 def test_cli_data_demo_ba_fraction(tmp_path, capsys):
