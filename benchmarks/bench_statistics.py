@@ -4,7 +4,9 @@
         [--out runs/statistics]
 
 For each data set (the built-in demo data, and demo data made with other
-settings: `kpair data demo --seed 1 --ba-fraction 0.5`), each norm with
+settings: `kpair data demo --seed 1 --camera-b-gain 1.2,1,0.8
+--camera-b-exposure 25 --camera-b-noise 3`, a second camera nearer the first
+one, other digits, patches and pairs), each norm with
 moving statistics x batching, momentum 0.9 and 0.99 (`--norm-option
 momentum=...`) and `--statistics ema` and `precise`, trains one tiny run per
 seed and prints one Markdown table: the gap (`gap_ratio`, inference-mode
@@ -34,6 +36,7 @@ from bench_training import machine  # noqa: E402  (beside this script)
 import kpair  # noqa: E402,F401  (first: oneDNN, as users' code gets it)
 from kpair.config import STATISTICS, TrainConfig  # noqa: E402
 from kpair.data import build_demo, ensure_demo  # noqa: E402
+from kpair.data.camera import Camera  # noqa: E402
 from kpair.training.trainer import train  # noqa: E402
 
 # The norms whose moving statistics `--statistics` sets (group norm has none).
@@ -41,7 +44,10 @@ NORMS = ("batch", "per-domain", "eval-mode", "batch-renorm")
 BATCHINGS = ("per-type", "mixed", "balanced")
 MOMENTA = (0.9, 0.99)
 # (name, `build_demo` settings); None: the built-in demo data itself.
-DATA = (("demo", None), ("demo seed 1, B-A 0.5", {"seed": 1, "ba_fraction": 0.5}))
+DATA = (("demo", None),
+        ("demo seed 1, milder camera B",
+         {"seed": 1, "camera_b": Camera(gain=(1.2, 1.0, 0.8), exposure=25.0,
+                                        noise=3.0)}))
 FULL = dict(width_multiplier=0.125, image_size=16, epochs=3, steps_per_epoch=20,
             batch_size=48, eval_pairs=240, learning_rate=3e-3)
 QUICK = dict(width_multiplier=0.125, image_size=16, epochs=1, steps_per_epoch=2,
