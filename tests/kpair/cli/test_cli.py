@@ -61,9 +61,25 @@ def test_truncated_shard_names_the_file(demo_data, tmp_path):
     assert_clean_error(result, 2, shard.name)
 
 
+def run_here(args, capsys):
+    """`kpair ARGS` in this process, through the `main` that `python -m
+    kpair.cli` calls: its exit code and stdout. No TensorFlow start-up per
+    command (several seconds each)."""
+    from kpair.cli import main
+
+    capsys.readouterr()
+    code = main([str(a) for a in args])
+    captured = capsys.readouterr()
+    assert code == 0, captured.err
+    return captured.out
+
+
 @pytest.mark.slow
 def test_train_evaluate_predict_export_and_load_in_a_fresh_process(demo_data,
-                                                                   tmp_path):
+                                                                   tmp_path,
+                                                                   capsys):
+    """`kpair train` in its own process, and the model it saved loaded in
+    another; evaluate, predict and export in this one (`run_here`)."""
     out = tmp_path / "run"
     result = run(["train", "--data", demo_data, "--out", out, "--epochs", "1",
                   "--norm", "per-domain", *TINY_FLAGS])
@@ -72,14 +88,11 @@ def test_train_evaluate_predict_export_and_load_in_a_fresh_process(demo_data,
     # TensorFlow's start-up noise stays out of the CLI's output.
     assert "cuda" not in result.stderr.lower() and "absl" not in result.stderr
 
-    result = run(["evaluate", out, "--split", "val", "--json"])
-    assert result.returncode == 0, result.stderr
-    import json
-
-    scores = json.loads(result.stdout)
+    scores = json.loads(run_here(["evaluate", out, "--split", "val", "--json"],
+                                 capsys))
     assert set(scores) >= {"A-A", "B-B", "A-B", "total"}
-    result = run(["evaluate", out, "--json", "--mode", "batch-stats"])
-    batch_stats = json.loads(result.stdout)
+    batch_stats = json.loads(run_here(
+        ["evaluate", out, "--json", "--mode", "batch-stats"], capsys))
     assert batch_stats["pairs"] == scores["pairs"]
 
     # A CSV of pairs over images on disk.
@@ -100,9 +113,8 @@ def test_train_evaluate_predict_export_and_load_in_a_fresh_process(demo_data,
         writer.writeheader()
         writer.writerows(rows)
     preds_csv = tmp_path / "preds.csv"
-    result = run(["predict", out / "model.keras", "--pairs", pairs, "--root", root,
-                  "--out", preds_csv])
-    assert result.returncode == 0, result.stderr
+    run_here(["predict", out / "model.keras", "--pairs", pairs, "--root", root,
+              "--out", preds_csv], capsys)
     with open(preds_csv, newline="") as f:
         preds = [float(r["prediction"]) for r in csv.DictReader(f)]
     assert len(preds) == 5
@@ -139,8 +151,7 @@ def test_train_evaluate_predict_export_and_load_in_a_fresh_process(demo_data,
     # of every domain combination in one batch and for each domain's own
     # signature.
     served_dir = tmp_path / "served"
-    result = run(["export", out / "model.keras", "--out", served_dir])
-    assert result.returncode == 0, result.stderr
+    run_here(["export", out / "model.keras", "--out", served_dir], capsys)
     assert (served_dir / "saved_model.pb").is_file()
     import keras
     import tensorflow as tf
