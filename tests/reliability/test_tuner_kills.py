@@ -61,31 +61,29 @@ def test_killed_search_restarts_the_trial_in_flight_then_gives_up_on_it(
 ):
     out_dir = tmp_path / "tune"
 
-    # Killed while its third trial trains: two trials finished.
-    result, trained = run_search_process(base_config, out_dir, 4, kill_trial="2")
+    # Killed while its second trial trains: one trial finished.
+    result, trained = run_search_process(base_config, out_dir, 3, kill_trial="1")
     assert result.returncode == -signal.SIGKILL, result.stderr[-2000:]
-    assert trained == ["0", "1", "2"]
+    assert trained == ["0", "1"]
 
     # Started again: only the trial in flight runs, from its start; the
     # process is killed again.
-    result, trained = run_search_process(base_config, out_dir, 4, kill_trial="2")
+    result, trained = run_search_process(base_config, out_dir, 3, kill_trial="1")
     assert result.returncode == -signal.SIGKILL, result.stderr[-2000:]
-    assert trained == ["2"]
-    trial_dir = out_dir / "search" / "trial_2"
+    assert trained == ["1"]
+    trial_dir = out_dir / "search" / "trial_1"
     assert (trial_dir / ATTEMPTS_FILE).read_text() == "2"
 
     # Started a third time: the trial that killed its process twice is
     # failed without running, and the search goes on with the last trial.
-    result, trained = run_search_process(base_config, out_dir, 4)
+    result, trained = run_search_process(base_config, out_dir, 3)
     assert result.returncode == 0, result.stderr[-2000:]
-    assert trained == ["3"]
-    assert "Trial 2 failed: ProcessDied: the trial's process died 2 times" in (
+    assert trained == ["2"]
+    assert "Trial 1 failed: ProcessDied: the trial's process died 2 times" in (
         result.stdout
     )
     final = json.loads(result.stdout.split("RESULT ", 1)[1])
-    assert final["statuses"] == {
-        "0": "completed", "1": "completed", "3": "completed", "2": "failed"
-    }
+    assert final["statuses"] == {"0": "completed", "2": "completed", "1": "failed"}
     assert "ProcessDied" in (out_dir / "summary.md").read_text()
     assert (out_dir / "best" / "model.keras").is_file()
     state = json.loads((trial_dir / "trial.json").read_text())
