@@ -8,11 +8,13 @@ import re
 
 import pytest
 
+from tests.docs.conftest import GROUP, PAGE_RUN
 from tests.docs.markdown_pages import ROOT
 
 PAGE = ROOT / "docs" / "reference" / "run-directory.md"
-# One worker trains the run both tests read (`pytest -n 2 --dist loadgroup`).
-pytestmark = [pytest.mark.slow, pytest.mark.xdist_group("docs_run_directory")]
+# The run the tests read is the docs pages' tiny run, trained once on the
+# worker that runs them (`pytest -n 2 --dist loadgroup`).
+pytestmark = [pytest.mark.slow, pytest.mark.xdist_group(GROUP)]
 
 
 def documented(section):
@@ -25,12 +27,11 @@ def documented(section):
 
 
 @pytest.fixture(scope="module")
-def tiny_run(demo_data, tiny_config, tmp_path_factory):
+def tiny_run(finished_runs, tmp_path_factory):
     import kpair
 
-    run = tmp_path_factory.mktemp("run") / "run"
-    kpair.train(tiny_config(demo_data, run))
-    return run
+    out = tmp_path_factory.mktemp("run") / "run"
+    return finished_runs.run(kpair.TrainConfig(out=str(out), **PAGE_RUN))
 
 
 def test_every_file_of_a_run_is_documented_and_exists(tiny_run):
