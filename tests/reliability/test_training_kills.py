@@ -5,8 +5,6 @@ import json
 import os
 import random
 import signal
-import subprocess
-import sys
 from pathlib import Path
 
 import h5py
@@ -16,29 +14,14 @@ import pytest
 
 from kpair.training.callbacks import backup_epochs_done, read_history
 
-ROOT = Path(__file__).resolve().parents[2]
-HELPER = Path(__file__).with_name("train_process.py")
+from .training_processes import BATCH_MIXED, run_training
+
 # Kills of `make test`: each kind of point once, in a seeded random order at
 # random epochs and steps, then one while model.keras is written. More with
 # KPAIR_TEST_KILLS=N (the slow mode), another order with KPAIR_TEST_KILL_SEED.
 KINDS = ("batch", "eval", "checkpoint", "history", "backup")
 KILLS = int(os.environ.get("KPAIR_TEST_KILLS", len(KINDS) + 1))
 SEED = int(os.environ.get("KPAIR_TEST_KILL_SEED", 17))
-
-
-def run_training(config, kill=None, epoch_weights=None):
-    env = dict(os.environ, PYTHONPATH=os.pathsep.join(
-        filter(None, [str(ROOT), os.environ.get("PYTHONPATH")])))
-    for name in ("KPAIR_TEST_KILL", "KPAIR_TEST_EPOCH_WEIGHTS"):
-        env.pop(name, None)
-    if kill is not None:
-        env["KPAIR_TEST_KILL"] = kill
-    if epoch_weights is not None:
-        env["KPAIR_TEST_EPOCH_WEIGHTS"] = str(epoch_weights)
-    return subprocess.run(
-        [sys.executable, str(HELPER), json.dumps(config.to_dict())],
-        env=env, capture_output=True, text=True, timeout=400,
-    )
 
 
 def epochs_in_history(run_dir):
@@ -92,7 +75,10 @@ def after_kill(kill, epochs):
 # per domain) and stock batch norm on mixed batches (one stream; its graph
 # traces in a third of the per-type per-domain one's time, paid by each
 # process: ~50 s a process on a loaded 2-core machine against ~15 s).
-PATHS = [("per-domain", "per-type"), ("batch", "mixed")]
+PATHS = [("per-domain", "per-type"),
+         # Its uninterrupted run is test_deterministic.py's first run.
+         pytest.param("batch", "mixed",
+                      marks=pytest.mark.xdist_group("batch-mixed-run"))]
 # The default path's kills in `make test`: one within an epoch (the three
 # streams resume mid-way, the per-domain statistics of the backup restored)
 # and one that damages a backup, then model.keras; stock batch norm on
@@ -104,20 +90,16 @@ DEFAULT_PATH_PLAN = ["batch:2:1", "backup:3", "model:0"]
 @pytest.mark.slow
 @pytest.mark.parametrize("norm,batching", PATHS)
 def test_killed_at_random_points_ends_as_an_uninterrupted_run(
-    demo_data, tiny_config, tmp_path, norm, batching
+    demo_data, tiny_config, tmp_path, uninterrupted_runs, norm, batching
 ):
     """Bit for bit (--deterministic): a resumed run restores the weights and
     optimizer of its backup and skips the batches already trained on, so
     each kill costs the unfinished epoch and nothing else."""
-    epochs, steps = max(4, KILLS // 2), 2
-    config = tiny_config(demo_data, tmp_path / "run", norm=norm,
-                         batching=batching, epochs=epochs, steps_per_epoch=steps,
-                         deterministic=True, seed=3)
-    reference = tmp_path / "reference"
-    reference.mkdir()
-    result = run_training(config.replace(out=str(tmp_path / "uninterrupted")),
-                          epoch_weights=reference)
-    assert result.returncode == 0, result.stderr[-3000:]
+    epochs = max(BATCH_MIXED["epochs"], KILLS // 2)
+    steps = BATCH_MIXED["steps_per_epoch"]
+    config = tiny_config(demo_data, tmp_path / "run", **{
+        **BATCH_MIXED, "norm": norm, "batching": batching, "epochs": epochs})
+    whole_run, reference = uninterrupted_runs(config)
 
     if norm == "batch" or "KPAIR_TEST_KILLS" in os.environ:
         plan = kill_plan(random.Random(SEED), KILLS, epochs, steps)
@@ -150,7 +132,7 @@ def test_killed_at_random_points_ends_as_an_uninterrupted_run(
     assert metrics["epochs"] == epochs
     assert epochs_in_history(run_dir) == list(range(1, epochs + 1))
     model = keras.saving.load_model(run_dir / "model.keras")
-    uninterrupted = keras.saving.load_model(tmp_path / "uninterrupted" / "model.keras")
+    uninterrupted = keras.saving.load_model(whole_run / "model.keras")
     assert len(model.weights) > 50
     if norm == "per-domain":  # a moving mean and variance row per domain
         moving = [w for w in model.weights if "moving_mean" in w.path]
