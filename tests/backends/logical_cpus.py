@@ -5,9 +5,8 @@ TensorFlow takes its device configuration once, before it first runs an op,
 so the split is made here, before kpair starts TensorFlow's devices: then
 `tf.distribute.MirroredStrategy` has N CPU replicas to run on. Each group
 of ARGS (groups separated by `+`) is one `kpair` command, run in turn in
-this process, which starts TensorFlow once for all of them; a group that
-begins with `one-ulp` trains from weights one ulp away
-(tests/backends/one_ulp.py).
+this process, which starts TensorFlow once for all of them
+(tests/backends/several_runs.py).
 """
 
 import os
@@ -27,28 +26,9 @@ def split_cpu(count):
         cpu, [tf.config.LogicalDeviceConfiguration()] * count)
 
 
-def commands(args):
-    """The `+`-separated groups of `args`."""
-    groups = [[]]
-    for arg in args:
-        if arg == "+":
-            groups.append([])
-        else:
-            groups[-1].append(arg)
-    return groups
-
-
 if __name__ == "__main__":
     split_cpu(int(sys.argv[1]))
     # After the split: kpair starts TensorFlow.
-    from kpair.cli import main
-    from tests.backends.one_ulp import one_ulp_away
+    from tests.backends.several_runs import run_all
 
-    for command in commands(sys.argv[2:]):
-        if command[0] == "one-ulp":
-            with one_ulp_away():
-                status = main(command[1:])
-        else:
-            status = main(command)
-        if status:
-            sys.exit(status)
+    sys.exit(run_all(sys.argv[2:]))
