@@ -38,6 +38,7 @@ import keras
 import tensorflow as tf
 
 from kpair import layers
+from kpair.deploy.archive import Archive
 from kpair.deploy.fold_norm import fold_backbone, foldable_norms
 from kpair.errors import ConfigError, KpairError
 from kpair.inspection.check import check_model, failed
@@ -63,7 +64,8 @@ def export_saved_model(model_path, out_dir, precision="float32", fold_norm=False
                         fold_norm)
 
 
-def export_model(model, out_dir, precision="float32", fold_norm=False):
+def export_model(model, out_dir, precision="float32", fold_norm=False, *,
+                 check=True):
     """Writes `model` (a kpair pair model) as a SavedModel in `out_dir`.
 
     Args:
@@ -75,13 +77,18 @@ def export_model(model, out_dir, precision="float32", fold_norm=False):
             policy first (e.g. for GPU serving).
         fold_norm: Fold every normalization into the convolution before it
             (see the module docstring); refused for group norm.
+        check: Run `kpair check` on `model` first and refuse it if it fails
+            (the default). `False` skips it where the caller has just run
+            it on this very model, and it passed (e.g. `kpair train`'s check
+            of the `model.keras` it wrote): the check predicts several
+            batches of pairs, as long as an export takes.
 
     Returns:
         `out_dir`, as a `Path`.
 
     Raises:
         KpairError: the model fails `kpair check` (its output depends on the
-            batch, or its statistics are not finite), or `fold_norm` for a
+            batch, or its statistics are not finite; with `check`), or `fold_norm` for a
             norm that does not fold.
         ConfigError: Keras runs on another backend than TensorFlow, or
             `out_dir` holds files.
@@ -105,10 +112,11 @@ def export_model(model, out_dir, precision="float32", fold_norm=False):
     if fold_norm:
         _backbone_to_fold(model)  # a norm that does not fold: refused first
     # On the float32 model: float16 rounding would read as batch dependence.
-    refuse_batch_dependent(model)
+    if check:
+        refuse_batch_dependent(model)
     if precision != "float32":
         model = with_precision(model, precision)
-    archive = keras.export.ExportArchive()
+    archive = Archive()
     if fold_norm:
         serve, per_domain = _folded_functions(model, archive)
     else:
@@ -128,7 +136,7 @@ def export_model(model, out_dir, precision="float32", fold_norm=False):
                              _serving_empty_batches(function, output),
                              input_signature=[specs["left"], specs["right"]])
     with directory_aside(out_dir) as tmp_dir:
-        archive.write_out(str(tmp_dir), verbose=False)
+        archive.write_out(tmp_dir)
     return out_dir
 
 

@@ -172,10 +172,34 @@ class _BatchNormStuckInTraining(keras.layers.BatchNormalization):
 def test_export_refuses_a_model_whose_output_depends_on_the_batch(tmp_path):
     pair_model = _tiny("group")
     inputs = {t.name: t for t in pair_model.inputs}
-    model = keras.Model(inputs, _BatchNormStuckInTraining()(pair_model(inputs)))
+    # Named: TensorFlow refuses a variable scope starting with `_`.
+    stuck = _BatchNormStuckInTraining(name="stuck_in_training")
+    model = keras.Model(inputs, stuck(pair_model(inputs)))
     with pytest.raises(KpairError, match="batch invariance.*batch statistics"):
         export_model(model, tmp_path / "out")
     assert not (tmp_path / "out").exists()
+    # A caller that has checked the model itself (`kpair train` has) skips
+    # the check: this model, which fails it, is then written.
+    export_model(model, tmp_path / "unchecked", check=False)
+    assert (tmp_path / "unchecked" / "saved_model.pb").exists()
+
+
+@pytest.mark.parametrize("fold_norm", [False, True])
+def test_export_traces_each_serving_function_once(tmp_path, fold_norm):
+    """`serve` and `serving_domain_<d>` are each traced once (Keras's
+    `ExportArchive.write_out` traced each twice: TensorFlow's save context
+    is part of its tracing cache's key): the head runs in 1 + 2 graphs."""
+    model = _tiny("per-domain")
+    head = model.get_layer("head")
+    traces, head_call = [], head.call
+
+    def counted(*args, **kwargs):
+        traces.append(1)
+        return head_call(*args, **kwargs)
+
+    head.call = counted
+    export_model(model, tmp_path / "out", fold_norm=fold_norm, check=False)
+    assert len(traces) == 3
 
 
 def _pretrained_layout(norm="per-domain", **changes):
