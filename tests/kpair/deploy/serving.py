@@ -16,6 +16,7 @@ compares (`assert_serves_like`):
 import os
 import subprocess
 import sys
+import tempfile
 from itertools import product
 from pathlib import Path
 
@@ -96,27 +97,64 @@ def served_outputs(saved_models, batches, workdir, onednn=True):
     Returns:
         `{name: {batch: {signature: predictions, or the error's text}}}`.
     """
+    return start_serving(saved_models, batches, workdir, onednn)()
+
+
+def start_serving(saved_models, batches, workdir, onednn=True):
+    """Starts `served_outputs`'s process and returns at once a function
+    that waits for it and returns what `served_outputs` does: a test runs
+    other processes meanwhile."""
     workdir = Path(workdir)
     tag = "onednn" if onednn else "plain"
     inputs, outputs = workdir / f"inputs_{tag}.npz", workdir / f"outputs_{tag}.npz"
     np.savez(inputs, **{f"{b}/{k}": v for b, features in batches.items()
                         for k, v in features.items()})
     env = dict(os.environ, TF_ENABLE_ONEDNN_OPTS="1" if onednn else "0")
-    done = subprocess.run(
+    wait = start_process(
         [sys.executable, str(CHILD), str(inputs), str(outputs),
-         *(f"{name}={path}" for name, path in saved_models.items())],
-        capture_output=True, text=True, timeout=600, env=env,
-    )
-    assert done.returncode == 0, done.stderr[-3000:]
-    raw = dict(np.load(outputs))
-    assert bool(raw.pop("process/onednn")) == onednn, "TF_ENABLE_ONEDNN_OPTS ignored"
-    assert list(raw.pop("process/kpair_modules")) == [], "the client imported kpair"
-    served = {name: {} for name in saved_models}
-    for key, value in raw.items():
-        name, batch, signature, *error = key.split("/")
-        served[name].setdefault(batch, {})[signature] = (
-            str(value) if error else value)
+         *(f"{name}={path}" for name, path in saved_models.items())], env)
+
+    def served():
+        wait()
+        raw = dict(np.load(outputs))
+        assert bool(raw.pop("process/onednn")) == onednn, (
+            "TF_ENABLE_ONEDNN_OPTS ignored")
+        assert list(raw.pop("process/kpair_modules")) == [], (
+            "the client imported kpair")
+        result = {name: {} for name in saved_models}
+        for key, value in raw.items():
+            name, batch, signature, *error = key.split("/")
+            result[name].setdefault(batch, {})[signature] = (
+                str(value) if error else value)
+        return result
+
     return served
+
+
+def start_process(command, env, timeout=600):
+    """Starts `command`; returns a function that waits for it (at most
+    `timeout` seconds) and asserts it exited 0, with the end of its output.
+
+    The output goes to a file, not a pipe: a process that writes more than
+    a pipe holds goes on while the test waits for another."""
+    log = tempfile.TemporaryFile("w+")
+    process = subprocess.Popen(command, stdout=log, stderr=subprocess.STDOUT,
+                               text=True, env=env)
+
+    def wait():
+        try:
+            process.wait(timeout=timeout)
+        except subprocess.TimeoutExpired:
+            process.kill()
+            process.wait()
+            raise
+        finally:
+            log.seek(0)
+            output = log.read()
+            log.close()
+        assert process.returncode == 0, output[-3000:]
+
+    return wait
 
 
 def max_differences(served, expected):
