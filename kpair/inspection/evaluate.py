@@ -77,15 +77,12 @@ def training_mode_predictions(runner, model, batches, with_inference=False,
     """
     variables = model.non_trainable_variables
     saved = [v.numpy() for v in variables]
-    in_training, restores_itself = _training_call(runner, variables)
+    in_training = _restoring_training_call(runner, variables, saved)
     in_inference = inference_call(model)
     training, inference, rows = [], [], []
     try:
         for features, y in batches:
             training.append(_flat(in_training(features)))
-            if not restores_itself:
-                for variable, value in zip(variables, saved):
-                    variable.assign(value)
             if with_inference:
                 inference.append(_flat(in_inference(pair_inputs(features))))
             rows.append(y.numpy())
@@ -133,38 +130,27 @@ def pair_inputs(features):
     }
 
 
-def traced_call(model, training):
-    """`model(features, training=training)`, traced once per model and mode.
+def _restoring_training_call(runner, variables, saved):
+    """`runner(features, training=True)` that puts `variables` back as they
+    were (`saved`, their values before the first batch) after each batch.
 
-    On TensorFlow a `tf.function` kept on the model (a Keras eager call of a
-    per-type ResNet-18 costs seconds per batch); other backends call it
-    eagerly.
+    On TensorFlow one traced function, kept on the runner: it reads the
+    variables, runs the batch and assigns the values read back, in that
+    order (a function's stateful ops on one variable run in program order),
+    with no Python round trip per variable and batch, which cost a sixth of
+    a tiny run (a Keras eager call of a per-type ResNet-18 costs seconds per
+    batch). Other backends call eagerly and assign `saved` back.
     """
     if keras.backend.backend() != "tensorflow":
-        return lambda features: model(features, training=training)
-    cache = model.__dict__.setdefault("_kpair_traced_calls", {})
-    if training not in cache:
-        cache[training] = tf.function(
-            lambda features: model(features, training=training),
-            reduce_retracing=True,
-        )
-    return cache[training]
+        def eager(features):
+            outputs = runner(features, training=True)
+            for variable, value in zip(variables, saved):
+                variable.assign(value)
+            return outputs
 
-
-def _training_call(runner, variables):
-    """`(call, restores_itself)`: `runner(features, training=True)`, and
-    whether the call itself puts `variables` back as they were.
-
-    On TensorFlow one traced function reads the variables, runs the batch
-    and assigns the values read back, in that order (a function's stateful
-    ops on one variable run in program order): no Python round trip per
-    variable and batch, which cost a sixth of a tiny run. Other backends
-    call eagerly; the caller restores.
-    """
-    if keras.backend.backend() != "tensorflow":
-        return traced_call(runner, True), False
+        return eager
     cache = runner.__dict__.setdefault("_kpair_traced_calls", {})
-    key = ("restoring", tuple(id(v) for v in variables))
+    key = tuple(id(v) for v in variables)
     if key not in cache:
         def call(features):
             before = [tf.identity(v.value) for v in variables]
@@ -177,7 +163,7 @@ def _training_call(runner, variables):
             return outputs
 
         cache[key] = tf.function(call, reduce_retracing=True)
-    return cache[key], True
+    return cache[key]
 
 
 def _flat(prediction):
