@@ -1,6 +1,7 @@
 """Runs the figure jobs and regenerates the files that show their tables.
 
-    python benchmarks/figures.py [JOB ...]      # `make figures [FIGURES="JOB ..."]`
+    python benchmarks/figures.py [--keep-runs] [JOB ...]
+                                    # `make figures [FIGURES="JOB ..."]`
 
 Each job runs one benchmark script and keeps its output in a file of its
 own, `docs/figures/JOB.md` (the docs include these files): the command,
@@ -35,6 +36,13 @@ The jobs:
   and 0.99, on the demo data and demo data made with other settings, over
   3 seeds (hours on two cores: `make figures FIGURES=statistics` on a quiet
   machine). Its runs are removed first.
+
+`--keep-runs` leaves the jobs' `fresh` folders in place: the scripts read
+back the runs they find finished there and resume the others. It is for
+runs trained ahead with the same command's settings, for instance one seed
+per process (`reproduce_post.py --seeds N --out runs/figures/post` once
+per seed, side by side); the job's section says that its runs were read
+back. Only runs trained at the current code belong there: nothing checks.
 
 The other scripts of `benchmarks/` (training throughput, the input
 pipeline, GPU runs, memory over 20 epochs) need a quiet machine, a GPU or
@@ -154,15 +162,19 @@ def versions():
     return ", ".join(found)
 
 
-def section(job, body, status, date=None, where=None):
+def section(job, body, status, date=None, where=None, kept_runs=False):
     """A job's file: its command, date, machine, then its tables (the docs
     include it as it is; RESULTS.md adds a heading)."""
     date = date or time.strftime("%Y-%m-%d", time.gmtime())
     where = where or f"{machine()}; {versions()}"
+    kept = (" Runs trained ahead under "
+            + ", ".join(f"`{f}`" for f in job.fresh)
+            + " were read back (`figures.py --keep-runs`)."
+            if kept_runs and job.fresh else "")
     lines = [
         f"`{job.command()}`",
         "",
-        f"{date}; {where}; exit status {status}.",
+        f"{date}; {where}; exit status {status}.{kept}",
         "",
     ]
     text = body.strip("\n")
@@ -170,11 +182,12 @@ def section(job, body, status, date=None, where=None):
     return "\n".join(lines) + "\n"
 
 
-def run_job(job, figures_dir, cwd=ROOT):
-    """Runs `job`, writes `figures_dir/NAME.md` (and `.json`); its exit status."""
+def run_job(job, figures_dir, cwd=ROOT, keep_runs=False):
+    """Runs `job`, writes `figures_dir/NAME.md` (and `.json`); its exit status.
+    `keep_runs`: its `fresh` folders are left as they are (module docstring)."""
     figures_dir = Path(figures_dir)
     figures_dir.mkdir(parents=True, exist_ok=True)
-    for folder in job.fresh:
+    for folder in () if keep_runs else job.fresh:
         shutil.rmtree(Path(cwd) / folder, ignore_errors=True)
     argv = [sys.executable, job.script, *job.args]
     with tempfile.TemporaryDirectory() as tmp:
@@ -195,7 +208,8 @@ def run_job(job, figures_dir, cwd=ROOT):
             body = markdown.read_text()
         else:
             body = "".join(out)
-        (figures_dir / f"{job.name}.md").write_text(section(job, body, status))
+        (figures_dir / f"{job.name}.md").write_text(
+            section(job, body, status, kept_runs=keep_runs))
         target = figures_dir / f"{job.name}.json"
         if job.json and json_file.is_file():
             target.write_text(json_file.read_text())
@@ -282,9 +296,10 @@ def update_readme(readme, body):
 
 
 def make_figures(names=(), jobs=JOBS, figures_dir=FIGURES_DIR, results=RESULTS,
-                 readme=README, cwd=ROOT):
+                 readme=README, cwd=ROOT, keep_runs=False):
     """Runs the named jobs (all when none), then regenerates RESULTS.md and
-    the README's table from every job's file. Returns the exit status."""
+    the README's table from every job's file. Returns the exit status.
+    `keep_runs`: the jobs' earlier runs are read back (module docstring)."""
     by_name = {job.name: job for job in jobs}
     unknown = [n for n in names if n not in by_name]
     if unknown:
@@ -295,7 +310,7 @@ def make_figures(names=(), jobs=JOBS, figures_dir=FIGURES_DIR, results=RESULTS,
     for job in jobs:
         if names and job.name not in names:
             continue
-        code = run_job(job, figures_dir, cwd=cwd)
+        code = run_job(job, figures_dir, cwd=cwd, keep_runs=keep_runs)
         if code:
             print(f"[figures] {job.name} exited with status {code}", file=sys.stderr)
             status = 1
@@ -311,8 +326,12 @@ def main(argv=None):
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("jobs", nargs="*",
                         help=f"jobs to run (default: all): {[j.name for j in JOBS]}")
+    parser.add_argument("--keep-runs", action="store_true",
+                        help="read back the runs left in the jobs' folders "
+                             "(trained ahead at the current code) instead of "
+                             "removing them first")
     args = parser.parse_args(argv)
-    return make_figures(args.jobs)
+    return make_figures(args.jobs, keep_runs=args.keep_runs)
 
 
 if __name__ == "__main__":

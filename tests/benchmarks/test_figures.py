@@ -205,3 +205,22 @@ def test_a_fresh_folder_is_removed_before_its_job_runs(tmp_path):
     assert status == 0
     assert not stale.exists()
     assert "```\nFalse\n```" in (tmp_path / "figs" / "plain.md").read_text()
+
+
+def test_keep_runs_reads_back_the_runs_and_says_so(tmp_path):
+    (tmp_path / "fake_plain.py").write_text(
+        "import os; print(os.path.exists('ahead/model.keras'))\n")
+    ahead = tmp_path / "ahead"
+    ahead.mkdir()
+    (ahead / "model.keras").write_text("trained ahead, one seed per process")
+    job = figures.Job("plain", "A plain script", "fake_plain.py", fresh=("ahead",))
+    code = figures.make_figures(
+        ("plain",), jobs=(job,), figures_dir=tmp_path / "figs",
+        results=tmp_path / "RESULTS.md", readme=tmp_path / "README.md",
+        cwd=tmp_path, keep_runs=True)
+    assert code == 0
+    assert ahead.exists()
+    text = (tmp_path / "figs" / "plain.md").read_text()
+    assert "```\nTrue\n```" in text
+    assert "`ahead` were read back (`figures.py --keep-runs`)" in text
+    assert "were read back" in (tmp_path / "RESULTS.md").read_text()
