@@ -14,7 +14,13 @@ type runs out.
 
 import tensorflow as tf
 
-from kpair.data.records import Split, decode_pair, pairs_dataset, raw_records
+from kpair.data.records import (
+    Split,
+    decode_pair,
+    decode_targets,
+    pairs_dataset,
+    raw_records,
+)
 from kpair.errors import ConfigError, DataError
 from kpair.pair_types import PAIR_TYPES, TYPE_KEYS, pair_type
 
@@ -85,32 +91,35 @@ def _count_types(dataset):
     return dict(zip(PAIR_TYPES, (int(v) for v in total.numpy())))
 
 
-def _type_streams(dataset, source, shuffle, seed):
-    """One unbatched `(features, y)` dataset per pair type, each shuffled.
+def _record_streams(source, shuffle, seed):
+    """One stream of serialized records per pair type, each shuffled.
 
-    Given the `Split` that `dataset` is read from (`source`), records are
-    shuffled and filtered before decoding: each image is decoded once, not
-    once per stream, and shuffle buffers hold bytes instead of float images.
+    Records are shuffled and filtered before decoding: each image is decoded
+    once, not once per stream, and shuffle buffers hold bytes instead of
+    float images.
     """
     streams = []
     for index in range(len(PAIR_TYPES)):
         stream_seed = None if seed is None else seed + index
-        if source is not None:
-            ds = raw_records(
-                source.files, shuffle_files_seed=stream_seed if shuffle else None
-            )
-            ds = ds.filter(lambda s, i=index: _raw_type(s) == i)
-            if shuffle:
-                ds = ds.shuffle(_SHUFFLE_BUFFER, seed=stream_seed)
-            size = source.image_size
-            ds = ds.map(
-                lambda s, size=size: decode_pair(s, size),
-                num_parallel_calls=tf.data.AUTOTUNE,
-            )
-        else:
-            ds = dataset.filter(lambda f, y, i=index: tf.cast(y[1], tf.int32) == i)
-            if shuffle:
-                ds = ds.shuffle(_SHUFFLE_BUFFER, seed=stream_seed)
+        ds = raw_records(
+            source.files, shuffle_files_seed=stream_seed if shuffle else None
+        )
+        ds = ds.filter(lambda s, i=index: _raw_type(s) == i)
+        if shuffle:
+            ds = ds.shuffle(_SHUFFLE_BUFFER, seed=stream_seed)
+        streams.append(ds)
+    return streams
+
+
+def _decoded_streams(dataset, shuffle, seed):
+    """One unbatched `(features, y)` stream per pair type of a decoded
+    dataset, each shuffled (seeded as `_record_streams`)."""
+    streams = []
+    for index in range(len(PAIR_TYPES)):
+        stream_seed = None if seed is None else seed + index
+        ds = dataset.filter(lambda f, y, i=index: tf.cast(y[1], tf.int32) == i)
+        if shuffle:
+            ds = ds.shuffle(_SHUFFLE_BUFFER, seed=stream_seed)
         streams.append(ds)
     return streams
 
@@ -126,17 +135,10 @@ def _raw_type(serialized):
     return pair_type(domains["left/domain"], domains["right/domain"])
 
 
-def _mixed(dataset, source, batch_size, shuffle, seed, drop_remainder):
-    if source is not None and source.files:
-        ds = raw_records(source.files, shuffle_files_seed=seed if shuffle else None)
-        if shuffle:
-            ds = ds.shuffle(_SHUFFLE_BUFFER, seed=seed)
-        size = source.image_size
-        ds = ds.map(lambda s: decode_pair(s, size), num_parallel_calls=tf.data.AUTOTUNE)
-    else:
-        ds = dataset
-        if shuffle:
-            ds = ds.shuffle(_SHUFFLE_BUFFER, seed=seed)
+def _mixed_records(source, batch_size, shuffle, seed, drop_remainder):
+    ds = raw_records(source.files, shuffle_files_seed=seed if shuffle else None)
+    if shuffle:
+        ds = ds.shuffle(_SHUFFLE_BUFFER, seed=seed)
     return ds.batch(batch_size, drop_remainder=drop_remainder)
 
 
@@ -153,12 +155,10 @@ def _per_type(batches):
 
 
 def _balanced(batches, shuffle, seed, repeat):
+    """One batch of the three types' batches, its rows shuffled; of decoded
+    `(features, y)` batches or of serialized records alike."""
     def _concat(*parts):
-        features = {
-            key: tf.concat([f[key] for f, _ in parts], axis=0) for key in parts[0][0]
-        }
-        y = tf.concat([part_y for _, part_y in parts], axis=0)
-        return features, y
+        return tf.nest.map_structure(lambda *t: tf.concat(t, axis=0), *parts)
 
     ds = tf.data.Dataset.zip(tuple(batches)).map(_concat)
     if repeat:
@@ -167,19 +167,99 @@ def _balanced(batches, shuffle, seed, repeat):
     if not shuffle:
         return ds
 
-    def _permute(step, features, y):
+    def _permute(step, batch):
         # A stateless permutation keyed by (seed, step): the same rows go to
         # the same places on every run, and rows of one type are not grouped.
-        rows = tf.range(tf.shape(y)[0])
+        rows = tf.range(tf.shape(tf.nest.flatten(batch)[0])[0])
         if seed is None:
             order = tf.random.shuffle(rows)
         else:
             key = tf.stack([tf.constant(seed, tf.int64), step])
             order = tf.random.experimental.stateless_shuffle(rows, seed=key)
-        features = {k: tf.gather(v, order) for k, v in features.items()}
-        return features, tf.gather(y, order)
+        return tf.nest.map_structure(lambda t: tf.gather(t, order), batch)
 
-    return ds.enumerate().map(lambda step, batch: _permute(step, *batch))
+    return ds.enumerate().map(_permute)
+
+
+def _decode_share(record_batches, batching, rows, source, share, drop_remainder):
+    """Decodes the rows of each global batch of serialized records that
+    process `index` of `count` (`share`) holds; `rows`: a global batch's
+    pairs (of each type for `per-type`).
+
+    A global batch's tensors are cut along their first axis into `count`
+    equal parts, part `index` this process's; the per-type targets, three
+    types long, too: in the global arrays of a data-parallel step, where
+    every process's part of every tensor is put back in order, they line
+    up with the predictions again. Only this process's rows are decoded;
+    the targets of the others' are parsed, not their images.
+    """
+    index, count = share
+    size = source.image_size
+    local = rows // count
+
+    def decode_row(serialized):
+        return decode_pair(serialized, size)
+
+    if batching != "per-type":
+        def own_rows(records):
+            n = tf.shape(records)[0] // count
+            mine = records[index * n:(index + 1) * n]
+            return tf.data.Dataset.from_tensor_slices(mine)
+
+        ds = record_batches.flat_map(own_rows).map(
+            decode_row, num_parallel_calls=tf.data.AUTOTUNE)
+        return ds.batch(local, drop_remainder=drop_remainder)
+
+    types = len(PAIR_TYPES)
+
+    def own_rows(*groups):
+        mine = tf.concat([g[index * local:(index + 1) * local] for g in groups], 0)
+        targets = decode_targets(tf.concat(groups, axis=0))
+        own_targets = targets[index * types * local:(index + 1) * types * local]
+        return tf.data.Dataset.from_tensor_slices((mine, own_targets))
+
+    def split_types(features, y):
+        by_type = {
+            f"{prefix}_{key}": value[t * local:(t + 1) * local]
+            for t, prefix in enumerate(TYPE_KEYS)
+            for key, value in features.items()
+        }
+        return by_type, y
+
+    ds = record_batches.flat_map(own_rows).map(
+        lambda serialized, y: (decode_row(serialized)[0], y),
+        num_parallel_calls=tf.data.AUTOTUNE,
+    )
+    return ds.batch(types * local, drop_remainder=True).map(split_types)
+
+
+def _check_share(share, batching, rows, source, drop_remainder):
+    """`share` as `(index, count)` once checked; `(0, 1)` for None."""
+    if share is None:
+        return 0, 1
+    index, count = share
+    if not (isinstance(count, int) and count >= 1
+            and isinstance(index, int) and 0 <= index < count):
+        raise ConfigError(
+            "`share` is (process index, process count), 0 <= index < count. "
+            f"Received: share={share!r}"
+        )
+    if count == 1:
+        return index, count
+    what = "pairs of each type" if batching == "per-type" else "pairs"
+    if rows % count:
+        raise ConfigError(
+            f"A global batch of {rows} {what} does not divide among {count} "
+            f"processes. Received: share={share!r}"
+        )
+    if source is None or not drop_remainder:
+        raise ConfigError(
+            "Only full batches of a `Split` (read_split) are shared among "
+            f"processes. Received: share={share!r}, "
+            f"pairs={'a Split' if source is not None else 'a dataset'}, "
+            f"drop_remainder={drop_remainder!r}"
+        )
+    return index, count
 
 
 def make_batches(
@@ -191,6 +271,7 @@ def make_batches(
     repeat=False,
     counts=None,
     drop_remainder=True,
+    share=None,
 ):
     """Batches the pairs of a `Split`, or of any unbatched `(features, y)` dataset.
 
@@ -228,22 +309,35 @@ def make_batches(
         if counts is None:
             counts = source.counts if source is not None else _count_types(dataset)
         check_pair_types(counts, batching)
+    per_type = batch_size // len(PAIR_TYPES)
+    rows = {"mixed": batch_size, "per-type": per_type}.get(
+        batching, len(PAIR_TYPES) * per_type)
+    share = _check_share(share, batching, rows, source, drop_remainder)
+    # Batched as serialized records, decoded last (only this process's rows).
+    records = source is not None and bool(source.files)
 
     def pipeline(_):
         if batching == "mixed":
-            ds = _mixed(dataset, source, batch_size, shuffle, seed, drop_remainder)
+            ds = (_mixed_records(source, batch_size, shuffle, seed, drop_remainder)
+                  if records else
+                  (dataset.shuffle(_SHUFFLE_BUFFER, seed=seed) if shuffle
+                   else dataset).batch(batch_size, drop_remainder=drop_remainder))
         else:
-            per_type = batch_size // len(PAIR_TYPES)
-            streams = _type_streams(dataset, source, shuffle, seed)
+            streams = (_record_streams(source, shuffle, seed) if records
+                       else _decoded_streams(dataset, shuffle, seed))
             batches = [s.batch(per_type, drop_remainder=True) for s in streams]
-            if batching == "per-type":
-                ds = _per_type(batches)
-            else:
+            if batching == "balanced":
                 ds = _balanced(batches, shuffle, seed, repeat)
+            elif records:
+                ds = tf.data.Dataset.zip(tuple(batches))
+            else:
+                ds = _per_type(batches)
         if repeat and batching != "balanced":
             # Repeat the finished epochs (not each stream) so that every
             # epoch has `steps_per_epoch` steps and is reshuffled.
             ds = ds.repeat()
+        if records:
+            ds = _decode_share(ds, batching, rows, source, share, drop_remainder)
         return ds
 
     # Each pass over the data is shuffled anew by tf.data, its orders drawn

@@ -36,6 +36,7 @@ _FEATURES = {
     "target": tf.io.FixedLenFeature([], tf.float32),
 }
 _DOMAIN_FEATURES = {k: v for k, v in _FEATURES.items() if k.endswith("/domain")}
+_TARGET_FEATURES = {k: v for k, v in _FEATURES.items() if not k.endswith("/image")}
 
 @dataclasses.dataclass(frozen=True)
 class Pair:
@@ -251,6 +252,14 @@ def decode_pair(serialized, image_size):
     kind = tf.cast(pair_type(left_domain, right_domain), tf.float32)
     y = tf.stack([ex["target"], kind])
     return features, y
+
+
+def decode_targets(serialized):
+    """The `y` of a batch of serialized pairs, `(n, 2)`: `decode_pair`'s
+    `[target, pair_type]` rows, without decoding an image."""
+    ex = tf.io.parse_example(serialized, _TARGET_FEATURES)
+    kind = tf.cast(pair_type(ex["left/domain"], ex["right/domain"]), tf.float32)
+    return tf.stack([ex["target"], kind], axis=1)
 
 
 def raw_records(files, shuffle_files_seed=None):

@@ -213,7 +213,7 @@ def data_parallel_over(count):
     or None for one (for `keras.distribution.set_distribution`)."""
     if count == 1:
         return None
-    # Several processes: each feeds its own share already (process_share).
+    # Several processes: each feeds its own share already (make_batches' share).
     return keras.distribution.DataParallel(
         devices=local_devices()[:count],
         auto_shard_dataset=process_count() == 1)

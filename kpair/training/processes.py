@@ -5,7 +5,8 @@ Every process runs the same program. The devices of all processes form one
 mesh; `keras.distribution.DataParallel` over it makes each training step one
 SPMD program whose gradients and batch statistics span the global batch.
 Each process reads the same shuffled records and feeds its share of every
-global batch (`process_share`), the rows its own devices hold.
+global batch, the rows its own devices hold; it decodes those rows alone
+(`kpair.data.make_batches(..., share=(process_index(), process_count()))`).
 
 Variables then live on every process's devices, and a process can read only
 its own copy: Keras's predictions, `save_weights` and every numpy read would
@@ -23,7 +24,6 @@ import os
 
 import keras
 import numpy as np
-import tensorflow as tf
 
 from kpair.errors import ConfigError
 
@@ -90,27 +90,6 @@ def process_index():
 def is_writer():
     """Whether this process writes the run's files and lines."""
     return process_index() == 0
-
-
-def process_share(batches):
-    """The rows of every global batch this process's devices hold.
-
-    Each tensor of a batch is cut along its first axis into one slice per
-    process (the per-type trainer's targets, three types long, too: the
-    data-parallel step sees the global arrays, in which they line up).
-    """
-    count, index = process_count(), process_index()
-    if count == 1:
-        return batches
-
-    def share(*batch):
-        return tf.nest.map_structure(
-            lambda t: t[index * (tf.shape(t)[0] // count):
-                        (index + 1) * (tf.shape(t)[0] // count)],
-            batch,
-        )
-
-    return batches.map(share, num_parallel_calls=tf.data.AUTOTUNE)
 
 
 def barrier(name):

@@ -46,7 +46,7 @@ from kpair.training.processes import (
     barrier,
     is_writer,
     process_count,
-    process_share,
+    process_index,
 )
 from kpair.training.run_directory import claim, run_record
 from kpair.training.run_outputs import finished_metrics, write_outputs
@@ -101,9 +101,10 @@ def training_data(config, data_dir):
     steps = config.steps_per_epoch or steps_per_epoch(
         train_pairs.counts, config.batching, config.batch_size
     )
+    # Over several processes, each decodes only the rows it feeds.
     batches = make_batches(
         train_pairs, config.batching, config.batch_size, seed=config.seed,
-        repeat=True,
+        repeat=True, share=(process_index(), process_count()),
     )
     return batches, steps, probe, val_pairs
 
@@ -208,7 +209,7 @@ def train(config, out=None, extra_callbacks=()):
             # First: the backup is restored into process-local copies.
             callbacks.insert(0, local_state)
         model.fit(
-            process_share(batches), epochs=config.epochs,
+            batches, epochs=config.epochs,
             steps_per_epoch=steps, callbacks=callbacks,
             shuffle=False,  # make_batches shuffled already
             # Keras's bar on a terminal; in a log, one line per epoch, not a

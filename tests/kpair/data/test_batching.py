@@ -1,5 +1,6 @@
 import numpy as np
 import pytest
+import tensorflow as tf
 
 from kpair.data import (
     BATCHINGS,
@@ -7,8 +8,11 @@ from kpair.data import (
     count_split,
     make_batches,
     read_split,
+    records,
     steps_per_epoch,
 )
+from kpair.data import batching as batching_module
+from kpair.errors import ConfigError
 from kpair.pair_types import TYPE_KEYS
 from tests.kpair.conftest import DOMAIN_PIXEL
 
@@ -170,3 +174,70 @@ def test_steps_per_epoch(split):
     assert steps_per_epoch(counts, "per-type", 9) == 2
     assert steps_per_epoch(counts, "balanced", 8) == 3  # 2 of each type
     assert steps_per_epoch({"A-A": 100, "A-B": 100}, "per-type", 3) == 0
+
+
+def _arrays(batch):
+    return tf.nest.map_structure(lambda t: np.asarray(t), batch)
+
+
+@pytest.mark.parametrize("batching", BATCHINGS)
+@pytest.mark.parametrize("count", [2, 3])
+def test_process_shares_put_back_in_order_are_the_global_batches(
+    demo_data, batching, count
+):
+    # Each process's rows of every global batch, concatenated process after
+    # process as a data-parallel step's global arrays are: the same bits.
+    pairs = read_split(demo_data / "train", 16)
+    whole = [_arrays(b) for b in make_batches(pairs, batching, 18, seed=4)]
+    shares = [
+        [_arrays(b) for b in make_batches(pairs, batching, 18, seed=4,
+                                          share=(index, count))]
+        for index in range(count)
+    ]
+    assert whole and all(len(s) == len(whole) for s in shares)
+    for step, batch in enumerate(whole):
+        parts = [share[step] for share in shares]
+        joined = tf.nest.map_structure(
+            lambda *t: np.concatenate(t, axis=0), *parts)
+        tf.nest.assert_same_structure(joined, batch)
+        for got, want in zip(tf.nest.flatten(joined), tf.nest.flatten(batch)):
+            np.testing.assert_array_equal(got, want)
+        # Each process holds its equal part of every tensor.
+        for part in parts:
+            for got, want in zip(tf.nest.flatten(part), tf.nest.flatten(batch)):
+                assert got.shape[0] * count == want.shape[0]
+
+
+@pytest.mark.parametrize("batching", BATCHINGS)
+def test_a_process_decodes_only_its_rows(demo_data, batching, monkeypatch):
+    pairs = read_split(demo_data / "train", 16)
+    decoded = tf.Variable(0, dtype=tf.int64)
+
+    def counting_decode(serialized, image_size):
+        with tf.control_dependencies([decoded.assign_add(1)]):
+            features, y = records.decode_pair(serialized, image_size)
+            return tf.nest.map_structure(tf.identity, (features, y))
+
+    monkeypatch.setattr(batching_module, "decode_pair", counting_decode)
+    counts = {}
+    for share in (None, (0, 2), (1, 2)):
+        decoded.assign(0)
+        batches = list(make_batches(pairs, batching, 18, seed=1, share=share))
+        rows = sum(len(y) for _, y in batches)
+        counts[share] = int(decoded.numpy()), rows
+    steps = steps_per_epoch(pairs.counts, batching, 18)
+    pairs_a_step = 18 if batching == "mixed" else 3 * (18 // 3)
+    assert counts[None] == (steps * pairs_a_step, steps * pairs_a_step)
+    for share in ((0, 2), (1, 2)):
+        # Every pair of its rows decoded once, no other: half the work.
+        assert counts[share] == (steps * pairs_a_step // 2,) * 2
+
+
+def test_a_share_that_does_not_divide_the_batch_is_refused(demo_data):
+    pairs = read_split(demo_data / "train", 16)
+    with pytest.raises(ConfigError, match="does not divide among 4 processes"):
+        make_batches(pairs, "per-type", 18, share=(0, 4))
+    with pytest.raises(ConfigError, match="0 <= index < count"):
+        make_batches(pairs, "mixed", 18, share=(2, 2))
+    with pytest.raises(ConfigError, match="Only full batches of a `Split`"):
+        make_batches(pairs.dataset, "mixed", 18, share=(0, 2))
