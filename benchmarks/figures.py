@@ -31,6 +31,10 @@ The jobs:
   minutes on two cores): how well `--domain nearest` and `--domain pooled`
   do on the demo data. Its run directory is removed first, so that the
   table is of a model trained at the current commit.
+- `process-input`: `bench_process_input.py`, the pairs each process of a
+  run over 1, 2 and 4 processes decodes, and the seconds it takes to read
+  an epoch of its batches, against decoding every global batch whole (a
+  few minutes).
 - `statistics`: `bench_statistics.py`, the gap and validation loss of
   `--statistics ema` and `precise` for each norm x batching, momentum 0.9
   and 0.99, on the demo data and demo data made with other settings, over
@@ -110,6 +114,8 @@ JOBS = (
         "statistics on the demo data", "benchmarks/bench_unknown_domain.py",
         ("--out", "runs/figures/unknown-domain"),
         fresh=("runs/figures/unknown-domain",)),
+    Job("process-input", "Input work of one process of a run over several: "
+        "its share decoded", "benchmarks/bench_process_input.py"),
     Job("statistics", "Moving statistics: `ema` against `precise`, per norm, "
         "batching and momentum", "benchmarks/bench_statistics.py",
         ("--seeds", "0,1,2", "--out", "runs/figures/statistics"),
