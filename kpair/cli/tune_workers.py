@@ -217,6 +217,8 @@ class WorkerPool:
             stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
         )
         self.processes[i] = process
+        # Its process id: a worker can be found, watched or stopped.
+        self._say(f"worker {self.ids[i]} started (pid {process.pid})")
         threading.Thread(target=self._relay, args=(i, process), daemon=True).start()
 
     def _relay(self, i, process):

@@ -17,14 +17,16 @@ import sys
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[2]
-# Two epochs of one step: the several-process test's kill falls between
-# them, and the second step starts from what the first left on each device.
-# This tiny model's first steps amplify any rounding-sized change (losses
-# swing 4.6 -> 2.2 -> 4.8; one float32 ulp added to every weight of a
-# 1-device run moved its weights by 2.9e-3 after six steps, more than 4
-# devices did, 6.9e-4), so the tests hold N devices to 1 within a tolerance
-# measured in the same steps (tests/backends/same_weights.py).
+# Two epochs of two steps: the several-process test's kill falls within the
+# second, after its first step, and each step starts from what the one
+# before left on each device. This tiny model's first steps amplify any
+# rounding-sized change (losses swing 4.6 -> 2.2 -> 4.8; with per-domain
+# batch norm, one float32 ulp added to every weight of a 1-device run moved
+# its moving variances by 1.3e-2 after six steps, by 4.1e-4 after two), so
+# the tests hold N devices to 1 within a tolerance measured in the same
+# steps (tests/backends/same_weights.py), and take few steps.
 EPOCHS = 2
+STEPS = 2
 
 
 def command(data, out, devices, norm="per-domain", module="kpair"):
@@ -32,7 +34,7 @@ def command(data, out, devices, norm="per-domain", module="kpair"):
     return [
         sys.executable, "-m", module, "train", "--devices", str(devices),
         "--norm", norm, "--batching", "per-type", "--data", str(data),
-        "--out", str(out), "--epochs", str(EPOCHS), "--steps-per-epoch", "1",
+        "--out", str(out), "--epochs", str(EPOCHS), "--steps-per-epoch", str(STEPS),
         "--image-size", "16", "--width-multiplier", "0.125",
         "--embedding-dim", "16", "--batch-size", "24", "--eval-pairs", "24",
         "--precision", "float32",
@@ -42,11 +44,11 @@ def command(data, out, devices, norm="per-domain", module="kpair"):
     ]
 
 
-def environment(devices_per_process, cache):
+def environment(devices_per_process, cache, **extra):
     """A JAX process on the CPU with `devices_per_process` host devices and
-    the XLA compilation cache at `cache`."""
+    the XLA compilation cache at `cache` (and the variables of `extra`)."""
     return {
-        **os.environ, "KERAS_BACKEND": "jax", "JAX_PLATFORMS": "cpu",
+        **os.environ, **extra, "KERAS_BACKEND": "jax", "JAX_PLATFORMS": "cpu",
         "KPAIR_PROGRESS_EVERY": "inf",
         # XLA's default optimization: at level 0 (a faster compile) stock
         # batch norm's two steps on 4 devices parted from 1 by 3.2e-5,

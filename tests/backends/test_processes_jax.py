@@ -1,27 +1,37 @@
 """`kpair train` over 2 processes x 2 host devices on loopback (JAX's CPU
 collectives, gloo) against 1 process of 1 device on the same global batches;
-one process SIGKILLed, then both restarted: each epoch once, and the same
-weights and per-domain moving statistics, to float32 rounding as the test
-measures it (tests/backends/same_weights.py: the 1-device run again from
-weights one ulp away).
+one process SIGKILLed mid-epoch, the other left waiting and killed, then
+both restarted: each epoch once, and the same weights and per-domain moving
+statistics, to float32 rounding as the test measures it
+(tests/backends/same_weights.py: the 1-device run again from weights one
+ulp away).
 
 The data: the session's `demo_data` (5 batches of each pair type a pass),
 as test_devices_jax.py's, whose 1-device per-domain runs are the reference
 here, trained once for both (the `jax_runs` fixture,
-tests/backends/conftest.py). Two epochs of one step: the kill falls between
-them. Under a distribution Keras reads the first batch from one iterator
-of the training batches and trains from a second; each iterator yields the
-same batches (README, "Training"), so how far the first one read does not
-decide what the resumed run trains on. Before that was so, the resumed run
-trained its second epoch here on other batches (loss 1.5629, not 3.5303).
+tests/backends/conftest.py). Two epochs of two steps: process 1 kills
+itself as a step of the second epoch begins, one of its steps done at
+least (drawn with `$KPAIR_TEST_KILL_SEED`, 17 unless set; with two steps
+an epoch, always the second), so the resumed run goes back to the first
+epoch's backup and trains the second again, from its first step. Under a
+distribution Keras reads the first batch from one iterator of the training
+batches and trains from a second; each iterator
+yields the same batches (README, "Training"), so how far the first one read
+does not decide what the resumed run trains on. Before that was so, the
+resumed run trained its second epoch here on other batches.
 
-Measured (2026-12-07, the 2-core Xeon, shared with other jobs): the resumed
-run parted from 1 device by 8.3e-7 (one ulp's spread 4.1e-4: tolerance
-5.1e-3); with both processes feeding process 0's rows of every batch (a
-wrong share, put in for the measurement), by 0.34.
+Each process decodes only its rows of every global batch
+(`make_batches(..., share=...)`); with both processes feeding process 0's
+rows of every batch (a wrong share, put in for a measurement at one step
+an epoch), the run parted from 1 device by 0.34. Measured (2026-12-07, the
+2-core Xeon, shared with other jobs): killed as the second epoch's second
+step began and resumed, it parted from 1 device by 1.9e-6 (tolerance
+2.2e-3).
 """
 
 import csv
+import os
+import random
 import signal
 import socket
 import subprocess
@@ -29,10 +39,14 @@ from pathlib import Path
 
 import pytest
 
-from tests.backends.jax_runs import EPOCHS, ROOT, command, environment
+from tests.backends.jax_runs import EPOCHS, ROOT, STEPS, command, environment
 from tests.backends.same_weights import assert_trains_as_one
 
 pytestmark = pytest.mark.xdist_group("jax-devices")
+# The second epoch's step (from 0) at which process 1 is killed: one of its
+# steps done at least, one left at least.
+KILL_STEP = random.Random(int(os.environ.get("KPAIR_TEST_KILL_SEED", 17))).randint(
+    1, STEPS - 1)
 
 
 def free_port():
@@ -41,7 +55,7 @@ def free_port():
         return s.getsockname()[1]
 
 
-def start_processes(data, out, cache, module="kpair"):
+def start_processes(data, out, cache, module="kpair", **extra):
     """Starts process 1, then 0, of a 2-process run; returns both Popens.
 
     Their output goes to files (`out`.log0, .log1): a pipe left unread while
@@ -55,7 +69,8 @@ def start_processes(data, out, cache, module="kpair"):
         log = open(f"{out}.log{index}", "w")  # noqa: SIM115 (closed in finish)
         process = subprocess.Popen(
             command(data, out, "all", module=module) + flags, cwd=ROOT,
-            env=environment(2, cache), stdout=log, stderr=subprocess.STDOUT,
+            env=environment(2, cache, **extra), stdout=log,
+            stderr=subprocess.STDOUT,
             text=True)
         process.log = log
         started.append(process)
@@ -78,9 +93,11 @@ def test_two_processes_killed_and_restarted_train_as_one(jax_runs, tmp_path):
 
     run = tmp_path / "two"
     zero, first = start_processes(demo_data, run, cache,
-                                  "tests.backends.kill_process_one")
+                                  "tests.backends.kill_process_one",
+                                  KPAIR_TEST_KILL_STEP=str(KILL_STEP))
     code, output = finish(first)
     assert code == -signal.SIGKILL, output[-3000:]
+    assert f"killed as step {KILL_STEP} of epoch 2 begins" in output, output[-3000:]
     # Process 0 waits in the second epoch for process 1: killed as well.
     zero.send_signal(signal.SIGKILL)
     finish(zero)
