@@ -168,11 +168,15 @@ def versions():
     return ", ".join(found)
 
 
-def section(job, body, status, date=None, where=None, kept_runs=False):
-    """A job's file: its command, date, machine, then its tables (the docs
-    include it as it is; RESULTS.md adds a heading)."""
+def section(job, body, status, date=None, where=None, kept_runs=False,
+            load=None):
+    """A job's file: its command, date, machine (and its load average when
+    the job started: timings taken beside other work say so), then its
+    tables (the docs include it as it is; RESULTS.md adds a heading)."""
     date = date or time.strftime("%Y-%m-%d", time.gmtime())
     where = where or f"{machine()}; {versions()}"
+    if load is not None:
+        where += f"; load average {load:.1f} as it started"
     kept = (" Runs trained ahead under "
             + ", ".join(f"`{f}`" for f in job.fresh)
             + " were read back (`figures.py --keep-runs`)."
@@ -196,6 +200,7 @@ def run_job(job, figures_dir, cwd=ROOT, keep_runs=False):
     for folder in () if keep_runs else job.fresh:
         shutil.rmtree(Path(cwd) / folder, ignore_errors=True)
     argv = [sys.executable, job.script, *job.args]
+    load = os.getloadavg()[0]
     with tempfile.TemporaryDirectory() as tmp:
         markdown, json_file = Path(tmp) / "out.md", Path(tmp) / "out.json"
         if job.markdown:
@@ -215,7 +220,7 @@ def run_job(job, figures_dir, cwd=ROOT, keep_runs=False):
         else:
             body = "".join(out)
         (figures_dir / f"{job.name}.md").write_text(
-            section(job, body, status, kept_runs=keep_runs))
+            section(job, body, status, kept_runs=keep_runs, load=load))
         target = figures_dir / f"{job.name}.json"
         if job.json and json_file.is_file():
             target.write_text(json_file.read_text())

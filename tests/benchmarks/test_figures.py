@@ -6,6 +6,7 @@ training runs.
 """
 
 import importlib.util
+import re
 from pathlib import Path
 
 import pytest
@@ -224,3 +225,10 @@ def test_keep_runs_reads_back_the_runs_and_says_so(tmp_path):
     assert "```\nTrue\n```" in text
     assert "`ahead` were read back (`figures.py --keep-runs`)" in text
     assert "were read back" in (tmp_path / "RESULTS.md").read_text()
+
+
+def test_a_section_says_the_load_the_job_started_under(fake):
+    jobs, paths = fake
+    assert figures.make_figures(("plain",), jobs=jobs, **paths) == 0
+    text = (paths["figures_dir"] / "plain.md").read_text()
+    assert re.search(r"; load average \d+\.\d as it started; exit status 0\.", text)
