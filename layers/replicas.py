@@ -45,3 +45,24 @@ def sum_over_replicas(value):
     if context is None:
         return value
     return context.all_reduce("SUM", value)
+
+
+def global_moments(x, axes):
+    """Mean and (biased) variance over `axes` of the global batch.
+
+    Two passes over the replicas: the sums and counts, then the squared
+    deviations from the global mean, summed. Keras's synchronized moments
+    take E[x^2] - E[x]^2 in one pass, which loses the digits of a small
+    variance under a large mean. On one replica, the moments of `x`.
+
+    Returns:
+        `(mean, variance)`, each of the shape of `x` without `axes`.
+    """
+    count = 1.0
+    for axis in axes:
+        count = count * keras.ops.cast(keras.ops.shape(x)[axis], x.dtype)
+    count = sum_over_replicas(count)
+    mean = sum_over_replicas(keras.ops.sum(x, axis=axes, keepdims=True)) / count
+    squares = keras.ops.sum(keras.ops.square(x - mean), axis=axes)
+    variance = sum_over_replicas(squares) / count
+    return keras.ops.squeeze(mean, axis=axes), variance

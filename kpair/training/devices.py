@@ -35,6 +35,7 @@ import tensorflow as tf
 
 from kpair.config import DEVICES_ALL
 from kpair.errors import ConfigError
+from kpair.layers import replicas
 from kpair.models.precision import detect_gpus
 from kpair.pair_types import PAIR_TYPES
 from kpair.training.processes import process_count
@@ -248,12 +249,15 @@ def replica_layout(batches, batching, count):
 def synchronize_batch_norms(model, count):
     """Switches stock batch norm to the moments of the global batch.
 
-    Under `MirroredStrategy` (TensorFlow, `count` > 1), sets Keras's
-    `BatchNormalization.synchronized` on every such layer of `model`, which
-    it reads when a step is traced: each replica's moments are then summed
-    over the replicas. The flag is set on the trained layers only, not in
-    the backbone's `norm_options`: `model.keras` is built from those, and
-    Keras refuses `synchronized=True` off TensorFlow. kpair's own norms
+    Under `MirroredStrategy` (TensorFlow, `count` > 1), every such layer of
+    `model` (plain, ghost batches aside, and batch renorm) takes its
+    training moments from `kpair.layers.replicas.global_moments`: summed
+    over the replicas in two passes, the mean's, then the squared
+    deviations'. Keras's own `synchronized=True` takes E[x^2] - E[x]^2 in
+    one pass, which under a mean large against the spread loses the
+    variance's digits (a mean of 1000 and a spread of 1: off by more than
+    1e-3 relative). Only the trained layers change, not the backbone's
+    `norm_options`, from which `model.keras` is built. kpair's own norms
     sum over the replicas by themselves (`kpair.layers.replicas`).
     """
     if count == 1 or keras.backend.backend() != "tensorflow":
@@ -262,5 +266,18 @@ def synchronize_batch_norms(model, count):
     while pending:
         layer = pending.pop()
         if isinstance(layer, keras.layers.BatchNormalization):
-            layer.synchronized = True
+            layer._moments = _global_moments(layer)
         pending.extend(getattr(layer, "layers", ()))
+
+
+def _global_moments(layer):
+    """A `BatchNormalization._moments` of the global batch (unmasked inputs;
+    kpair's models pass no mask, Keras's own method takes any that comes)."""
+    own = layer._moments
+
+    def moments(inputs, mask):
+        if mask is not None:
+            return own(inputs, mask)
+        return replicas.global_moments(inputs, layer._reduction_axes)
+
+    return moments
