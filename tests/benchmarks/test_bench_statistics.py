@@ -24,9 +24,18 @@ def test_full_grid_covers_every_stateful_norm_batching_and_momentum(monkeypatch)
     norms, batchings, momenta, settings = script.grid(quick=False)
     assert set(norms) == {"batch", "per-domain", "eval-mode", "batch-renorm"}
     assert batchings == BATCHINGS and momenta == (0.9, 0.99)
-    runs = len(script.DATA) * len(norms) * len(batchings) * len(momenta) \
-        * len(STATISTICS) * 3
-    assert f"= {runs} tiny runs" in script.__doc__
+    rows = len(script.DATA) * len(norms) * len(batchings) * len(momenta) \
+        * len(STATISTICS)
+    trained = len(script.DATA) * len(batchings) * sum(
+        not script.reuses_first_momentum(norm, kind, momentum, momenta)
+        for norm in norms for momentum in momenta for kind in STATISTICS)
+    assert f"= {rows * 3} rows' runs, of which {trained * 3} tiny runs" \
+        in " ".join(script.__doc__.split())
+    # Only the norms that train on batch statistics alone skip runs.
+    assert trained == rows - len(script.DATA) * len(batchings) * 2
+    assert not script.reuses_first_momentum("eval-mode", "precise", 0.99, momenta)
+    assert not script.reuses_first_momentum("batch", "ema", 0.99, momenta)
+    assert script.reuses_first_momentum("per-domain", "precise", 0.99, momenta)
     quick = script.grid(quick=True)
     assert len(quick[0]) * len(quick[1]) * len(quick[2]) * 2 * 2 == 4
     assert quick[3]["steps_per_epoch"] < settings["steps_per_epoch"]
