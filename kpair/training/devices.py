@@ -14,9 +14,10 @@ the loss are those of the global batch, as on one device:
   logical CPUs). Each replica runs the step on its share and Keras averages
   the replicas' losses and sums their gradients. kpair's norms and
   `PairLoss` sum their moments and counts over the replicas
-  (`kpair.layers.replicas`), stock batch norm is switched to Keras's
-  `synchronized` moments while it trains (`synchronize_batch_norms`; not
-  saved: `model.keras` loads on every backend), and the per-type targets
+  (`kpair.layers.replicas`), stock batch norm is switched to the global
+  batch's moments, in two passes, while it trains
+  (`synchronize_batch_norms`; not saved: `model.keras` loads on every
+  backend), and the per-type targets
   are laid out so that each replica's share of them lines up with its
   share of each pair type (`replica_layout`).
 - torch: refused in one line: Keras's torch trainer has no data-parallel
@@ -280,4 +281,11 @@ def _global_moments(layer):
             return own(inputs, mask)
         return replicas.global_moments(inputs, layer._reduction_axes)
 
+    moments.global_batch = True
     return moments
+
+
+def takes_global_moments(layer):
+    """Whether `synchronize_batch_norms` switched `layer` to the moments of
+    the global batch."""
+    return getattr(getattr(layer, "_moments", None), "global_batch", False)

@@ -1,6 +1,6 @@
 """Trials on TensorFlow over two logical CPUs: `devices=2` trains each
 under a `tf.distribute.MirroredStrategy`, set up as `kpair train --devices`
-sets it up (stock batch norm synchronized, per-type targets laid out
+sets it up (stock batch norm on the global batch's moments, per-type targets laid out
 replica by replica), whose equality with one device
 tests/backends/test_devices_tensorflow.py proves.
 
@@ -26,6 +26,7 @@ cpu = tf.config.list_physical_devices("CPU")[0]
 tf.config.set_logical_device_configuration(
     cpu, [tf.config.LogicalDeviceConfiguration()] * 2)
 from kpair.config import TrainConfig
+from kpair.training.devices import takes_global_moments
 from kpair.tuning import hypermodel, run_search
 
 seen = []
@@ -44,7 +45,7 @@ def spying_fit(self, hp, model, *args, **kwargs):
         "replicas": strategy.num_replicas_in_sync,
         "mirrored": type(model.trainable_variables[0].value).__name__,
         "norm": hp.values["norm"],
-        "synchronized": sorted({layer.synchronized for layer in norms}),
+        "synchronized": sorted({takes_global_moments(layer) for layer in norms}),
     })
     return fit(self, hp, model, *args, **kwargs)
 
