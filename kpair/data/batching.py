@@ -237,7 +237,8 @@ def _check_share(share, batching, rows, source, drop_remainder):
     """`share` as `(index, count)` once checked; `(0, 1)` for None."""
     if share is None:
         return 0, 1
-    index, count = share
+    index, count = share if isinstance(share, tuple) and len(share) == 2 else (
+        None, None)
     if not (isinstance(count, int) and count >= 1
             and isinstance(index, int) and 0 <= index < count):
         raise ConfigError(

@@ -237,7 +237,8 @@ def test_a_share_that_does_not_divide_the_batch_is_refused(demo_data):
     pairs = read_split(demo_data / "train", 16)
     with pytest.raises(ConfigError, match="does not divide among 4 processes"):
         make_batches(pairs, "per-type", 18, share=(0, 4))
-    with pytest.raises(ConfigError, match="0 <= index < count"):
-        make_batches(pairs, "mixed", 18, share=(2, 2))
+    for share in ((2, 2), (0,), "0/2"):
+        with pytest.raises(ConfigError, match="0 <= index < count"):
+            make_batches(pairs, "mixed", 18, share=share)
     with pytest.raises(ConfigError, match="Only full batches of a `Split`"):
         make_batches(pairs.dataset, "mixed", 18, share=(0, 2))
