@@ -1,25 +1,13 @@
 """`benchmarks/bench_process_input.py`: on a small data set, each process
 of N decodes 1/N of the pairs and gets the baseline's arrays."""
 
-import importlib.util
-from pathlib import Path
-
-BENCHMARKS = Path(__file__).resolve().parents[2] / "benchmarks"
-
-
-def load_script(monkeypatch):
-    monkeypatch.syspath_prepend(str(BENCHMARKS))  # its `bench_training`
-    spec = importlib.util.spec_from_file_location(
-        "bench_process_input", BENCHMARKS / "bench_process_input.py")
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
+from tests.benchmarks.scripts import load_script
 
 
 def test_each_process_decodes_its_share_and_the_table_says_so(
     monkeypatch, demo_data, capsys
 ):
-    script = load_script(monkeypatch)
+    script = load_script("bench_process_input", monkeypatch)
     status = script.main(["--data", str(demo_data), "--processes", "1,2",
                           "--repeats", "1", "--batch-size", "12"])
     out = capsys.readouterr().out

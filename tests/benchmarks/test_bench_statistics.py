@@ -1,26 +1,14 @@
 """`benchmarks/bench_statistics.py`: its grid is the one its docstring and
 the figure job promise, and a cell prints median [min, max] over seeds."""
 
-import importlib.util
-from pathlib import Path
-
-BENCHMARKS = Path(__file__).resolve().parents[2] / "benchmarks"
-
-
-def load_script(monkeypatch):
-    monkeypatch.syspath_prepend(str(BENCHMARKS))  # its `bench_training`
-    spec = importlib.util.spec_from_file_location(
-        "bench_statistics", BENCHMARKS / "bench_statistics.py")
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
+from tests.benchmarks.scripts import load_script
 
 
 def test_full_grid_covers_every_stateful_norm_batching_and_momentum(monkeypatch):
     from kpair.config import STATISTICS
     from kpair.data import BATCHINGS
 
-    script = load_script(monkeypatch)
+    script = load_script("bench_statistics", monkeypatch)
     norms, batchings, momenta, settings = script.grid(quick=False)
     assert set(norms) == {"batch", "per-domain", "eval-mode", "batch-renorm"}
     assert batchings == BATCHINGS and momenta == (0.9, 0.99)
@@ -42,6 +30,6 @@ def test_full_grid_covers_every_stateful_norm_batching_and_momentum(monkeypatch)
 
 
 def test_spread_is_median_min_max(monkeypatch):
-    script = load_script(monkeypatch)
+    script = load_script("bench_statistics", monkeypatch)
     assert script.spread([3.0, 1.0, 2.5]) == "2.500 [1.000, 3.000]"
     assert script.spread([1.25]) == "1.250"

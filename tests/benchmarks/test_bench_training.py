@@ -10,6 +10,8 @@ from pathlib import Path
 
 import pytest
 
+from tests.benchmarks.scripts import load_script
+
 ROOT = Path(__file__).resolve().parents[2]
 
 
@@ -50,13 +52,7 @@ def test_a_tiny_run_writes_one_row_per_contender(tmp_path):
 
 
 def test_ratios_pair_the_contenders_repeat_by_repeat():
-    import importlib.util
-
-    spec = importlib.util.spec_from_file_location(
-        "bench_training", ROOT / "benchmarks" / "bench_training.py"
-    )
-    bench = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(bench)
+    bench = load_script("bench_training")
     # Per repeat: 2x, 1x, 3x; the medians alone (4 and 4) would say 1x.
     assert bench.paired_ratio([2.0, 4.0, 30.0], [1.0, 4.0, 10.0]) == 2.0
     # A contender that failed midway: the ratio of the medians.

@@ -2,19 +2,12 @@
 statistics, on this CPU: plain, and under the TF32 emulation of the layer
 tests, where its control (a one-hot matmul) must miss and the layer hold."""
 
-import importlib.util
-from pathlib import Path
-
+from tests.benchmarks import scripts
 from tests.layers.test_tf32_emulation import tf32  # noqa: F401  (fixture)
-
-SCRIPT = Path(__file__).resolve().parents[2] / "benchmarks" / "exact_statistics.py"
 
 
 def load_script():
-    spec = importlib.util.spec_from_file_location("exact_statistics", SCRIPT)
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
+    return scripts.load_script("exact_statistics")
 
 
 def table_rows(text):

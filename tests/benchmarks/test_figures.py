@@ -5,24 +5,13 @@ Fake jobs (small scripts written here) stand in for the benchmarks: no
 training runs.
 """
 
-import importlib.util
 import re
-from pathlib import Path
 
 import pytest
 
-ROOT = Path(__file__).resolve().parents[2]
+from tests.benchmarks.scripts import load_script
 
-
-def _load_figures():
-    spec = importlib.util.spec_from_file_location(
-        "figures", ROOT / "benchmarks" / "figures.py")
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
-
-
-figures = _load_figures()
+figures = load_script("figures")
 
 # A stand-in for reproduce_post.py: writes its --markdown and --json files
 # (gaps from its first argument) and prints a line; exits 1 when told to.
@@ -192,38 +181,36 @@ def test_the_post_jobs_are_both_settings_across_three_seeds():
         assert f"{out}/{setting}" in jobs[name].fresh
 
 
-def test_a_fresh_folder_is_removed_before_its_job_runs(tmp_path):
+def _job_with_a_run_left(tmp_path, keep_runs):
+    """Runs a job whose `fresh` folder holds a run: `(status, the folder,
+    the job's section)`; the job prints whether the run was still there."""
     (tmp_path / "fake_plain.py").write_text(
-        "import os; print(os.path.exists('old-run'))\n")
-    stale = tmp_path / "old-run"
-    stale.mkdir()
-    (stale / "model.keras").write_text("from an earlier commit")
-    job = figures.Job("plain", "A plain script", "fake_plain.py", fresh=("old-run",))
+        "import os; print(os.path.exists('run/model.keras'))\n")
+    run = tmp_path / "run"
+    run.mkdir()
+    (run / "model.keras").write_text("a run left there")
+    job = figures.Job("plain", "A plain script", "fake_plain.py", fresh=("run",))
     status = figures.make_figures(
         ("plain",), jobs=(job,), figures_dir=tmp_path / "figs",
         results=tmp_path / "RESULTS.md", readme=tmp_path / "README.md",
-        cwd=tmp_path)
+        cwd=tmp_path, keep_runs=keep_runs)
+    return status, run, (tmp_path / "figs" / "plain.md").read_text()
+
+
+def test_a_fresh_folder_is_removed_before_its_job_runs(tmp_path):
+    status, run, text = _job_with_a_run_left(tmp_path, keep_runs=False)
     assert status == 0
-    assert not stale.exists()
-    assert "```\nFalse\n```" in (tmp_path / "figs" / "plain.md").read_text()
+    assert not run.exists()
+    assert "```\nFalse\n```" in text
+    assert "read back" not in text
 
 
 def test_keep_runs_reads_back_the_runs_and_says_so(tmp_path):
-    (tmp_path / "fake_plain.py").write_text(
-        "import os; print(os.path.exists('ahead/model.keras'))\n")
-    ahead = tmp_path / "ahead"
-    ahead.mkdir()
-    (ahead / "model.keras").write_text("trained ahead, one seed per process")
-    job = figures.Job("plain", "A plain script", "fake_plain.py", fresh=("ahead",))
-    code = figures.make_figures(
-        ("plain",), jobs=(job,), figures_dir=tmp_path / "figs",
-        results=tmp_path / "RESULTS.md", readme=tmp_path / "README.md",
-        cwd=tmp_path, keep_runs=True)
-    assert code == 0
-    assert ahead.exists()
-    text = (tmp_path / "figs" / "plain.md").read_text()
+    status, run, text = _job_with_a_run_left(tmp_path, keep_runs=True)
+    assert status == 0
+    assert run.exists()
     assert "```\nTrue\n```" in text
-    assert "`ahead` were read back (`figures.py --keep-runs`)" in text
+    assert "`run` were read back (`figures.py --keep-runs`)" in text
     assert "were read back" in (tmp_path / "RESULTS.md").read_text()
 
 
