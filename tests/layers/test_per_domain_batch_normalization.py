@@ -149,19 +149,33 @@ def test_domain_out_of_range_in_eager_mode():
         layer([np.zeros((3, 2, 2, 4), "float32"), np.array([0, 1, 2])])
 
 
+# The start of a script that runs on two logical CPU devices: set before
+# TensorFlow starts, so in a fresh process.
+TWO_LOGICAL_CPUS = """
+import os
+os.environ["TF_CPP_MIN_LOG_LEVEL"] = "3"
+import numpy as np
+import tensorflow as tf
+cpu = tf.config.list_physical_devices("CPU")[0]
+tf.config.set_logical_device_configuration(
+    cpu, [tf.config.LogicalDeviceConfiguration()] * 2)
+"""
+
+
+def _on_two_logical_cpus(script):
+    """Runs `script` in a fresh Python process with two logical CPUs."""
+    return subprocess.run(
+        [sys.executable, "-c", TWO_LOGICAL_CPUS + script],
+        capture_output=True, text=True, timeout=300,
+    )
+
+
 def test_replicas_normalize_with_the_whole_batch():
     """Per-domain and eval-mode batch norm under MirroredStrategy record the
     statistics of the global batch. Two logical CPU devices need a fresh
     process (set before TF starts)."""
     script = textwrap.dedent(
         """
-        import os
-        os.environ["TF_CPP_MIN_LOG_LEVEL"] = "3"
-        import numpy as np
-        import tensorflow as tf
-        cpu = tf.config.list_physical_devices("CPU")[0]
-        tf.config.set_logical_device_configuration(
-            cpu, [tf.config.LogicalDeviceConfiguration()] * 2)
         from kpair.layers import PerDomainBatchNormalization
 
         rng = np.random.default_rng(0)
@@ -214,9 +228,7 @@ def test_replicas_normalize_with_the_whole_batch():
         print("SYNC-OK")
         """
     )
-    result = subprocess.run(
-        [sys.executable, "-c", script], capture_output=True, text=True, timeout=300
-    )
+    result = _on_two_logical_cpus(script)
     assert "SYNC-OK" in result.stdout, result.stderr[-3000:]
 
 
@@ -297,13 +309,6 @@ def test_stock_batch_norms_over_replicas_take_two_pass_moments():
     Keras's one-pass synchronized E[x^2] - E[x]^2 loses its digits."""
     script = textwrap.dedent(
         """
-        import os
-        os.environ["TF_CPP_MIN_LOG_LEVEL"] = "3"
-        import numpy as np
-        import tensorflow as tf
-        cpu = tf.config.list_physical_devices("CPU")[0]
-        tf.config.set_logical_device_configuration(
-            cpu, [tf.config.LogicalDeviceConfiguration()] * 2)
         import keras
         from kpair.training.devices import synchronize_batch_norms
 
@@ -342,7 +347,5 @@ def test_stock_batch_norms_over_replicas_take_two_pass_moments():
         print("TWO-PASS-OK")
         """
     )
-    result = subprocess.run(
-        [sys.executable, "-c", script], capture_output=True, text=True, timeout=300
-    )
+    result = _on_two_logical_cpus(script)
     assert "TWO-PASS-OK" in result.stdout, (result.stdout + result.stderr)[-3000:]
