@@ -21,6 +21,22 @@ seed, data and number of steps:
 4. The same with `--statistics precise` (population statistics recomputed
    at each epoch's end instead of the moving averages): at most 1.3x.
 
+Runs 1 and 2 are the post's bug and its fix, and the script's goals: it
+exits 1 when one of them fails on a seed. Runs 3 and 4 show the other fix
+and what its statistics need; their `<= 1.3x` is printed and summed up on
+the last line, and a miss there (the moving averages of a short run lag:
+`docs/limitations.md`) does not fail the script.
+
+Row 4 is not trained again: batch norm trains on batch statistics alone,
+so a `--statistics precise` run's weights are row 3's (the statistics it
+sets at an epoch's end are never read in training). Row 4 takes row 3's
+final weights and sets the population statistics a precise run sets at
+its last epoch's end (the same images, shares and estimator:
+`kpair.training.precise`), then measures the gap on the same sample and
+the validation loss: the two rows differ in their statistics alone, on
+the same weights (`tests/benchmarks/test_reproduce_post.py` checks it
+against a trained precise run).
+
 The gap is `kpair train`'s own (`kpair.training.gap`): on one fixed sample of
 training pairs with each run's final weights, the inference-mode loss over
 the training-mode loss (the run's own batches, nothing updated). For run 1
@@ -33,9 +49,10 @@ batching keeps one domain per backbone call whatever the orientation.
 
 Each setting prints its per-seed rows, then each gap's median, min and max
 over the seeds and whether its goal holds on every seed. The last line says
-whether every goal holds on every seed; the script exits 1 when one does
-not. `--markdown FILE` writes the same tables as markdown, `--json FILE`
-the figures (what `benchmarks/figures.py` builds the README's table from).
+whether the post's goals (rows 1 and 2) hold on every seed, and whether
+the balanced rows' do. `--markdown FILE` writes the same tables as
+markdown, `--json FILE` the figures (what `benchmarks/figures.py` builds
+the README's table from).
 
 Each run is an ordinary run directory under `--out`
 (`SETTING/seedN/PRECISION-NORM-BATCHING`): started again with the same
@@ -57,19 +74,28 @@ os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
 from figures import machine, versions  # noqa: E402  (beside this script)
 
 import kpair  # noqa: E402,F401  (first: oneDNN, as users' code gets it)
+
+# isort: split
+import keras  # noqa: E402  (after kpair: TensorFlow loads with oneDNN)
+
 from kpair.config import PRECISIONS, TrainConfig  # noqa: E402
 from kpair.data import ensure_demo  # noqa: E402
+from kpair.inspection.evaluate import evaluate_pairs  # noqa: E402
 from kpair.runs.evaluate import evaluate_run  # noqa: E402
-from kpair.training.trainer import train  # noqa: E402
+from kpair.runs.model_files import load_model  # noqa: E402
+from kpair.training.precise import precise_callback  # noqa: E402
+from kpair.training.trainer import train, training_data  # noqa: E402
 
+# (norm, batching, statistics, goal, holds, the post's goal: fails the script)
 RUNS = (
-    ("batch", "per-type", "ema", ">= 2.5x", lambda r: r >= 2.5),
-    ("per-domain", "per-type", "ema", "<= 1.3x", lambda r: r <= 1.3),
-    ("batch", "balanced", "ema", "<= 1.3x", lambda r: r <= 1.3),
+    ("batch", "per-type", "ema", ">= 2.5x", lambda r: r >= 2.5, True),
+    ("per-domain", "per-type", "ema", "<= 1.3x", lambda r: r <= 1.3, True),
+    ("batch", "balanced", "ema", "<= 1.3x", lambda r: r <= 1.3, False),
     # The moving averages of a short run lag and are noisy; recomputed as
-    # population statistics at each epoch's end (`--statistics precise`),
-    # balanced batches' statistics are those the weights were trained for.
-    ("batch", "balanced", "precise", "<= 1.3x", lambda r: r <= 1.3),
+    # population statistics (`--statistics precise`), balanced batches'
+    # statistics are those the weights were trained for. From the row
+    # above's weights (module docstring).
+    ("batch", "balanced", "precise", "<= 1.3x", lambda r: r <= 1.3, False),
 )
 # name: (width multiplier, how the heading names it)
 SETTINGS = {
@@ -120,6 +146,7 @@ def summarize(records):
             "seeds": [r["seed"] for r in group],
             "median": statistics.median(gaps), "min": min(gaps), "max": max(gaps),
             "goal": group[0]["goal"], "holds": all(r["holds"] for r in group),
+            "post": group[0]["post"],
         })
     return summary
 
@@ -151,16 +178,19 @@ def run_setting(name, width, data, args, seeds, precisions):
     records = []
     for precision in precisions:
         for seed in seeds:
-            for norm, batching, stats, goal, holds in RUNS:
-                suffix = "" if stats == "ema" else f"-{stats}"
+            for norm, batching, stats, goal, holds, post in RUNS:
                 out = (Path(args.out) / name / f"seed{seed}"
-                       / f"{precision}-{norm}-{batching}{suffix}")
+                       / f"{precision}-{norm}-{batching}")
                 config = TrainConfig(
                     data=str(data), norm=norm, batching=batching,
                     precision=precision, epochs=args.epochs, seed=seed,
                     width_multiplier=width, out=str(out), statistics=stats,
                 )
-                metrics = train(config)
+                if stats == "precise":
+                    # `out` is the ema run of the row above (module docstring).
+                    metrics = precise_from_ema(out, config)
+                else:
+                    metrics = train(config)
                 batch_stats = "-"
                 if norm == "batch" and batching == "per-type":
                     result = evaluate_run(out, split="train", mode="batch-stats")
@@ -168,6 +198,7 @@ def run_setting(name, width, data, args, seeds, precisions):
                 records.append({
                     "seed": seed, "precision": precision, "norm": norm,
                     "batching": batching, "statistics": stats, "goal": goal,
+                    "post": post,
                     "gap": metrics["gap_ratio"],
                     "holds": bool(holds(metrics["gap_ratio"])),
                     "train_loss_training_mode": metrics["train_loss_training_mode"],
@@ -178,6 +209,32 @@ def run_setting(name, width, data, args, seeds, precisions):
     return records
 
 
+def precise_from_ema(run_dir, config):
+    """The metrics of row 4: the ema run in `run_dir`, final weights, with
+    the population statistics a `statistics="precise"` run of `config`
+    sets at its last epoch's end (module docstring).
+
+    `gap_ratio`, its two losses and `val_loss`, measured as `kpair train`
+    measures them at an epoch's end (`kpair.training.callbacks.EpochLosses`)
+    in float32: the run's fixed sample of training pairs in its batches,
+    and the validation split.
+    """
+    if config.precision != "float32":
+        # model.keras is float32: the mixed run's forward pass is not.
+        raise ValueError("precise rows are derived in float32 only; "
+                         f"received precision={config.precision!r}")
+    pair_model = load_model(Path(run_dir) / "model.keras")
+    data_dir = Path(config.data)
+    # The sample depends on the global seed too, as in `kpair.train`.
+    keras.utils.set_random_seed(config.seed)
+    _, _, probe, val_pairs = training_data(config, data_dir)
+    precise_callback(config, data_dir, pair_model).on_epoch_end(config.epochs - 1)
+    metrics = probe.measure(pair_model)
+    metrics["val_loss"] = evaluate_pairs(pair_model, val_pairs,
+                                         config.losses)["total"]
+    return metrics
+
+
 def report(results):
     """The lines printed (and written as markdown) for every setting."""
     lines = []
@@ -186,17 +243,29 @@ def report(results):
         lines += table(SEED_HEADER, [seed_row(r) for r in result["rows"]])
         lines += ["", "Over the seeds:", ""]
         lines += table(SUMMARY_HEADER, [summary_row(s) for s in result["summary"]])
-    failing = [
-        f"{r['setting']}: {s['norm']} on {s['batching']} batches "
-        f"({s['precision']}, {s['statistics']} statistics)"
-        for r in results for s in r["summary"] if not s["holds"]
-    ]
+    def failing(post):
+        return [
+            f"{r['setting']}: {s['norm']} on {s['batching']} batches "
+            f"({s['precision']}, {s['statistics']} statistics, max "
+            f"{s['max']:.2f}x)"
+            for r in results for s in r["summary"]
+            if s["post"] == post and not s["holds"]
+        ]
+
+    bug, others = failing(True), failing(False)
     lines.append("")
     lines.append(
-        "A goal does NOT hold on every seed: " + "; ".join(failing) + "."
-        if failing else "Every goal holds on every seed."
+        "The post's goals do NOT hold on every seed: " + "; ".join(bug) + "."
+        if bug else "The post's goals (its bug, its per-domain fix) hold on "
+        "every seed."
     )
-    return lines, not failing
+    lines.append(
+        "Balanced batches: " + (
+            "not within their goal on every seed: " + "; ".join(others) + "."
+            if others else "within their goal on every seed."
+        )
+    )
+    return lines, not bug
 
 
 def parse_list(text):
@@ -263,7 +332,7 @@ def main(argv=None):
             "seeds": args.seed_list, "title": title, "rows": records,
             "summary": summarize(records),
         })
-    lines, every_goal = report(results)
+    lines, post_goals_hold = report(results)
     print("\n".join(lines))
     if args.markdown:
         Path(args.markdown).parent.mkdir(parents=True, exist_ok=True)
@@ -271,8 +340,8 @@ def main(argv=None):
     if args.json:
         Path(args.json).parent.mkdir(parents=True, exist_ok=True)
         Path(args.json).write_text(json.dumps(
-            {"every_goal_holds": every_goal, "settings": results}, indent=1) + "\n")
-    return 0 if every_goal else 1
+            {"post_goals_hold": post_goals_hold, "settings": results}, indent=1) + "\n")
+    return 0 if post_goals_hold else 1
 
 
 if __name__ == "__main__":
