@@ -33,3 +33,21 @@ def test_spread_is_median_min_max(monkeypatch):
     script = load_script("bench_statistics", monkeypatch)
     assert script.spread([3.0, 1.0, 2.5]) == "2.500 [1.000, 3.000]"
     assert script.spread([1.25]) == "1.250"
+
+
+def test_precise_is_compared_with_ema_beyond_the_seed_spread(monkeypatch):
+    script = load_script("bench_statistics", monkeypatch)
+    # Lower is better; the spread is the wider row's max - min (0.2 here).
+    assert script.verdict([1.0, 1.1, 1.2], [1.5, 1.5, 1.5]) == "worse"
+    assert script.verdict([1.0, 1.1, 1.2], [1.2, 1.25, 1.3]) == "within"
+    assert script.verdict([1.0, 1.1, 1.2], [0.8, 0.85, 0.85]) == "better"
+    figures = {
+        ("demo", "batch", "mixed", 0.9, "ema"): ([1.5, 1.6, 1.4], [1.0, 1.1, 1.2]),
+        ("demo", "batch", "mixed", 0.9, "precise"): ([1.0, 1.05, 0.98],
+                                                     [1.6, 1.7, 1.6]),
+    }
+    lines = script.comparison(figures)
+    assert lines[-3] == ("| demo | batch | mixed | 0.9 | 0.405, 0.020 | better | "
+                         "1.100, 1.600 | worse |")
+    assert lines[-1] == ("`precise` is worse than `ema` beyond the seed spread "
+                         "on 1 of 1 rows: demo batch mixed 0.9.")
