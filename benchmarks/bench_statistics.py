@@ -14,12 +14,13 @@ over training-mode loss on the fixed training sample) and the validation
 loss, each as the median over the seeds with [min, max].
 
 The full grid is 2 data sets x 4 norms x 3 batchings x 2 momenta x 2
-statistics x 3 seeds = 288 rows' runs, of which 252 tiny runs are trained:
+statistics x 3 seeds = 288 rows' runs, of which 216 tiny runs are trained:
 hours on two cores (a quiet machine). Batch norm and per-domain batch norm
-train on batch statistics alone, so with `precise` their weights and their
-recomputed statistics do not depend on the momentum (it moves only their
-moving averages, which `precise` replaces): their `precise` rows at the
-second momentum repeat the first momentum's runs, and say so.
+train on batch statistics alone, so a `precise` run of theirs trains to
+the weights of the `ema` run of the same seed: their `precise` rows are
+the `ema` runs' final weights with the population statistics a precise
+run sets (`precise_from_ema.py`, beside this script), and say so. Their
+two rows then differ in their statistics alone, on the same weights.
 After the table, one row per data set, norm, batching and momentum
 compares `precise` with `ema` on the same seeds: how far each gap is from
 1 (|ln gap|, median over the seeds) and the validation loss (median),
@@ -45,6 +46,7 @@ from pathlib import Path
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
 
 from bench_training import machine  # noqa: E402  (beside this script)
+from precise_from_ema import BATCH_STATISTICS_ONLY, precise_from_ema  # noqa: E402
 
 import kpair  # noqa: E402,F401  (first: oneDNN, as users' code gets it)
 from kpair.config import STATISTICS, TrainConfig  # noqa: E402
@@ -54,9 +56,6 @@ from kpair.training.trainer import train  # noqa: E402
 
 # The norms whose moving statistics `--statistics` sets (group norm has none).
 NORMS = ("batch", "per-domain", "eval-mode", "batch-renorm")
-# Norms that train on batch statistics alone (module docstring): their
-# `precise` runs do not depend on the momentum.
-BATCH_STATISTICS_ONLY = ("batch", "per-domain")
 BATCHINGS = ("per-type", "mixed", "balanced")
 MOMENTA = (0.9, 0.99)
 # (name, `build_demo` settings); None: the built-in demo data itself.
@@ -100,11 +99,10 @@ def data_dir(out, name, settings, image_size, quick):
     return path
 
 
-def reuses_first_momentum(norm, kind, momentum, momenta):
-    """Whether a row repeats the first momentum's `precise` runs (module
-    docstring) rather than training its own."""
-    return (kind == "precise" and norm in BATCH_STATISTICS_ONLY
-            and momentum != momenta[0])
+def from_ema(norm, kind):
+    """Whether a row's runs are its `ema` runs' weights with precise
+    statistics (module docstring) rather than trained."""
+    return kind == "precise" and norm in BATCH_STATISTICS_ONLY
 
 
 def spread(values):
@@ -129,7 +127,6 @@ def main():
     print()
     print("| data | norm | batching | momentum | statistics | gap | val loss |")
     print("|---|---|---|---|---|---|---|")
-    first = {}  # (data, norm, batching): the first momentum's precise figures
     figures = {}  # (data, norm, batching, momentum, kind): (gaps, losses)
     for name, demo_settings in DATA:
         data = data_dir(args.out, name, demo_settings, settings["image_size"],
@@ -138,19 +135,13 @@ def main():
             for batching in batchings:
                 for momentum in momenta:
                     for kind in STATISTICS:
-                        if reuses_first_momentum(norm, kind, momentum, momenta):
-                            gaps, losses = first[name, norm, batching]
-                            figures[name, norm, batching, momentum, kind] = (
-                                gaps, losses)
-                            print(f"| {name} | {norm} | {batching} | {momentum} | "
-                                  f"{kind} (the {momenta[0]} runs) | "
-                                  f"{spread(gaps)} | {spread(losses)} |", flush=True)
-                            continue
+                        derived = from_ema(norm, kind)
                         gaps, losses = [], []
                         for seed in seeds:
-                            run = (Path(args.out) / "runs"
-                                   / data.name / f"{norm}-{batching}-{momentum}"
-                                   / f"{kind}-{seed}")
+                            folder = (Path(args.out) / "runs" / data.name
+                                      / f"{norm}-{batching}-{momentum}")
+                            run = folder / (f"ema-{seed}" if derived
+                                            else f"{kind}-{seed}")
                             config = TrainConfig(
                                 data=str(data), out=str(run), norm=norm,
                                 batching=batching,
@@ -159,15 +150,15 @@ def main():
                             )
                             # Training's lines to stderr: stdout holds the table.
                             with contextlib.redirect_stdout(sys.stderr):
-                                metrics = train(config)
+                                metrics = (precise_from_ema(run, config)
+                                           if derived else train(config))
                             gaps.append(metrics["gap_ratio"])
                             losses.append(metrics["val_loss"])
-                        if kind == "precise" and momentum == momenta[0]:
-                            first[name, norm, batching] = gaps, losses
                         figures[name, norm, batching, momentum, kind] = (
                             gaps, losses)
+                        label = f"{kind} (the ema runs' weights)" if derived else kind
                         print(f"| {name} | {norm} | {batching} | {momentum} | "
-                              f"{kind} | {spread(gaps)} | {spread(losses)} |",
+                              f"{label} | {spread(gaps)} | {spread(losses)} |",
                               flush=True)
     print()
     print("\n".join(comparison(figures)))

@@ -28,14 +28,10 @@ the last line, and a miss there (the moving averages of a short run lag:
 `docs/limitations.md`) does not fail the script.
 
 Row 4 is not trained again: batch norm trains on batch statistics alone,
-so a `--statistics precise` run's weights are row 3's (the statistics it
-sets at an epoch's end are never read in training). Row 4 takes row 3's
-final weights and sets the population statistics a precise run sets at
-its last epoch's end (the same images, shares and estimator:
-`kpair.training.precise`), then measures the gap on the same sample and
-the validation loss: the two rows differ in their statistics alone, on
-the same weights (`tests/benchmarks/test_reproduce_post.py` checks it
-against a trained precise run).
+so a `--statistics precise` run's weights are row 3's. Row 4 is row 3's
+final weights with the population statistics a precise run sets
+(`precise_from_ema.py`, beside this script): the two rows differ in their
+statistics alone, on the same weights.
 
 The gap is `kpair train`'s own (`kpair.training.gap`): on one fixed sample of
 training pairs with each run's final weights, the inference-mode loss over
@@ -72,19 +68,13 @@ from pathlib import Path
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
 
 from figures import machine, versions  # noqa: E402  (beside this script)
+from precise_from_ema import precise_from_ema  # noqa: E402  (beside this script)
 
 import kpair  # noqa: E402,F401  (first: oneDNN, as users' code gets it)
-
-# isort: split
-import keras  # noqa: E402  (after kpair: TensorFlow loads with oneDNN)
-
 from kpair.config import PRECISIONS, TrainConfig  # noqa: E402
 from kpair.data import ensure_demo  # noqa: E402
-from kpair.inspection.evaluate import evaluate_pairs  # noqa: E402
 from kpair.runs.evaluate import evaluate_run  # noqa: E402
-from kpair.runs.model_files import load_model  # noqa: E402
-from kpair.training.precise import precise_callback  # noqa: E402
-from kpair.training.trainer import train, training_data  # noqa: E402
+from kpair.training.trainer import train  # noqa: E402
 
 # (norm, batching, statistics, goal, holds, the post's goal: fails the script)
 RUNS = (
@@ -207,32 +197,6 @@ def run_setting(name, width, data, args, seeds, precisions):
                     "val_loss": metrics["val_loss"], "batch_stats": batch_stats,
                 })
     return records
-
-
-def precise_from_ema(run_dir, config):
-    """The metrics of row 4: the ema run in `run_dir`, final weights, with
-    the population statistics a `statistics="precise"` run of `config`
-    sets at its last epoch's end (module docstring).
-
-    `gap_ratio`, its two losses and `val_loss`, measured as `kpair train`
-    measures them at an epoch's end (`kpair.training.callbacks.EpochLosses`)
-    in float32: the run's fixed sample of training pairs in its batches,
-    and the validation split.
-    """
-    if config.precision != "float32":
-        # model.keras is float32: the mixed run's forward pass is not.
-        raise ValueError("precise rows are derived in float32 only; "
-                         f"received precision={config.precision!r}")
-    pair_model = load_model(Path(run_dir) / "model.keras")
-    data_dir = Path(config.data)
-    # The sample depends on the global seed too, as in `kpair.train`.
-    keras.utils.set_random_seed(config.seed)
-    _, _, probe, val_pairs = training_data(config, data_dir)
-    precise_callback(config, data_dir, pair_model).on_epoch_end(config.epochs - 1)
-    metrics = probe.measure(pair_model)
-    metrics["val_loss"] = evaluate_pairs(pair_model, val_pairs,
-                                         config.losses)["total"]
-    return metrics
 
 
 def report(results):
