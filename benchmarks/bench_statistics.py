@@ -46,7 +46,7 @@ from pathlib import Path
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
 
 from bench_training import machine  # noqa: E402  (beside this script)
-from precise_from_ema import BATCH_STATISTICS_ONLY, precise_from_ema  # noqa: E402
+from precise_from_ema import derived_from_ema, precise_from_ema  # noqa: E402
 
 import kpair  # noqa: E402,F401  (first: oneDNN, as users' code gets it)
 from kpair.config import STATISTICS, TrainConfig  # noqa: E402
@@ -99,12 +99,6 @@ def data_dir(out, name, settings, image_size, quick):
     return path
 
 
-def from_ema(norm, kind):
-    """Whether a row's runs are its `ema` runs' weights with precise
-    statistics (module docstring) rather than trained."""
-    return kind == "precise" and norm in BATCH_STATISTICS_ONLY
-
-
 def spread(values):
     """`median [min, max]` of the seeds' figures."""
     if len(values) == 1:
@@ -135,7 +129,7 @@ def main():
             for batching in batchings:
                 for momentum in momenta:
                     for kind in STATISTICS:
-                        derived = from_ema(norm, kind)
+                        derived = derived_from_ema(norm, kind)
                         gaps, losses = [], []
                         for seed in seeds:
                             folder = (Path(args.out) / "runs" / data.name

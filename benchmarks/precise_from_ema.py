@@ -32,6 +32,12 @@ from kpair.training.trainer import training_data
 BATCH_STATISTICS_ONLY = ("batch", "per-domain")
 
 
+def derived_from_ema(norm, statistics):
+    """Whether a row of `norm` with `statistics` is its ema run's weights
+    with precise statistics (module docstring) rather than trained."""
+    return statistics == "precise" and norm in BATCH_STATISTICS_ONLY
+
+
 def precise_from_ema(run_dir, config):
     """The metrics of a `statistics="precise"` run of `config`, from the
     finished ema run in `run_dir` (module docstring).
@@ -41,9 +47,11 @@ def precise_from_ema(run_dir, config):
     fixed sample of training pairs in its batches, and the validation
     split.
     """
-    if config.norm not in BATCH_STATISTICS_ONLY:
-        raise ValueError(f"norm={config.norm!r} reads its moving statistics "
-                         "in training: train its precise run")
+    if not derived_from_ema(config.norm, config.statistics):
+        raise ValueError(
+            f"norm={config.norm!r}, statistics={config.statistics!r}: not a "
+            "precise row of a norm that trains on batch statistics alone; "
+            "train its precise run")
     if config.precision != "float32":
         # model.keras is float32: the mixed run's forward pass is not.
         raise ValueError("precise rows are derived in float32 only; "

@@ -68,7 +68,7 @@ from pathlib import Path
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
 
 from figures import machine, versions  # noqa: E402  (beside this script)
-from precise_from_ema import precise_from_ema  # noqa: E402  (beside this script)
+from precise_from_ema import derived_from_ema, precise_from_ema  # noqa: E402
 
 import kpair  # noqa: E402,F401  (first: oneDNN, as users' code gets it)
 from kpair.config import PRECISIONS, TrainConfig  # noqa: E402
@@ -176,7 +176,7 @@ def run_setting(name, width, data, args, seeds, precisions):
                     precision=precision, epochs=args.epochs, seed=seed,
                     width_multiplier=width, out=str(out), statistics=stats,
                 )
-                if stats == "precise":
+                if derived_from_ema(norm, stats):
                     # `out` is the ema run of the row above (module docstring).
                     metrics = precise_from_ema(out, config)
                 else:

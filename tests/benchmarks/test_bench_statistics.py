@@ -15,15 +15,16 @@ def test_full_grid_covers_every_stateful_norm_batching_and_momentum(monkeypatch)
     rows = len(script.DATA) * len(norms) * len(batchings) * len(momenta) \
         * len(STATISTICS)
     trained = len(script.DATA) * len(batchings) * len(momenta) * sum(
-        not script.from_ema(norm, kind) for norm in norms for kind in STATISTICS)
+        not script.derived_from_ema(norm, kind)
+        for norm in norms for kind in STATISTICS)
     assert f"= {rows * 3} rows' runs, of which {trained * 3} tiny runs" \
         in " ".join(script.__doc__.split())
     # Only the precise rows of the norms that train on batch statistics
     # alone come from their ema runs.
     assert trained == rows - len(script.DATA) * len(batchings) * len(momenta) * 2
-    assert not script.from_ema("eval-mode", "precise")
-    assert not script.from_ema("batch", "ema")
-    assert script.from_ema("per-domain", "precise")
+    assert not script.derived_from_ema("eval-mode", "precise")
+    assert not script.derived_from_ema("batch", "ema")
+    assert script.derived_from_ema("per-domain", "precise")
     quick = script.grid(quick=True)
     assert len(quick[0]) * len(quick[1]) * len(quick[2]) * 2 * 2 == 4
     assert quick[3]["steps_per_epoch"] < settings["steps_per_epoch"]
